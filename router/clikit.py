@@ -1,0 +1,54 @@
+"""A tiny subcommand dispatcher shared by `lora-router` and `lora-bench`.
+
+Each subcommand lives in its own module exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only
+when their subcommand runs, so ``--help`` stays fast and one broken optional
+dependency never takes the whole CLI down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Command(Protocol):
+    HELP: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def build_parser(prog: str, description: str, commands: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_path in commands.items():
+        module: Command = importlib.import_module(module_path)  # type: ignore[assignment]
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def dispatch(prog: str, description: str, commands: dict[str, str], argv: Sequence[str] | None) -> int:
+    parser = build_parser(prog, description, available(commands))
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def available(commands: dict[str, str]) -> dict[str, str]:
+    """Subcommands whose module is installed; lets the CLI run while optional parts are absent."""
+    def present(module_path: str) -> bool:
+        try:
+            return importlib.util.find_spec(module_path) is not None
+        except ModuleNotFoundError:
+            return False
+
+    return {n: m for n, m in commands.items() if present(m)}
