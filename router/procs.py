@@ -22,7 +22,10 @@ class ProcessStartFailed(RuntimeError):
 
 
 class ManagedProcess:
-    """A child in its own session, so that stopping it stops its children too."""
+    """A child in its own session, so that stopping it stops its children too.
+
+    Without `log_path` the child writes to this process's stdout and stderr.
+    """
 
     def __init__(self, argv: Sequence[str], *, health_url: str | None = None,
                  env: Mapping[str, str] | None = None, log_path: str | Path | None = None,
@@ -40,13 +43,13 @@ class ManagedProcess:
         return self.proc.pid
 
     def start(self, timeout_s: float = 30.0) -> "ManagedProcess":
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        out = open(self.log_path, "ab") if self.log_path else None
         try:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                         cwd=self.cwd, start_new_session=True)
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                         env=self.env, cwd=self.cwd, start_new_session=True)
         finally:
-            if self.log_path:
-                out.close()  # type: ignore[union-attr]
+            if out is not None:
+                out.close()
         if self.health_url:
             self.wait_healthy(timeout_s)
         return self

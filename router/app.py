@@ -1,0 +1,108 @@
+"""The aiohttp application: routes, and the one place errors are rendered and logged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router import proxy
+from router.errors import RouterError
+from router.proxy import RUNTIME
+from router.runtime import RouterRuntime
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "lora-router"
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[dict[str, object]] = []
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+def _error_response(error: RouterError) -> web.Response:
+    return web.Response(status=error.status, body=error.body(), content_type="application/json",
+                        headers=error.headers)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RouterError as error:
+        rt = request.app[RUNTIME]
+        rt.metrics.requests.labels(request.path, "", str(error.status)).inc()
+        if error.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, error.status, error.message)
+        return _error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = RouterError(exc.reason)
+        kind.status = exc.status  # type: ignore[misc]
+        kind.type = "NotFoundError" if exc.status == 404 else "BadRequestError"  # type: ignore[misc]
+        return _error_response(kind)
+
+
+async def health(_request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.ready():
+        return web.Response(status=200, text="ready")
+    return web.Response(status=503, text="no workers or no placement yet")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.Response(body=generate_latest(rt.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Base models, then every adapter and alias this caller may use, in vLLM's shape."""
+    rt = request.app[RUNTIME]
+    caller = rt.auth.caller(request.headers.get("Authorization"))
+    created = int(rt.started_at)
+    bases = sorted(rt.fleet.bases() or ({rt.config.base_model} if rt.config.base_model else set()))
+    cards = [ModelCard(id=b, created=created, root=b) for b in bases]
+    for name in sorted(rt.fleet.catalog):
+        record = rt.fleet.catalog[name]
+        if caller.may_use(name, record.tenant):
+            cards.append(ModelCard(id=name, created=created, root=record.source, parent=record.base_model))
+    for alias in sorted(rt.config.aliases):
+        if caller.may_use(alias, None):
+            cards.append(ModelCard(id=alias, created=created, root=alias, parent=bases[0] if bases else None))
+    return web.Response(body=msgspec.json.encode(ModelList(data=cards)), content_type="application/json")
+
+
+def build_app(runtime: RouterRuntime, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=runtime.config.security.max_body_bytes)
+    app[RUNTIME] = runtime
+    app.router.add_post("/v1/chat/completions", proxy.handle)
+    app.router.add_post("/v1/completions", proxy.handle)
+    app.router.add_post("/v1/embeddings", proxy.handle)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    if extra_routes is not None:
+        extra_routes(app)
+    return app

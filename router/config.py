@@ -1,0 +1,176 @@
+"""The router's config file: one YAML document, validated with msgspec.
+
+Secrets never live in it: API keys come from files (one key per line) or as
+sha256 hex digests, and only digests are kept in memory for client keys. The
+`placement` section is the allocator's replica-factor config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+
+from allocator.config import ConfigError, ReplicaConfig, decode_config
+
+
+class AdapterEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A catalog adapter declared in the file, like vLLM's --lora-modules."""
+
+    name: str
+    source: str
+    base_model: str | None = None
+    rank: int = 8
+    tenant: str | None = None
+
+
+class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    keys_sha256: list[str] = []
+    keys_file: str | None = None
+    adapters: list[str] = ["*"]
+    """Glob patterns of adapter (and alias) names this tenant may use."""
+    default_adapter: str | None = None
+    """Used when the tenant asks for the base model."""
+
+
+class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    admin_keys_sha256: list[str] = []
+    admin_keys_file: str | None = None
+
+
+class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    allowed_path_prefixes: list[str] = []
+    """Local adapter paths must resolve under one of these; empty = no local paths."""
+    allowed_schemes: list[str] = ["file"]
+    """Source schemes the catalog accepts: file, hf, s3."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    worker_header: bool = True
+    """Send x-lora-router-worker with the chosen worker's id."""
+
+
+class TimeoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    connect_s: float = 2.0
+    read_s: float = 600.0
+    cold_start_timeout_s: float = 30.0
+    drain_timeout_s: float = 30.0
+    worker_call_s: float = 30.0
+    """Admin calls to workers: load, unload, models."""
+
+
+class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tick_s: float = 2.0
+    reconcile_s: float = 5.0
+    lease_ttl_s: int = 5
+    health_probe_s: float = 2.0
+    """How often a worker marked down is probed back."""
+    down_after_failures: int = 1
+    retry_budget_ratio: float = 0.2
+    """Retries allowed as a fraction of recent requests, so a bad fleet sees no retry storm."""
+
+
+class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    base_model: str | None = None
+    placement: ReplicaConfig = msgspec.field(default_factory=ReplicaConfig)
+    adapters: list[AdapterEntry] = []
+    aliases: dict[str, dict[str, float]] = {}
+    """alias -> {adapter: weight}; sticky per user by HRW."""
+    tenants: dict[str, TenantConfig] = {}
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    timeouts: TimeoutConfig = msgspec.field(default_factory=TimeoutConfig)
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
+    workers: list[str] = []
+    """Static worker URLs (used when no etcd discovery is given)."""
+    worker_api_key_file: str | None = None
+    worker_api_key_env: str | None = None
+    sticky_header: str = "x-lora-router-user"
+    metrics_adapter_cap: int = 200
+
+
+class Secrets(msgspec.Struct, kw_only=True):
+    """What the config's key references resolve to; digests for client keys, the worker key in full."""
+
+    admin_digests: frozenset[str] = frozenset()
+    tenant_digests: dict[str, str] = {}
+    """sha256 hex -> tenant name."""
+    worker_api_key: str | None = None
+
+
+class LoadedConfig(msgspec.Struct, kw_only=True):
+    config: RouterConfig
+    secrets: Secrets
+    source: str
+    version: str
+    """sha256 of the file's bytes: shown in status, changes on every edit."""
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_config(data: bytes, source: str) -> RouterConfig:
+    config = decode_config(data or b"{}", RouterConfig, source)
+    _check_references(config, source)
+    return config
+
+
+def load_config(path: str | Path | None) -> LoadedConfig:
+    """Read, validate and resolve secrets; raises ConfigError naming key, value and file."""
+    if path is None:
+        data, source = b"{}", "<defaults>"
+    else:
+        try:
+            data, source = Path(path).read_bytes(), str(path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    config = parse_config(data, source)
+    return LoadedConfig(config=config, secrets=_resolve_secrets(config, source), source=source,
+                        version=hashlib.sha256(data).hexdigest()[:12])
+
+
+def _check_references(config: RouterConfig, source: str) -> None:
+    names = {a.name for a in config.adapters}
+    for alias, variants in config.aliases.items():
+        if not variants:
+            raise ConfigError(f"{source}: aliases.{alias}: needs at least one variant")
+        for variant, weight in variants.items():
+            if weight <= 0:
+                raise ConfigError(f"{source}: aliases.{alias}.{variant}: weight must be > 0, got {weight}")
+        if alias in names:
+            raise ConfigError(f"{source}: aliases.{alias}: an adapter has the same name")
+    for digest in [*config.auth.admin_keys_sha256, *(d for t in config.tenants.values() for d in t.keys_sha256)]:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+
+
+def _read_keys(path: str, what: str, source: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{source}: {what}: cannot read {path}: {exc.strerror}") from exc
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _resolve_secrets(config: RouterConfig, source: str) -> Secrets:
+    admin = set(config.auth.admin_keys_sha256)
+    if config.auth.admin_keys_file:
+        admin.update(key_digest(k) for k in _read_keys(config.auth.admin_keys_file, "auth.admin_keys_file", source))
+    tenants: dict[str, str] = {}
+    for name, tenant in config.tenants.items():
+        digests = list(tenant.keys_sha256)
+        if tenant.keys_file:
+            digests += [key_digest(k) for k in _read_keys(tenant.keys_file, f"tenants.{name}.keys_file", source)]
+        for digest in digests:
+            if digest in tenants or digest in admin:
+                raise ConfigError(f"{source}: tenants.{name}: a key is shared with another tenant or admin")
+            tenants[digest] = name
+    worker_key = None
+    if config.worker_api_key_file:
+        keys = _read_keys(config.worker_api_key_file, "worker_api_key_file", source)
+        worker_key = keys[0] if keys else None
+    elif config.worker_api_key_env:
+        worker_key = os.environ.get(config.worker_api_key_env) or None
+    return Secrets(admin_digests=frozenset(admin), tenant_digests=tenants, worker_api_key=worker_key)

@@ -1,0 +1,98 @@
+"""The router's failure kinds and their one rendering: OpenAI's error body.
+
+Each kind carries its HTTP status and OpenAI `type`, so handlers raise and the
+single middleware at the edge renders and logs; nothing is formatted twice.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class RouterError(Exception):
+    """Base of every error a client may see; subclasses fix the status and type."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "InternalServerError"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return msgspec.json.encode(ErrorBody(ErrorDetail(self.message, self.type, self.param, self.status)))
+
+
+class BadRequest(RouterError):
+    status = 400
+    type = "BadRequestError"
+
+
+class InvalidAdapter(BadRequest):
+    """An adapter name or source the catalog must not accept."""
+
+
+class Unauthorized(RouterError):
+    status = 401
+    type = "AuthenticationError"
+
+
+class Forbidden(RouterError):
+    status = 403
+    type = "PermissionDeniedError"
+
+
+class ModelNotFound(RouterError):
+    """Same shape as vLLM's unknown-model 404, so clients cannot tell router from worker."""
+
+    status = 404
+    type = "NotFoundError"
+
+    def __init__(self, model: str, valid: str = "") -> None:
+        tail = f" Valid aliases: {valid}." if valid else ""
+        super().__init__(f"The model `{model}` does not exist.{tail}", param="model")
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "NotFoundError"
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    type = "BadRequestError"
+
+
+class NoWorkerAvailable(RouterError):
+    """No healthy worker can serve the request right now; the client may retry later."""
+
+    status = 503
+    type = "ServiceUnavailableError"
+
+
+class ColdStartTimeout(NoWorkerAvailable):
+    """The adapter's first load did not finish within cold_start_timeout_s."""
+
+
+class UpstreamFailed(RouterError):
+    """Every attempt to reach a worker failed before it sent a response."""
+
+    status = 502
+    type = "BadGatewayError"
+

@@ -1,0 +1,242 @@
+"""The OpenAI-compatible request path: resolve, pick a holder, forward, relay.
+
+The body is forwarded byte for byte; only `model` (and `user`/`stream`) are
+decoded. The one rewrite — `BASE@ADAPTER` or an alias to the adapter's own
+name — re-encodes the top-level object with every other field kept as raw
+JSON. A worker that fails before the client has seen a byte is retried once
+on another holder (within the retry budget); after that, a cut stream ends with
+an SSE error event, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from router.errors import BadRequest, NoWorkerAvailable, PayloadTooLarge, UpstreamFailed
+from router.fleet import WorkerView
+from router.names import Target, resolve
+from router.picking import power_of_two
+from router.runtime import RouterRuntime
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("runtime", RouterRuntime)
+WORKER_HEADER = "x-lora-router-worker"
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+})
+BUFFER_LIMIT = 1 << 20
+"""Non-streaming bodies up to this size are read whole, so a worker dying mid-body can be retried."""
+UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+class RequestFields(msgspec.Struct):
+    model: str
+    stream: bool | None = None
+    user: str | None = None
+
+
+_decode_fields = msgspec.json.Decoder(RequestFields).decode
+_decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+
+
+class _Retry(Exception):
+    """This attempt failed before the client saw a byte; another holder may answer."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    caller = rt.auth.caller(request.headers.get("Authorization"))
+    body = await _read_body(request, rt.config.security.max_body_bytes)
+    fields = _parse_fields(body)
+    target = resolve(
+        fields.model, caller=caller, bases=rt.fleet.bases() or _configured_base(rt),
+        adapter_owner=lambda name: _owner(rt, name), aliases=rt.config.aliases,
+        sticky_key=fields.user or request.headers.get(rt.config.sticky_header, "") or "",
+    )
+    if target.model != fields.model:
+        body = _rewrite_model(body, target.model)
+    rt.retry_budget.on_request()
+    adapter = target.adapter
+    if adapter is None:
+        return await _forward(request, rt, target, body)
+    rt.demand.started(adapter)
+    try:
+        return await _forward(request, rt, target, body)
+    finally:
+        rt.demand.finished(adapter)
+
+
+def _configured_base(rt: RouterRuntime) -> set[str]:
+    return {rt.config.base_model} if rt.config.base_model else set()
+
+
+def _owner(rt: RouterRuntime, name: str) -> tuple[bool, str | None, str | None]:
+    record = rt.fleet.catalog.get(name)
+    if record is None:
+        return False, None, None
+    return True, record.tenant, record.base_model
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_fields(body: bytes) -> RequestFields:
+    try:
+        return _decode_fields(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = "model" if "model" in text else ("stream" if "stream" in text else None)
+        raise BadRequest(f"Invalid request body: {text}", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+
+
+def _rewrite_model(body: bytes, model: str) -> bytes:
+    top = _decode_top(body)
+    top["model"] = msgspec.Raw(msgspec.json.encode(model))
+    return msgspec.json.encode(top)
+
+
+def _candidates(rt: RouterRuntime, target: Target, tried: set[str]) -> list[WorkerView]:
+    if target.adapter is None:
+        views = rt.fleet.base_workers(target.base or target.model)
+    else:
+        views = rt.fleet.routable_holders(target.adapter)
+    return [v for v in views if v.id not in tried] if tried else views
+
+
+def _upstream_headers(request: web.Request, rt: RouterRuntime) -> dict[str, str]:
+    drop = HOP_BY_HOP
+    connection = request.headers.get("Connection")
+    if connection:
+        drop = drop | {t.strip().lower() for t in connection.split(",")}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+    headers.update(rt.worker_auth)
+    return headers
+
+
+async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body: bytes) -> web.StreamResponse:
+    started = time.monotonic()
+    headers = _upstream_headers(request, rt)
+    tried: set[str] = set()
+    last_reason = "no holder"
+    for attempt in range(2):
+        views = _candidates(rt, target, tried)
+        if not views and target.adapter is not None:
+            await rt.cold.ensure_loaded(target.adapter)
+            views = _candidates(rt, target, tried)
+        if not views:
+            break
+        if attempt and not rt.retry_budget.try_spend():
+            last_reason = "retry budget exhausted"
+            break
+        view = power_of_two(views, rt.rng)
+        tried.add(view.id)
+        try:
+            return await _attempt(request, rt, target, view, body, headers, started)
+        except _Retry as retry:
+            last_reason = retry.reason
+            rt.metrics.retries.labels(retry.reason).inc()
+    if tried:
+        raise UpstreamFailed(f"No worker answered for model '{target.model}' ({last_reason}).")
+    raise NoWorkerAvailable(f"No healthy worker serves model '{target.model}'.", headers={"Retry-After": "1"})
+
+
+async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,
+                   headers: dict[str, str], started: float) -> web.StreamResponse:
+    view.inflight += 1
+    try:
+        try:
+            upstream = await rt.session.post(view.url + request.path, data=body, headers=headers,
+                                             timeout=rt.upstream_timeout)
+        except UPSTREAM_ERRORS as exc:
+            _worker_failed(rt, view, exc)
+            raise _Retry("connect") from None
+        async with upstream:
+            if upstream.status == 404 and target.adapter is not None:
+                await upstream.read()
+                rt.fleet.remove_holding(view.id, target.adapter)
+                raise _Retry("adapter_missing")
+            if upstream.status >= 500:
+                view.failures += 1
+                if view.failures >= rt.config.control.down_after_failures:
+                    _mark_down(rt, view)
+                raise _Retry("worker_5xx")
+            view.failures = 0
+            response = await _relay(request, rt, view, upstream)
+    finally:
+        view.inflight -= 1
+    label = rt.metrics.adapter(target.adapter)
+    rt.metrics.requests.labels(request.path, label, str(response.status)).inc()
+    rt.metrics.latency.labels(label).observe(time.monotonic() - started)
+    return response
+
+
+def _response_headers(rt: RouterRuntime, view: WorkerView, upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+    if rt.config.security.worker_header:
+        headers[WORKER_HEADER] = view.id
+    return headers
+
+
+async def _relay(request: web.Request, rt: RouterRuntime, view: WorkerView,
+                 upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    headers = _response_headers(rt, view, upstream)
+    streaming = upstream.content_type == "text/event-stream"
+    length = upstream.content_length
+    if not streaming and length is not None and length <= BUFFER_LIMIT:
+        try:
+            data = await upstream.read()
+        except UPSTREAM_ERRORS as exc:
+            _worker_failed(rt, view, exc)
+            raise _Retry("body_cut") from None
+        return web.Response(status=upstream.status, body=data, headers=headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except UPSTREAM_ERRORS as exc:
+        _worker_failed(rt, view, exc)
+        if streaming:
+            await response.write(_sse_error("The worker stopped in the middle of the stream."))
+    await response.write_eof()
+    return response
+
+
+def _sse_error(message: str) -> bytes:
+    error = UpstreamFailed(message)
+    return b"data: " + error.body() + b"\n\n"
+
+
+def _worker_failed(rt: RouterRuntime, view: WorkerView, exc: BaseException) -> None:
+    log.warning("worker %s failed: %s", view.id, type(exc).__name__)
+    _mark_down(rt, view)
+
+
+def _mark_down(rt: RouterRuntime, view: WorkerView) -> None:
+    """Passive health: stop sending to it; the health prober brings it back when /health answers."""
+    view.healthy = False
+    view.probe_at = time.monotonic() + rt.config.control.health_probe_s
+    rt.metrics.worker_healthy.labels(view.id).set(0)

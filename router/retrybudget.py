@@ -1,0 +1,21 @@
+"""A retry budget: retries may add at most `ratio` of recent traffic, so a sick fleet sees no storm."""
+
+from __future__ import annotations
+
+
+class RetryBudget:
+    __slots__ = ("ratio", "cap", "tokens")
+
+    def __init__(self, ratio: float, cap: float = 20.0) -> None:
+        self.ratio = ratio
+        self.cap = cap
+        self.tokens = cap
+
+    def on_request(self) -> None:
+        self.tokens = min(self.cap, self.tokens + self.ratio)
+
+    def try_spend(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,147 @@
+"""One router process: connect the stores, start the loops, serve HTTP, stop cleanly.
+
+Wiring, in order: config -> etcd (given, or the embedded one) -> stores and
+election -> watchers that feed the Fleet (membership, catalog, placement) ->
+control loop, reconciler, health prober, config reloader -> the HTTP server.
+Every long-running piece is a task in one TaskGroup-like set; the first to
+fail stops the process (a router that silently lost its placement watch
+would route on stale data forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from discovery.election import LeaderElection
+from discovery.etcd import EtcdClient
+from discovery.registry import WorkerRegistry
+from discovery.static import StaticDiscovery
+from discovery.stores import CatalogStore, DemandStore, PlacementStore
+from router.admin import add_admin_routes
+from router.app import build_app
+from router.catalog_sync import declare_config_adapters
+from router.config import load_config
+from router.control import ControlLoop
+from router.health import probe_down_workers
+from router.reconciler import Reconciler
+from router.reload import ConfigReloader
+from router.runtime import RouterRuntime
+
+log = logging.getLogger(__name__)
+
+
+class ServeOptions(msgspec.Struct, kw_only=True):
+    config: str | None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    etcd: list[str] = []
+    workers: list[str] = []
+    router_id: str
+    etcd_prefix: str = "/lora-router"
+    reuse_port: bool = False
+
+
+async def serve(options: ServeOptions, started: Callable[[int], None] | None = None) -> None:
+    loaded = load_config(options.config)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
+        auto_decompress=False, skip_auto_headers=("User-Agent",))
+    client = await EtcdClient.connect(options.etcd, prefix=options.etcd_prefix)
+    runtime = RouterRuntime(loaded, session, options.router_id)
+    if not runtime.auth.enabled:
+        log.warning("no API keys configured: the router is open to anyone who can reach it")
+    catalog = CatalogStore(client)
+    placement_store = PlacementStore(client)
+    demand_store = DemandStore(client)
+    election = LeaderElection(client, options.router_id, ttl=loaded.config.control.lease_ttl_s)
+    static_urls = options.workers or loaded.config.workers
+    discovery = (StaticDiscovery(static_urls, api_key=loaded.secrets.worker_api_key) if static_urls
+                 else WorkerRegistry(client))
+    reconciler = Reconciler(runtime)
+    control = ControlLoop(runtime, demand_store, placement_store, election)
+    reloader = ConfigReloader(runtime, options.config)
+    await declare_config_adapters(catalog, runtime)
+
+    async def follow_membership() -> None:
+        async for membership in discovery.watch():
+            change = runtime.fleet.set_membership(membership.workers)
+            if change:
+                reconciler.on_membership(change)
+                control.trigger()
+
+    async def follow_catalog() -> None:
+        async for adapters in catalog.watch():
+            runtime.fleet.catalog = adapters
+
+    async def follow_placement() -> None:
+        async for placement in placement_store.watch():
+            runtime.fleet.placement = placement
+            runtime.placement_seen = True
+            runtime.metrics.placement_epoch.set(placement.epoch)
+            reconciler.on_placement()
+
+    app = build_app(runtime, lambda a: add_admin_routes(a, catalog, runtime))
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           max_field_size=loaded.config.security.max_header_bytes,
+                           max_line_size=loaded.config.security.max_header_bytes)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port, reuse_port=options.reuse_port or None)
+    await site.start()
+    port = _bound_port(runner, options.port)
+    log.info("router %s listening on %s:%d", options.router_id, options.host, port)
+    if started is not None:
+        started(port)
+    loops: list[Callable[[], Awaitable[None]]] = [
+        follow_membership, follow_catalog, follow_placement, election.run, control.run, reconciler.run,
+        lambda: probe_down_workers(runtime), reloader.run,
+    ]
+    try:
+        await _run_until_stopped(loops)
+    finally:
+        await runner.cleanup()
+        await election.resign()
+        await client.close()
+        await session.close()
+
+
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    return fallback
+
+
+async def _run_until_stopped(loops: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Run the loops until SIGTERM/SIGINT or until one of them fails (which is then raised)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(_as_coroutine(f), name=getattr(f, "__name__", "loop")) for f in loops]
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in [*tasks, stopper]:
+            task.cancel()
+        await asyncio.gather(*tasks, stopper, return_exceptions=True)
+
+
+async def _as_coroutine(f: Callable[[], Awaitable[None]]) -> None:
+    await f()
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "lora-router"

@@ -1,0 +1,138 @@
+"""Calls from the router to a worker's admin surface: list, load, unload.
+
+Answers are classified once, here, into outcomes the reconciler and the cold
+start path act on: done (including vLLM's "already loaded" / "not found" that
+mean the goal is met), a permanent rejection with its reason (bad path, rank
+too high, unauthorized), or a transient failure worth retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from discovery.records import AdapterRecord
+
+
+class WorkerCallFailed(Exception):
+    """Transient: the worker did not answer usefully; retry with backoff."""
+
+
+class AdapterRejected(Exception):
+    """Permanent for this worker: retrying the same call cannot succeed."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _ModelCard(msgspec.Struct):
+    id: str
+    parent: str | None = None
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelCard]
+
+
+class _ErrorInner(msgspec.Struct):
+    message: str = ""
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorInner | str | None = None
+    message: str | None = None
+
+
+def adapter_path(source: str) -> str:
+    """What vLLM's lora_path receives: a local path for file sources, the repo id for hf://."""
+    parts = urlsplit(source)
+    if parts.scheme == "file":
+        return parts.path
+    if parts.scheme == "hf":
+        return parts.netloc + parts.path
+    return source
+
+
+def error_message(body: bytes) -> str:
+    """The message of either vLLM error shape (nested or flat), or the raw text."""
+    try:
+        env = msgspec.json.decode(body, type=_ErrorEnvelope)
+    except msgspec.DecodeError:
+        return body.decode(errors="replace")[:500]
+    if isinstance(env.error, _ErrorInner):
+        return env.error.message
+    return env.message or (env.error if isinstance(env.error, str) else "") or ""
+
+
+class WorkerClient:
+    def __init__(self, session: aiohttp.ClientSession, api_key: str | None, timeout_s: float) -> None:
+        self._session = session
+        self.configure(api_key, timeout_s)
+
+    def configure(self, api_key: str | None, timeout_s: float) -> None:
+        """Take a reloaded config's key and timeout; calls already running keep the old ones."""
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def _call(self, method: str, url: str, body: object | None = None) -> tuple[int, bytes]:
+        try:
+            async with self._session.request(method, url, json=body, headers=self._headers,
+                                             timeout=self._timeout) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise WorkerCallFailed(f"{method} {url}: {type(exc).__name__}") from exc
+
+    async def list_adapters(self, base_url: str) -> set[str]:
+        status, body = await self._call("GET", base_url + "/v1/models")
+        if status == 401:
+            raise AdapterRejected("unauthorized", "the worker rejected the router's API key")
+        if status != 200:
+            raise WorkerCallFailed(f"GET {base_url}/v1/models: HTTP {status}")
+        try:
+            cards = msgspec.json.decode(body, type=_ModelList).data
+        except msgspec.DecodeError as exc:
+            raise WorkerCallFailed(f"GET {base_url}/v1/models: malformed body") from exc
+        return {c.id for c in cards if c.parent is not None}
+
+    async def load(self, base_url: str, adapter: AdapterRecord) -> None:
+        body = {"lora_name": adapter.name, "lora_path": adapter_path(adapter.source)}
+        status, raw = await self._call("POST", base_url + "/v1/load_lora_adapter", body)
+        if status == 200:
+            return
+        message = error_message(raw)
+        if status == 400 and "already been loaded" in message:
+            return
+        raise _classify(status, message)
+
+    async def unload(self, base_url: str, adapter: str) -> None:
+        status, raw = await self._call("POST", base_url + "/v1/unload_lora_adapter", {"lora_name": adapter})
+        if status in (200, 404):
+            return
+        raise _classify(status, error_message(raw))
+
+    async def healthy(self, base_url: str) -> bool:
+        try:
+            status, _ = await self._call("GET", base_url + "/health")
+        except WorkerCallFailed:
+            return False
+        return status == 200
+
+
+def _classify(status: int, message: str) -> Exception:
+    if status == 401:
+        return AdapterRejected("unauthorized", "the worker rejected the router's API key")
+    if status == 404 and "No adapter found" in message:
+        return AdapterRejected("not_found", message)
+    if status == 404:
+        return AdapterRejected("runtime_loading_disabled", "the worker has no runtime LoRA endpoints "
+                               "(set VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
+    if "max_lora_rank" in message or "rank" in message.lower() and status == 500:
+        return AdapterRejected("rank_too_high", message)
+    if status == 400:
+        return AdapterRejected("rejected", message)
+    return WorkerCallFailed(f"HTTP {status}: {message[:200]}")
