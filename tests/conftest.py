@@ -48,3 +48,67 @@ def start_workers(tmp_path: Path) -> Iterator[Callable[..., list[ManagedProcess]
     yield start
     for p in started:
         p.kill()
+
+
+class RouterProcess:
+    """A `lora-router serve` process and how to reach it."""
+
+    def __init__(self, proc: ManagedProcess, port: int, config_path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.config_path = config_path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def start_router(tmp_path: Path, etcd: EmbeddedEtcd) -> Iterator[Callable[..., RouterProcess]]:
+    """Start `lora-router serve` against the test etcd with a config given as a dict; waits for /ready."""
+    import json
+
+    from discovery.ports import free_port
+    from router.procs import python_cli
+
+    started: list[ManagedProcess] = []
+
+    def start(config: dict[str, object], *, workers: list[str] = (), router_id: str | None = None,
+              ready: bool = True, extra_args: tuple[str, ...] = ()) -> RouterProcess:
+        port = free_port()
+        rid = router_id or f"router-{port}"
+        config_path = tmp_path / f"{rid}.yaml"
+        config_path.write_text(json.dumps(config))
+        argv = python_cli("router", "serve", "--config", str(config_path), "--port", str(port),
+                          "--etcd", etcd.endpoint, "--router-id", rid, *extra_args)
+        for url in workers:
+            argv += ["--worker", url]
+        health = "/ready" if ready else "/health"
+        proc = ManagedProcess(argv, health_url=f"http://127.0.0.1:{port}{health}",
+                              log_path=tmp_path / f"{rid}.log")
+        started.append(proc.start(timeout_s=60))
+        return RouterProcess(proc, port, config_path)
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+def _poll_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
+                what: str = "condition") -> object:
+    """Poll a condition with a deadline (never a bare sleep); returns the first truthy value."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def poll_until() -> Callable[..., object]:
+    return _poll_until

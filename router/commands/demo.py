@@ -1,0 +1,192 @@
+"""`lora-router demo`: a complete system on this machine, driven by a short Zipf workload.
+
+Starts an embedded etcd, simulated vLLM workers each with its registrar
+sidecar, and one router; adds adapters through the admin API; sends Zipf
+traffic; prints the placement as it changes and a summary; stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+from discovery.embedded import EmbeddedEtcd
+from discovery.ports import free_port
+from router.devfleet import make_adapter_dir, sim_worker, worker_url
+from router.procs import ManagedProcess, python_cli
+
+HELP = "Run embedded etcd, simulated workers and a router, send a Zipf workload, print placement and a summary."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=4, help="simulated workers (default 4)")
+    p.add_argument("--adapters", type=int, default=50, help="adapters in the catalog (default 50)")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to send traffic (default 20)")
+    p.add_argument("--rps", type=float, default=40.0, help="mean request rate, Poisson (default 40)")
+    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of adapter popularity (default 1.1)")
+    p.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
+
+
+def run(args: argparse.Namespace) -> int:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_demo(args))
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[ManagedProcess] = []
+        self.etcd = EmbeddedEtcd(root / "etcd")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(timeout_s=5)
+        self.etcd.stop()
+
+
+def _config(root: Path, adapters: list[str]) -> Path:
+    config = {
+        "security": {"allowed_path_prefixes": [str(root / "adapters")]},
+        "control": {"tick_s": 1.0, "reconcile_s": 2.0, "lease_ttl_s": 3},
+        "placement": {"defaults": {"per_replica_rps": 8.0, "min_replicas": 1, "scale_down_cooldown_s": 5.0}},
+        "adapters": [{"name": a, "source": str(root / "adapters" / a), "base_model": "sim-base"} for a in adapters],
+    }
+    path = root / "router.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    root = Path(tempfile.mkdtemp(prefix="lora-router-demo-"))
+    fleet = Fleet(root)
+    print(f"demo: working directory {root}")
+    try:
+        fleet.etcd.start()
+        names = [f"adapter-{i:02d}" for i in range(args.adapters)]
+        for name in names:
+            make_adapter_dir(root / "adapters", name)
+        config = _config(root, names)
+        for _ in range(args.workers):
+            worker = sim_worker(root, extra_args=("--max-loras", "4", "--max-cpu-loras", "8", "--speed", "0.2"))
+            fleet.procs.append(worker.start())
+            url = worker_url(worker)
+            fleet.procs.append(ManagedProcess(
+                python_cli("router", "register", "--etcd", fleet.etcd.endpoint, "--worker-url", url,
+                           "--slots", "12", "--ttl", "3"),
+                log_path=root / f"registrar-{url.rsplit(':', 1)[1]}.log").start())
+        port = free_port()
+        router = ManagedProcess(
+            python_cli("router", "serve", "--config", str(config), "--port", str(port),
+                       "--etcd", fleet.etcd.endpoint, "--router-id", "demo-router"),
+            health_url=f"http://127.0.0.1:{port}/health", log_path=root / "router.log")
+        fleet.procs.append(router.start())
+        base = f"http://127.0.0.1:{port}"
+        print(f"demo: etcd {fleet.etcd.endpoint}, {args.workers} workers, router {base}")
+        async with aiohttp.ClientSession() as session:
+            await _wait_ready(session, base, args.workers)
+            stats = await _drive(session, base, names, args)
+            await _print_placement(session, base, final=True)
+        _print_summary(stats, args)
+        return 0 if stats.failed == 0 else 1
+    finally:
+        fleet.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def _wait_ready(session: aiohttp.ClientSession, base: str, workers: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(base + "/v1/router/status") as r:
+                if r.status == 200 and len((await r.json())["workers"]) >= workers:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"router at {base} did not see {workers} workers within {timeout_s}s")
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.by_worker: dict[str, int] = {}
+
+
+async def _drive(session: aiohttp.ClientSession, base: str, names: list[str], args: argparse.Namespace) -> Stats:
+    rng = random.Random(args.seed)
+    weights = [1.0 / (i + 1) ** args.zipf for i in range(len(names))]
+    stats = Stats()
+    pending: set[asyncio.Task[None]] = set()
+    start = time.monotonic()
+    next_print = start
+    next_send = start
+    while time.monotonic() - start < args.seconds:
+        now = time.monotonic()
+        if now >= next_print:
+            await _print_placement(session, base)
+            next_print = now + max(2.0, args.seconds / 5)
+        if now >= next_send:
+            adapter = rng.choices(names, weights)[0]
+            task = asyncio.create_task(_one(session, base, adapter, stats))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            next_send += rng.expovariate(args.rps)
+        await asyncio.sleep(max(0.0, min(next_send, next_print) - time.monotonic()))
+    if pending:
+        await asyncio.wait(pending)
+    return stats
+
+
+async def _one(session: aiohttp.ClientSession, base: str, adapter: str, stats: Stats) -> None:
+    body = {"model": adapter, "prompt": "hello", "max_tokens": 8, "ignore_eos": True}
+    started = time.monotonic()
+    try:
+        async with session.post(base + "/v1/completions", json=body) as r:
+            await r.read()
+            if r.status != 200:
+                stats.failed += 1
+                return
+            worker = r.headers.get("x-lora-router-worker", "?")
+            stats.by_worker[worker] = stats.by_worker.get(worker, 0) + 1
+    except aiohttp.ClientError:
+        stats.failed += 1
+        return
+    stats.latencies.append(time.monotonic() - started)
+
+
+async def _print_placement(session: aiohttp.ClientSession, base: str, final: bool = False) -> None:
+    async with session.get(base + "/v1/loras") as r:
+        loras = (await r.json())["data"]
+    hot = sorted(loras, key=lambda a: -a.get("demand", {}).get("rps", 0.0))[:8]
+    title = "final placement" if final else "placement"
+    print(f"\n{title} (top {len(hot)} of {len(loras)} adapters by demand):")
+    print(f"  {'adapter':<12} {'rps':>6} {'replicas':>8}  holders")
+    for a in hot:
+        rs = a.get("replica_set") or {}
+        print(f"  {a['name']:<12} {a.get('demand', {}).get('rps', 0.0):>6.1f} {rs.get('replicas', 0):>8}  "
+              f"{', '.join(a.get('holders', []))}")
+
+
+def _print_summary(stats: Stats, args: argparse.Namespace) -> None:
+    lat = sorted(stats.latencies)
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    total = len(lat) + stats.failed
+    print(f"\nsummary: {total} requests in {args.seconds:.0f}s, {len(lat)} ok, {stats.failed} failed; "
+          f"latency p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms")
+    print("requests per worker: " + ", ".join(f"{w}={n}" for w, n in sorted(stats.by_worker.items())))

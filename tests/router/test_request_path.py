@@ -1,0 +1,151 @@
+"""The front door end to end: real etcd, simulated workers and the router as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from router.devfleet import worker_url
+
+BASE = "sim-base"
+
+
+def _get_json(url: str, headers: dict[str, str] | None = None) -> dict:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _held(url: str) -> set[str]:
+    return {m["id"] for m in _get_json(url + "/v1/models")["data"] if m["parent"] is not None}
+
+
+def _config(adapter_root: Path, names: list[str], **extra: object) -> dict[str, object]:
+    config: dict[str, object] = {
+        "security": {"allowed_path_prefixes": [str(adapter_root)]},
+        "control": {"tick_s": 0.5, "reconcile_s": 1.0, "lease_ttl_s": 3},
+        "adapters": [{"name": n, "source": str(adapter_root / n), "base_model": BASE} for n in names],
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def fleet(start_workers: Callable, start_router: Callable, adapter_dirs: Callable, poll_until: Callable):
+    """3 workers, 20 catalog adapters placed on them, one router."""
+
+    def make(n_workers: int = 3, n_adapters: int = 20, **extra: object):
+        names = [f"ad-{i}" for i in range(n_adapters)]
+        root = adapter_dirs(names[0]).parent
+        for n in names[1:]:
+            adapter_dirs(n)
+        workers = start_workers(n_workers, extra_args=("--speed", "0.01", "--max-loras", "4"))
+        urls = [worker_url(w) for w in workers]
+        router = start_router(_config(root, names, **extra), workers=urls)
+        return router, workers, urls, names
+
+    return make
+
+
+def test_openai_client_chat_and_completions_through_the_router(fleet, poll_until) -> None:
+    router, _, urls, names = fleet(n_workers=2, n_adapters=3, aliases={"support": {"ad-1": 9, "ad-2": 1}})
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    for model in ("ad-0", f"{BASE}@ad-0", "support"):
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=5, extra_body={"ignore_eos": True})
+        assert chat.choices[0].message.content
+        assert chat.model in {"ad-0", "ad-1", "ad-2"}, "the worker sees the adapter's own name"
+        done = client.completions.create(model=model, prompt="hello", max_tokens=5,
+                                         extra_body={"ignore_eos": True})
+        assert done.choices[0].text
+        chunks = list(client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+            extra_body={"ignore_eos": True}))
+        assert [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        text = "".join(c.choices[0].text for c in client.completions.create(
+            model=model, prompt="hello", max_tokens=4, stream=True, extra_body={"ignore_eos": True}) if c.choices)
+        assert text
+    models = {m.id: m for m in client.models.list().data}
+    assert {BASE, "ad-0", "ad-1", "ad-2", "support"} <= set(models)
+
+
+def test_every_request_is_served_by_a_holder(fleet, poll_until) -> None:
+    router, _, urls, names = fleet()
+    by_id = {}
+
+    async def run() -> list[tuple[str, str]]:
+        async with aiohttp.ClientSession() as s:
+            async def one(name: str) -> tuple[str, str]:
+                body = {"model": name, "prompt": "x", "max_tokens": 2, "ignore_eos": True}
+                async with s.post(router.url + "/v1/completions", json=body) as r:
+                    assert r.status == 200, await r.text()
+                    return name, r.headers["x-lora-router-worker"]
+            return await asyncio.gather(*(one(n) for n in names * 3))
+
+    served = asyncio.run(run())
+    status = _get_json(router.url + "/v1/router/status")
+    by_id = {w["id"]: w["url"] for w in status["workers"]}
+    holdings = {wid: _held(url) for wid, url in by_id.items()}
+    for name, worker in served:
+        assert name in holdings[worker], f"{name} served by {worker}, which does not hold it"
+
+
+def test_concurrent_first_requests_for_a_cold_adapter_share_one_load(fleet) -> None:
+    router, _, urls, _ = fleet(n_adapters=1, placement={"defaults": {"min_replicas": 0}})
+    assert all("ad-0" not in _held(u) for u in urls), "min_replicas 0: nothing loaded before demand"
+
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession() as s:
+            async def one() -> int:
+                body = {"model": "ad-0", "prompt": "x", "max_tokens": 2, "ignore_eos": True}
+                async with s.post(router.url + "/v1/completions", json=body) as r:
+                    await r.read()
+                    return r.status
+            return await asyncio.gather(*(one() for _ in range(50)))
+
+    assert asyncio.run(run()) == [200] * 50
+    metrics = urllib.request.urlopen(router.url + "/metrics").read().decode()
+    loaded = [line for line in metrics.splitlines()
+              if line.startswith("lora_router_cold_starts_total") and 'outcome="loaded"' in line]
+    assert loaded and float(loaded[0].rsplit(" ", 1)[1]) == 1.0, loaded
+    assert sum("ad-0" in _held(u) for u in urls) == 1
+
+
+def test_a_killed_worker_loses_no_request_that_another_holder_could_serve(fleet) -> None:
+    router, workers, urls, names = fleet(n_adapters=2, placement={"defaults": {"min_replicas": 3}})
+
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession() as s:
+            async def one(i: int) -> int:
+                if i == 40:
+                    workers[0].kill()
+                body = {"model": names[i % 2], "prompt": "x", "max_tokens": 4, "ignore_eos": True}
+                async with s.post(router.url + "/v1/completions", json=body) as r:
+                    await r.read()
+                    return r.status
+            sem = asyncio.Semaphore(8)
+
+            async def bounded(i: int) -> int:
+                async with sem:
+                    return await one(i)
+            return await asyncio.gather(*(bounded(i) for i in range(200)))
+
+    _wait_held_everywhere(urls, names)
+    statuses = asyncio.run(run())
+    assert statuses == [200] * 200, {s: statuses.count(s) for s in set(statuses)}
+
+
+def _wait_held_everywhere(urls: list[str], names: list[str], timeout_s: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not all(set(names) <= _held(u) for u in urls):
+        assert time.monotonic() < deadline, "placement never loaded the adapters on every worker"
+        time.sleep(0.1)
