@@ -29,7 +29,7 @@ class AdapterEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keys_sha256: list[str] = []
     keys_file: str | None = None
-    adapters: list[str] = ["*"]
+    adapters: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Glob patterns of adapter (and alias) names this tenant may use."""
     default_adapter: str | None = None
     """Used when the tenant asks for the base model."""
@@ -43,7 +43,7 @@ class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allowed_path_prefixes: list[str] = []
     """Local adapter paths must resolve under one of these; empty = no local paths."""
-    allowed_schemes: list[str] = ["file"]
+    allowed_schemes: list[str] = msgspec.field(default_factory=lambda: ["file"])
     """Source schemes the catalog accepts: file, hf, s3."""
     max_body_bytes: int = 4 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
@@ -69,6 +69,11 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     down_after_failures: int = 1
     retry_budget_ratio: float = 0.2
     """Retries allowed as a fraction of recent requests, so a bad fleet sees no retry storm."""
+    worker_ops_per_s: float = 10.0
+    """Loads and unloads the reconciler sends one worker per second, at most (one at a time)."""
+    retry_base_s: float = 0.5
+    """First backoff after a transient load/unload failure; doubles per attempt, with jitter."""
+    retry_max_s: float = 30.0
 
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

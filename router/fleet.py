@@ -17,18 +17,34 @@ from discovery.records import AdapterRecord, WorkerRecord
 class WorkerView:
     """One worker as this router sees it; mutable, owned by the event loop."""
 
-    __slots__ = ("record", "healthy", "failures", "inflight", "holds", "draining", "probe_at")
+    __slots__ = ("record", "healthy", "failures", "inflight", "adapter_inflight", "holds", "draining", "probe_at")
 
     def __init__(self, record: WorkerRecord) -> None:
         self.record = record
         self.healthy = True
         self.failures = 0
         self.inflight = 0
+        self.adapter_inflight: dict[str, int] = {}
+        """Requests in flight here per adapter: a drain waits for its adapter's count to reach 0."""
         self.holds: set[str] = set()
         """Adapters the worker listed in /v1/models (or confirmed by a load)."""
         self.draining: set[str] = set()
         """Held adapters that get no new requests because the placement dropped them here."""
         self.probe_at = 0.0
+
+    def begin(self, adapter: str | None) -> None:
+        self.inflight += 1
+        if adapter is not None:
+            self.adapter_inflight[adapter] = self.adapter_inflight.get(adapter, 0) + 1
+
+    def end(self, adapter: str | None) -> None:
+        self.inflight -= 1
+        if adapter is not None:
+            left = self.adapter_inflight[adapter] - 1
+            if left:
+                self.adapter_inflight[adapter] = left
+            else:
+                del self.adapter_inflight[adapter]
 
     @property
     def id(self) -> str:

@@ -165,7 +165,7 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
 
 async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,
                    headers: dict[str, str], started: float) -> web.StreamResponse:
-    view.inflight += 1
+    view.begin(target.adapter)
     try:
         try:
             upstream = await rt.session.post(view.url + request.path, data=body, headers=headers,
@@ -186,7 +186,7 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view
             view.failures = 0
             response = await _relay(request, rt, view, upstream)
     finally:
-        view.inflight -= 1
+        view.end(target.adapter)
     label = rt.metrics.adapter(target.adapter)
     rt.metrics.requests.labels(request.path, label, str(response.status)).inc()
     rt.metrics.latency.labels(label).observe(time.monotonic() - started)
