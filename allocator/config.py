@@ -1,0 +1,216 @@
+"""The replica-factor config: how many replicas each adapter gets and how placement behaves.
+
+Global defaults apply to every adapter; `adapters:` overrides them per exact
+name or per glob pattern (`medical-*`). An exact name always beats a pattern;
+among matching patterns the longest wins (the most specific, by length), and
+equal lengths are broken by the pattern's text so every replica agrees.
+Overrides are partial: an unset field inherits the default.
+
+`decode_config` is the one YAML -> Struct path for every config file of the
+project, so that any error reads the same: file, key path, bad value.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+T = TypeVar("T")
+
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and the value."""
+
+
+def _check_policy(p: ReplicaPolicy) -> None:
+    if not p.scale_down_threshold < p.scale_up_threshold:
+        raise ValueError(f"scale_down_threshold ({p.scale_down_threshold}) must be below "
+                         f"scale_up_threshold ({p.scale_up_threshold})")
+    if p.max_replicas is not None and p.max_replicas < max(p.min_replicas, 1):
+        raise ValueError(f"max_replicas ({p.max_replicas}) must be >= min_replicas "
+                         f"({p.min_replicas}) and >= 1")
+
+
+class ReplicaPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The effective replica-factor settings of one adapter.
+
+    Replicas needed = ceil(demand / (per_replica_capacity x threshold)) for each
+    demand measure that has a capacity, the largest wins. Scale-up uses
+    `scale_up_threshold` at once (after `scale_up_cooldown_s`); scale-down uses
+    the lower `scale_down_threshold` and waits `scale_down_cooldown_s`, so demand
+    wandering between the two never flaps the count.
+    """
+
+    per_replica_rps: Positive | None = 10.0
+    """Requests per second one replica should carry; null = ignore arrival rate."""
+    per_replica_concurrent: Positive | None = 32.0
+    """Concurrent requests one replica should carry; null = ignore in-flight counts."""
+    min_replicas: Count = 1
+    """Replicas kept with no demand; 0 = unloaded until requested."""
+    max_replicas: Annotated[int, Meta(ge=1)] | None = None
+    """Upper bound; null = as many as there are candidate workers."""
+    scale_up_threshold: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    scale_down_threshold: Annotated[float, Meta(gt=0, lt=1)] = 0.6
+    scale_up_cooldown_s: NonNegative = 0.0
+    scale_down_cooldown_s: NonNegative = 60.0
+
+    def __post_init__(self) -> None:
+        _check_policy(self)
+
+
+class PolicyOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                     omit_defaults=True):
+    """Fields of ReplicaPolicy to replace for matching adapters; absent = inherit."""
+
+    per_replica_rps: Positive | None | UnsetType = UNSET
+    per_replica_concurrent: Positive | None | UnsetType = UNSET
+    min_replicas: Count | UnsetType = UNSET
+    max_replicas: Annotated[int, Meta(ge=1)] | None | UnsetType = UNSET
+    scale_up_threshold: Annotated[float, Meta(gt=0, le=1)] | UnsetType = UNSET
+    scale_down_threshold: Annotated[float, Meta(gt=0, lt=1)] | UnsetType = UNSET
+    scale_up_cooldown_s: NonNegative | UnsetType = UNSET
+    scale_down_cooldown_s: NonNegative | UnsetType = UNSET
+
+    def apply(self, base: ReplicaPolicy) -> ReplicaPolicy:
+        changes = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not UNSET}
+        return msgspec.structs.replace(base, **changes)
+
+
+class PlanBudget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How much of the placement diff one reconcile tick may start."""
+
+    loads_per_worker: Annotated[int, Meta(ge=1)] = 2
+    """Adapter loads in flight on one worker at a time (a load competes with serving)."""
+    actions_per_tick: Annotated[int, Meta(ge=1)] = 64
+
+
+class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `placement:` section of the router config."""
+
+    defaults: ReplicaPolicy = msgspec.field(default_factory=ReplicaPolicy)
+    adapters: dict[str, PolicyOverride] = {}
+    """Per-adapter overrides keyed by exact name or glob pattern (`medical-*`)."""
+    epsilon: NonNegative = 0.25
+    """A worker's expected load stays under (1 + epsilon) x the fleet mean (per unit weight)."""
+    default_slots: Annotated[int, Meta(ge=1)] = 8
+    """Slot capacity for a worker that does not announce one."""
+    sticky: bool = True
+    """Keep a current holder while it stays in the adapter's top replicas + sticky_k and in bounds."""
+    sticky_k: Count = 2
+    rise_tau_s: NonNegative = 0.0
+    """Estimator time constant for rising demand; 0 = follow a rise at once."""
+    fall_tau_s: NonNegative = 30.0
+    """Estimator time constant for falling demand."""
+    plan: PlanBudget = msgspec.field(default_factory=PlanBudget)
+
+    def __post_init__(self) -> None:
+        for pattern, override in self.adapters.items():
+            try:
+                override.apply(self.defaults)
+            except ValueError as exc:
+                raise ValueError(f"adapters[{pattern!r}]: {exc}") from None
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def policy_for(config: ReplicaConfig, adapter_name: str) -> ReplicaPolicy:
+    """The effective policy: exact name, else the longest matching glob, else the defaults."""
+    override = config.adapters.get(adapter_name)
+    if override is None:
+        matches = [p for p in config.adapters if _GLOB.search(p) and fnmatch.fnmatchcase(adapter_name, p)]
+        if not matches:
+            return config.defaults
+        override = config.adapters[min(matches, key=lambda p: (-len(p), p))]
+    return override.apply(config.defaults)
+
+
+def decode_config(data: bytes, type_: type[T], source: str) -> T:
+    """Parse YAML (JSON is YAML) into `type_`; any problem is a ConfigError naming file, key, value."""
+    try:
+        raw = msgspec.yaml.decode(data) if data.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    try:
+        return msgspec.convert(raw, type_)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(raw, type_, str(exc), source)) from exc
+
+
+_AT = re.compile(r"^(?P<what>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]+)`")
+_MISSING = object()
+
+
+def _describe(raw: Any, type_: type, message: str, source: str) -> str:
+    """File, key path and the offending value for msgspec's message."""
+    m = _AT.match(message)
+    what, at = (m["what"], m["path"]) if m else (message, "")
+    steps = [s1 or s2 for s1, s2 in _SEGMENT.findall(at)]
+    unknown = _UNKNOWN.search(what)
+    if unknown:
+        steps.append(unknown["field"])
+    path, value = _locate(raw, steps, type_, message)
+    got = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
+    return f"{source}: {path or '(top level)'}: {what}{got}"
+
+
+def _locate(raw: Any, steps: list[str], type_: type, message: str) -> tuple[str, Any]:
+    """Follow msgspec's path; a dict key it hid as `[...]` is found by dropping entries in turn."""
+    node, parts = raw, []
+    for i, step in enumerate(steps):
+        if step == "..." and isinstance(node, dict):
+            step = _guilty_key(raw, steps[:i], node, type_, message)
+        if isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        elif isinstance(node, dict) and step in node:
+            node = node[step]
+        else:
+            node = _MISSING
+        parts.append(step)
+        if node is _MISSING:
+            break
+    return _dotted(parts), node
+
+
+def _dotted(parts: list[str]) -> str:
+    text = ""
+    for part in parts:
+        if part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part}]" if part.isdigit() else f"[{part!r}]"
+    return text
+
+
+def _guilty_key(raw: Any, prefix: list[str], node: dict, type_: type, message: str) -> str:
+    for candidate in node:
+        trial = copy.deepcopy(raw)
+        parent = trial
+        for s in prefix:
+            parent = parent[int(s)] if isinstance(parent, list) else parent[s]
+        del parent[candidate]
+        try:
+            msgspec.convert(trial, type_)
+        except msgspec.ValidationError as exc:
+            if str(exc) == message:
+                continue
+        return candidate
+    return "..."
+
+
+def _short(value: Any) -> str:
+    if value is _MISSING:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,239 @@
+"""Capacity-bounded HRW placement: which workers should hold which adapter.
+
+How: size every adapter from its demand (sizing.py); if a base model's slots
+cannot hold every replica asked for, trim extra replicas from the coldest
+adapters first, then drop the coldest adapters (they are reported unplaced).
+Then place adapters hottest first; each walks its OWN HRW ranking and takes
+workers that have a free slot and whose expected load stays within
+(1 + epsilon) x the fleet mean per unit weight (bounded loads without the
+cascades of a ring, since an overflow goes to that adapter's next choice,
+not to a shared neighbour). An adapter's expected load is split evenly over
+its replicas. In sticky mode an adapter first keeps its current workers that
+are still in its top replicas + sticky_k and within bounds. If nothing within
+bounds is left, the least loaded worker with a free slot takes the replica.
+
+`Planner` keeps rankings between calls (membership changes cost a few
+thousand hashes); `compute_placement` is the same function without memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from allocator.config import ReplicaConfig, ReplicaPolicy, policy_for
+from allocator.model import Adapter, Demand, Placement, ReplicaSet, Worker
+from allocator.rankings import Rankings
+from allocator.sizing import size_replicas
+
+NO_DEMAND = Demand()
+_TOLERANCE = 1e-9
+
+
+class DuplicateName(ValueError):
+    """Two workers with one id, or two adapters with one name: placement would be ambiguous."""
+
+
+def _unique(names: list[str], what: str) -> None:
+    dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
+    if dup is not None:
+        raise DuplicateName(f"{what} {dup!r} appears twice")
+
+
+def fit_to_slots(base_models: Sequence[str], asked: Sequence[int], hottest_first: Sequence[int],
+                 slots: Mapping[str, int]) -> list[int]:
+    """Replica counts that fit each base model's slots: the coldest shrink first.
+
+    Every adapter first gets one replica (hottest first), then extras go to the
+    hottest; so when slots run short the coldest lose extras, then themselves.
+    """
+    need: dict[str, int] = {}
+    for base, n in zip(base_models, asked):
+        need[base] = need.get(base, 0) + n
+    if all(n <= slots.get(base, 0) for base, n in need.items()):
+        return list(asked)
+    left = dict(slots)
+    target = [0] * len(asked)
+    for i in hottest_first:
+        if asked[i] and left.get(base_models[i], 0) > 0:
+            target[i] = 1
+            left[base_models[i]] -= 1
+    for i in hottest_first:
+        extra = min(asked[i] - target[i], left.get(base_models[i], 0)) if target[i] else 0
+        target[i] += extra
+        if extra:
+            left[base_models[i]] -= extra
+    return target
+
+
+def _pool_slots(workers: Sequence[Worker]) -> dict[str, int]:
+    slots: dict[str, int] = {}
+    for w in workers:
+        slots[w.base_model] = slots.get(w.base_model, 0) + w.slots
+    return slots
+
+
+class Planner:
+    """Computes placements, caching HRW rankings and policies between calls."""
+
+    def __init__(self, depth: int = 32) -> None:
+        self.rankings = Rankings(depth)
+        self._policy_config: ReplicaConfig | None = None
+        self._policies: dict[str, ReplicaPolicy] = {}
+
+    def _policy(self, config: ReplicaConfig, name: str) -> ReplicaPolicy:
+        if config != self._policy_config:
+            self._policy_config, self._policies = config, {}
+        policy = self._policies.get(name)
+        if policy is None:
+            policy = self._policies[name] = policy_for(config, name)
+        return policy
+
+    def place(self, workers: Sequence[Worker], adapters: Sequence[Adapter],
+              demand: Mapping[str, Demand], config: ReplicaConfig,
+              previous: Placement | None, now: float) -> Placement:
+        workers = sorted(workers, key=lambda w: w.id)
+        adapters = sorted(adapters, key=lambda a: a.name)
+        _unique([w.id for w in workers], "worker")
+        _unique([a.name for a in adapters], "adapter")
+        rankings = self.rankings
+        rankings.sync(workers, adapters)
+
+        demands = [demand.get(a.name, NO_DEMAND) for a in adapters]
+        prev_sets = previous.replica_sets if previous is not None else {}
+        previous_sets = [prev_sets.get(a.name) for a in adapters]
+        candidates = {key: rankings.candidates(a.name)
+                      for key, a in {(a.base_model, a.rank): a for a in adapters}.items()}
+        sizes = size_replicas([self._policy(config, a.name) for a in adapters], demands, previous_sets,
+                              [candidates[(a.base_model, a.rank)] for a in adapters], now)
+        rps = np.fromiter((d.rps for d in demands), dtype=np.float64, count=len(demands))
+        inflight = np.fromiter((d.inflight for d in demands), dtype=np.float64, count=len(demands))
+        hottest = np.lexsort((np.arange(len(adapters)), -inflight, -rps)).tolist()  # names are sorted
+        targets = fit_to_slots([a.base_model for a in adapters], sizes.replicas, hottest,
+                               _pool_slots(workers))
+
+        chosen = _Walk(rankings, workers, adapters, demands, targets, config).run(hottest, previous_sets)
+        replica_sets = {
+            a.name: ReplicaSet(workers=chosen[i], replicas=sizes.replicas[i],
+                               resized_at=sizes.resized_at[i], demand_rps=demands[i].rps)
+            for i, a in enumerate(adapters)}
+        unplaced = tuple(a.name for i, a in enumerate(adapters) if len(chosen[i]) < sizes.replicas[i])
+        return Placement(epoch=(previous.epoch + 1) if previous is not None else 1, computed_at=now,
+                         replica_sets=replica_sets, unplaced=unplaced)
+
+
+class _Walk:
+    """The greedy pass: mutable per-worker slot and load counters over the ranking index space."""
+
+    def __init__(self, rankings: Rankings, workers: Sequence[Worker], adapters: Sequence[Adapter],
+                 demands: Sequence[Demand], targets: Sequence[int], config: ReplicaConfig) -> None:
+        self.rankings = rankings
+        self.rows = rankings.rows
+        self.adapters = adapters
+        self.demands = demands
+        self.targets = targets
+        self.config = config
+        size = len(rankings.workers)
+        self.used = [0] * size
+        self.load = [0.0] * size
+        self.slots = [0] * size
+        self.weight = [1.0] * size
+        self.bound = [0.0] * size
+        pool_rps: dict[str, float] = {}
+        pool_weight: dict[str, float] = {}
+        for a, d, t in zip(adapters, demands, targets):
+            if t:
+                pool_rps[a.base_model] = pool_rps.get(a.base_model, 0.0) + d.rps
+        for w in workers:
+            pool_weight[w.base_model] = pool_weight.get(w.base_model, 0.0) + w.weight
+        for w in workers:
+            i = rankings.position(w.id)
+            self.slots[i], self.weight[i] = w.slots, w.weight
+            mean = pool_rps.get(w.base_model, 0.0) / pool_weight[w.base_model]
+            self.bound[i] = (1.0 + config.epsilon) * mean * w.weight * (1 + _TOLERANCE) + _TOLERANCE
+
+    def run(self, hottest: Sequence[int],
+            previous: Sequence[ReplicaSet | None]) -> list[tuple[str, ...]]:
+        """Each adapter's chosen worker ids, best ranked first."""
+        chosen: list[tuple[str, ...]] = [() for _ in self.adapters]
+        sticky, k = self.config.sticky, self.config.sticky_k
+        targets, adapters, demands, place = self.targets, self.adapters, self.demands, self._place
+        for i in hottest:
+            t = targets[i]
+            if t:
+                prev = previous[i] if sticky else None
+                chosen[i] = place(adapters[i].name, t, demands[i].rps,
+                                  prev.workers if prev is not None else (), t + k)
+        return chosen
+
+    def _place(self, name: str, t: int, rps: float, held: tuple[str, ...],
+               window: int) -> tuple[str, ...]:
+        used, load, slots, bound, ids = self.used, self.load, self.slots, self.bound, self.rankings.ids
+        item = rps / t
+        row = self.rows[name]
+        prefix, complete = row.idx, row.complete
+        picked: list[tuple[int, int]] = []
+        taken: set[int] = set()
+        if held:
+            ranking = prefix if complete or len(prefix) >= window else self.rankings.full(name)
+            for pos in range(min(window, len(ranking))):
+                w = ranking[pos]
+                if ids[w] in held and used[w] < slots[w] and load[w] + item <= bound[w]:
+                    used[w] += 1
+                    load[w] += item
+                    if t == 1:
+                        return (ids[w],)
+                    picked.append((pos, w))
+                    taken.add(w)
+                    if len(picked) == t:
+                        return tuple([ids[w] for _, w in sorted(picked)])
+        for pos, w in enumerate(prefix):
+            if w not in taken and used[w] < slots[w] and load[w] + item <= bound[w]:
+                used[w] += 1
+                load[w] += item
+                if t == 1:
+                    return (ids[w],)
+                picked.append((pos, w))
+                taken.add(w)
+                if len(picked) == t:
+                    return tuple([ids[w] for _, w in sorted(picked)])
+        return self._place_deep(name, t, rps, item, prefix if not complete else None, picked, taken)
+
+    def _place_deep(self, name: str, t: int, rps: float, item: float, prefix: list[int] | None,
+                    picked: list[tuple[int, int]], taken: set[int]) -> tuple[str, ...]:
+        """Past the cached prefix: the rest of the ranking, then the least loaded free worker."""
+        used, load, slots, bound, weight = self.used, self.load, self.slots, self.bound, self.weight
+        ranking = self.rankings.full(name)
+        if prefix is not None:
+            for pos in range(len(prefix), len(ranking)):
+                w = ranking[pos]
+                if w not in taken and used[w] < slots[w] and load[w] + item <= bound[w]:
+                    picked.append((pos, w))
+                    taken.add(w)
+                    used[w] += 1
+                    load[w] += item
+                    if len(picked) == t:
+                        break
+        while len(picked) < t:
+            free = [((load[w] + item) / weight[w], pos, w) for pos, w in enumerate(ranking)
+                    if w not in taken and used[w] < slots[w]]
+            if not free:
+                break
+            _, pos, w = min(free)
+            picked.append((pos, w))
+            taken.add(w)
+            used[w] += 1
+            load[w] += item
+        if 0 < len(picked) < t:
+            extra = rps / len(picked) - item
+            for _, w in picked:
+                load[w] += extra
+        return tuple([self.rankings.ids[w] for _, w in sorted(picked)])
+
+
+def compute_placement(workers: Sequence[Worker], adapters: Sequence[Adapter],
+                      demand: Mapping[str, Demand], config: ReplicaConfig,
+                      previous: Placement | None, now: float) -> Placement:
+    """The desired placement for this tick: a pure function of its arguments (epoch = previous + 1)."""
+    return Planner().place(workers, adapters, demand, config, previous, now)
