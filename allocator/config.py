@@ -146,7 +146,7 @@ def decode_config(data: bytes, type_: type[T], source: str) -> T:
         raise ConfigError(_describe(raw, type_, str(exc), source)) from exc
 
 
-_AT = re.compile(r"^(?P<what>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+_AT = re.compile(r"^(?P<what>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]+)`")
 _MISSING = object()

@@ -1,8 +1,8 @@
 """Capacity-bounded HRW placement: which workers should hold which adapter.
 
 How: size every adapter from its demand (sizing.py); if a base model's slots
-cannot hold every replica asked for, trim extra replicas from the coldest
-adapters first, then drop the coldest adapters (they are reported unplaced).
+cannot hold every replica asked for, the hottest adapters keep theirs and the
+coldest shrink (to nothing, if need be); they are reported unplaced.
 Then place adapters hottest first; each walks its OWN HRW ranking and takes
 workers that have a free slot and whose expected load stays within
 (1 + epsilon) x the fleet mean per unit weight (bounded loads without the
@@ -43,10 +43,11 @@ def _unique(names: list[str], what: str) -> None:
 
 def fit_to_slots(base_models: Sequence[str], asked: Sequence[int], hottest_first: Sequence[int],
                  slots: Mapping[str, int]) -> list[int]:
-    """Replica counts that fit each base model's slots: the coldest shrink first.
+    """Replica counts that fit each base model's slots: the hottest keep theirs, the coldest shrink.
 
-    Every adapter first gets one replica (hottest first), then extras go to the
-    hottest; so when slots run short the coldest lose extras, then themselves.
+    Why this way round: a hot adapter squeezed onto fewer workers overloads
+    them for every one of its many requests, while a cold adapter left out is
+    loaded on demand by the cold-start path for its rare ones.
     """
     need: dict[str, int] = {}
     for base, n in zip(base_models, asked):
@@ -56,14 +57,10 @@ def fit_to_slots(base_models: Sequence[str], asked: Sequence[int], hottest_first
     left = dict(slots)
     target = [0] * len(asked)
     for i in hottest_first:
-        if asked[i] and left.get(base_models[i], 0) > 0:
-            target[i] = 1
-            left[base_models[i]] -= 1
-    for i in hottest_first:
-        extra = min(asked[i] - target[i], left.get(base_models[i], 0)) if target[i] else 0
-        target[i] += extra
-        if extra:
-            left[base_models[i]] -= extra
+        base = base_models[i]
+        target[i] = min(asked[i], left.get(base, 0))
+        if target[i]:
+            left[base] -= target[i]
     return target
 
 

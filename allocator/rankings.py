@@ -30,7 +30,7 @@ def _identity(w: Worker) -> tuple[str, str, float, int]:
 class _Class:
     """The candidate workers shared by adapters of one base model and LoRA rank."""
 
-    __slots__ = ("idx", "lanes", "weights", "id_order", "members")
+    __slots__ = ("id_order", "idx", "lanes", "members", "weights")
 
     def __init__(self, idx: list[int], lanes: np.ndarray, weights: np.ndarray, ids: list[str]) -> None:
         self.idx = np.array(idx, dtype=np.int64)
@@ -43,7 +43,7 @@ class _Class:
 
 
 class _Row:
-    __slots__ = ("idx", "scores", "complete")
+    __slots__ = ("complete", "idx", "scores")
 
     def __init__(self, idx: list[int], scores: list[float], complete: bool) -> None:
         self.idx = idx
