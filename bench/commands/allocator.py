@@ -1,0 +1,170 @@
+"""`lora-bench allocator`: placement speed and memory, then churn and imbalance against baselines.
+
+Speed: a full placement of 10,000 adapters on 1,000 workers, and one worker
+joining or leaving re-planned by a warm `Planner`; peak RSS of this process
+right after (the comparison runs later and is smaller). Comparison: the same
+ticks of noisy Zipf demand, a worker joining, one leaving and a flash crowd,
+fed to the allocator and to the baselines in bench/baselines_placement.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from allocator import synthetic
+from allocator.config import ReplicaConfig
+from allocator.measure import expected_loads, imbalance, moved, slot_overflow
+from allocator.model import Placement
+from allocator.placement import Planner, compute_placement
+from bench.baselines_placement import (DynamoStrategy, OursStrategy, RandomStrategy, RingStrategy,
+                                       noisy_zipf)
+
+HELP = "Benchmark placement: speed and memory at 10k adapters x 1k workers; churn and imbalance vs baselines."
+
+JOIN_TICK, LEAVE_TICK, SPIKE_TICK = 10, 20, 30
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
+    p.add_argument("--workers", type=int, default=1000, help="workers in the speed run (default 1000)")
+    p.add_argument("--adapters", type=int, default=10000, help="adapters in the speed run (default 10000)")
+    p.add_argument("--slots", type=int, default=32, help="slots per worker in the speed run (default 32)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default 5)")
+    p.add_argument("--ticks", type=int, default=40, help="ticks in the comparison run (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the comparison's demand noise (default 0)")
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def speed(n_workers: int, n_adapters: int, slots: int, repeats: int) -> dict[str, Any]:
+    config = ReplicaConfig()
+    workers = synthetic.workers(n_workers, slots)
+    adapters = synthetic.adapters(n_adapters)
+    demand = synthetic.zipf_demand(n_adapters, 1.0, 20.0 * n_workers)
+    full = _timed(lambda: compute_placement(workers, adapters, demand, config, None, 0.0), repeats)
+    planner = Planner()
+    base = planner.place(workers, adapters, demand, config, None, 0.0)
+    joined = workers + synthetic.workers(1, slots, start=n_workers)
+    left = [w for w in workers if w.id != f"w{n_workers // 2}"]
+    join, leave = [], []
+    for _ in range(repeats):
+        join += _timed(lambda: planner.place(joined, adapters, demand, config, base, 2.0), 1)
+        planner.place(workers, adapters, demand, config, base, 2.0)
+        leave += _timed(lambda: planner.place(left, adapters, demand, config, base, 2.0), 1)
+        planner.place(workers, adapters, demand, config, base, 2.0)
+    return {
+        "workers": n_workers, "adapters": n_adapters, "slots": slots,
+        "replicas_placed": sum(len(rs.workers) for rs in base.replica_sets.values()),
+        "unplaced": len(base.unplaced),
+        "full_s_median": statistics.median(full), "full_s_max": max(full),
+        "join_s_median": statistics.median(join), "join_s_max": max(join),
+        "leave_s_median": statistics.median(leave), "leave_s_max": max(leave),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def compare(ticks: int, seed: int) -> dict[str, Any]:
+    """Churn (new replica assignments = adapter loads) and imbalance per strategy over the same ticks."""
+    n_workers, slots, n_adapters, total = 64, 64, 2000, 3000.0
+    config = ReplicaConfig()
+    sticky = OursStrategy(config, tick_s=2.0)
+    loose = OursStrategy(msgspec.structs.replace(config, sticky=False), tick_s=2.0)
+    loose.name = "allocator (no sticky)"
+    strategies = [sticky, loose, DynamoStrategy(), RingStrategy(sticky, config.epsilon),
+                  RandomStrategy(sticky, config.epsilon)]
+    adapters = synthetic.adapters(n_adapters)
+    rng = np.random.default_rng(seed)
+    stats = {s.name: {"moves_total": 0, "moves_noise_only": 0, "moves_join": 0, "moves_leave": 0,
+                      "moves_spike": 0, "imbalance": [], "overflow_max": 0, "unplaced_max": 0}
+             for s in strategies}
+    previous: dict[str, Placement] = {}
+    for tick in range(ticks):
+        workers = synthetic.workers(n_workers, slots)
+        if tick >= JOIN_TICK:
+            workers += synthetic.workers(1, slots, start=n_workers)
+        if tick >= LEAVE_TICK:
+            workers = [w for w in workers if w.id != "w7"]
+        measured = noisy_zipf(n_adapters, 1.0, total, 0.2, rng)
+        if tick >= SPIKE_TICK:
+            measured["a1500"] += 0.15 * total
+        for s in strategies:
+            placement = s.step(workers, adapters, measured)
+            row = stats[s.name]
+            if s.name in previous:
+                m = moved(previous[s.name], placement)
+                row["moves_total"] += m
+                key = {JOIN_TICK: "moves_join", LEAVE_TICK: "moves_leave", SPIKE_TICK: "moves_spike"}.get(
+                    tick, "moves_noise_only")
+                row[key] += m
+            previous[s.name] = placement
+            loads = expected_loads(placement, workers)
+            row["imbalance"].append(imbalance(loads, workers))
+            row["overflow_max"] = max(row["overflow_max"], slot_overflow(placement, workers))
+            row["unplaced_max"] = max(row["unplaced_max"], len(placement.unplaced))
+            row["replicas_last"] = sum(len(rs.workers) for rs in placement.replica_sets.values())
+    for row in stats.values():
+        series = row.pop("imbalance")
+        row["imbalance_mean"] = float(np.mean(series))
+        row["imbalance_max"] = float(np.max(series))
+    return {"workers": n_workers, "slots": slots, "adapters": n_adapters, "total_rps": total,
+            "ticks": ticks, "noise": 0.2, "events": {"join": JOIN_TICK, "leave": LEAVE_TICK,
+                                                      "spike": SPIKE_TICK}, "strategies": stats}
+
+
+def run(args: argparse.Namespace) -> int:
+    figures = {"speed": speed(args.workers, args.adapters, args.slots, args.repeats),
+               "comparison": compare(args.ticks, args.seed)}
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(figures).decode() + "\n")
+    else:
+        sys.stdout.write(tables(figures))
+    return 0
+
+
+def tables(figures: dict[str, Any]) -> str:
+    s = figures["speed"]
+    lines = [
+        f"speed: {s['adapters']} adapters x {s['workers']} workers, {s['slots']} slots each "
+        f"({s['replicas_placed']} replicas placed, {s['unplaced']} short)",
+        f"  full placement      median {s['full_s_median'] * 1000:8.1f} ms   max {s['full_s_max'] * 1000:8.1f} ms"
+        "   (target <= 1000 ms)",
+        f"  one worker joins    median {s['join_s_median'] * 1000:8.1f} ms   max {s['join_s_max'] * 1000:8.1f} ms"
+        "   (target <= 50 ms)",
+        f"  one worker leaves   median {s['leave_s_median'] * 1000:8.1f} ms   max {s['leave_s_max'] * 1000:8.1f} ms"
+        "   (target <= 50 ms)",
+        f"  peak RSS            {s['peak_rss_mb']:8.1f} MB   (target <= 200 MB)",
+        "",
+    ]
+    c = figures["comparison"]
+    lines.append(f"comparison: {c['adapters']} adapters, {c['workers']} workers x {c['slots']} slots, "
+                 f"Zipf(1.0) {c['total_rps']:.0f} rps +-{c['noise']:.0%} noise, {c['ticks']} ticks; "
+                 f"join at {c['events']['join']}, leave at {c['events']['leave']}, "
+                 f"flash crowd at {c['events']['spike']}")
+    head = (f"  {'strategy':<24}{'moves':>7}{'noise':>7}{'join':>6}{'leave':>6}{'spike':>6}"
+            f"{'imb mean':>9}{'imb max':>8}{'overflow':>9}{'short':>6}{'replicas':>9}")
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for name, r in c["strategies"].items():
+        lines.append(f"  {name:<24}{r['moves_total']:>7}{r['moves_noise_only']:>7}{r['moves_join']:>6}"
+                     f"{r['moves_leave']:>6}{r['moves_spike']:>6}{r['imbalance_mean']:>9.3f}"
+                     f"{r['imbalance_max']:>8.3f}{r['overflow_max']:>9}{r['unplaced_max']:>6}"
+                     f"{r['replicas_last']:>9}")
+    lines.append("  moves = new (adapter, worker) assignments, i.e. adapter loads; imb = max/mean expected "
+                 "rps per worker; overflow = assignments over slot capacity; short = adapters below their "
+                 "replica count")
+    return "\n".join(lines) + "\n"
