@@ -115,6 +115,7 @@ def test_oversized_headers_are_rejected_with_4xx(router) -> None:
     conn.request("POST", "/v1/completions", body=b'{"model": "acme-chat"}', headers=headers)
     resp = conn.getresponse()
     assert 400 <= resp.status < 500
+    _assert_openai_error(resp.status, json.loads(resp.read()), resp.status)
 
 
 def test_no_secret_reaches_the_log(router) -> None:
