@@ -137,6 +137,8 @@ class _Walk:
         self.slots = [0] * size
         self.weight = [1.0] * size
         self.bound = [0.0] * size
+        self.keep_bound = [0.0] * size
+        pool_size: dict[str, int] = {}
         pool_rps: dict[str, float] = {}
         pool_weight: dict[str, float] = {}
         for a, d, t in zip(adapters, demands, targets):
@@ -144,76 +146,92 @@ class _Walk:
                 pool_rps[a.base_model] = pool_rps.get(a.base_model, 0.0) + d.rps
         for w in workers:
             pool_weight[w.base_model] = pool_weight.get(w.base_model, 0.0) + w.weight
+            pool_size[w.base_model] = pool_size.get(w.base_model, 0) + 1
         for w in workers:
             i = rankings.position(w.id)
             self.slots[i], self.weight[i] = w.slots, w.weight
             mean = pool_rps.get(w.base_model, 0.0) / pool_weight[w.base_model]
             self.bound[i] = (1.0 + config.epsilon) * mean * w.weight * (1 + _TOLERANCE) + _TOLERANCE
+            self.keep_bound[i] = self.bound[i] * (1.0 + 1.0 / pool_size[w.base_model])
 
     def run(self, hottest: Sequence[int],
             previous: Sequence[ReplicaSet | None]) -> list[tuple[str, ...]]:
         """Each adapter's chosen worker ids, best ranked first."""
-        chosen: list[tuple[str, ...]] = [() for _ in self.adapters]
-        sticky, k = self.config.sticky, self.config.sticky_k
-        targets, adapters, demands, place = self.targets, self.adapters, self.demands, self._place
+        names = [a.name for a in self.adapters]
+        kept: list[list[tuple[int, int]] | None] = [None] * len(names)
+        if self.config.sticky:
+            seen = {w for rs in previous if rs is not None for w in rs.workers}
+            fresh = {i for wid, i in self.rankings.positions.items() if wid not in seen}
+            k = self.config.sticky_k
+            for i in reversed(hottest):
+                prev, t = previous[i], self.targets[i]
+                if t and prev is not None and prev.workers:
+                    kept[i] = self._keep(names[i], t, self.demands[i].rps / t, prev.workers, t + k, fresh)
+        chosen: list[tuple[str, ...]] = [()] * len(names)
+        fill, targets, demands, ids = self._fill, self.targets, self.demands, self.rankings.ids
         for i in hottest:
             t = targets[i]
             if t:
-                prev = previous[i] if sticky else None
-                chosen[i] = place(adapters[i].name, t, demands[i].rps,
-                                  prev.workers if prev is not None else (), t + k)
+                picked = kept[i]
+                if picked is not None and len(picked) == t:
+                    chosen[i] = (ids[picked[0][1]],) if t == 1 else tuple([ids[w] for _, w in picked])
+                else:
+                    chosen[i] = fill(names[i], t, demands[i].rps, picked or [])
         return chosen
 
-    def _place(self, name: str, t: int, rps: float, held: tuple[str, ...],
-               window: int) -> tuple[str, ...]:
-        used, load, slots, bound, ids = self.used, self.load, self.slots, self.bound, self.rankings.ids
-        item = rps / t
+    def _keep(self, name: str, t: int, item: float, held: tuple[str, ...], window: int,
+              fresh: set[int]) -> list[tuple[int, int]]:
+        """Sticky pass, coldest adapters first: keep current workers in the top t + k within bounds.
+
+        Why coldest first: when a worker is over its bound (the mean fell because
+        a worker joined, or demand shifted), the hottest adapters are the ones that
+        give it up, so the fewest assignments move to bring it back under. Why
+        `fresh`: a worker that held nothing (it just joined) and ranks in the top
+        t takes its place as plain HRW would give it, so it gets its share at once.
+        """
+        used, load, slots, bound = self.used, self.load, self.slots, self.keep_bound
         row = self.rows[name]
-        prefix, complete = row.idx, row.complete
+        ranking = row.idx if row.complete or len(row.idx) >= window else self.rankings.full(name)
+        room = t - len(fresh.intersection(ranking[:t])) if fresh else t
+        candidates: list[tuple[int, int]] = []
+        positions = self.rankings.positions
+        for wid in held:
+            w = positions.get(wid)
+            if w is not None and w in ranking[:window]:
+                candidates.append((ranking.index(w), w))
+        candidates.sort()
         picked: list[tuple[int, int]] = []
-        taken: set[int] = set()
-        if held:
-            ranking = prefix if complete or len(prefix) >= window else self.rankings.full(name)
-            for pos in range(min(window, len(ranking))):
-                w = ranking[pos]
-                if ids[w] in held and used[w] < slots[w] and load[w] + item <= bound[w]:
-                    used[w] += 1
-                    load[w] += item
-                    if t == 1:
-                        return (ids[w],)
-                    picked.append((pos, w))
-                    taken.add(w)
-                    if len(picked) == t:
-                        return tuple([ids[w] for _, w in sorted(picked)])
-        for pos, w in enumerate(prefix):
-            if w not in taken and used[w] < slots[w] and load[w] + item <= bound[w]:
+        for pos, w in candidates:
+            if len(picked) >= room:
+                break
+            if used[w] < slots[w] and load[w] + item <= bound[w]:
                 used[w] += 1
                 load[w] += item
-                if t == 1:
-                    return (ids[w],)
                 picked.append((pos, w))
-                taken.add(w)
-                if len(picked) == t:
-                    return tuple([ids[w] for _, w in sorted(picked)])
-        return self._place_deep(name, t, rps, item, prefix if not complete else None, picked, taken)
+        return picked
 
-    def _place_deep(self, name: str, t: int, rps: float, item: float, prefix: list[int] | None,
-                    picked: list[tuple[int, int]], taken: set[int]) -> tuple[str, ...]:
-        """Past the cached prefix: the rest of the ranking, then the least loaded free worker."""
+    def _fill(self, name: str, t: int, rps: float, picked: list[tuple[int, int]]) -> tuple[str, ...]:
+        """Walk the adapter's ranking for the replicas still missing, then the least loaded."""
         used, load, slots, bound, weight = self.used, self.load, self.slots, self.bound, self.weight
-        ranking = self.rankings.full(name)
-        if prefix is not None:
-            for pos in range(len(prefix), len(ranking)):
+        item = rps / t
+        taken = {w for _, w in picked}
+        row = self.rows[name]
+        ranking, start = row.idx, 0
+        while len(picked) < t:
+            for pos in range(start, len(ranking)):
                 w = ranking[pos]
                 if w not in taken and used[w] < slots[w] and load[w] + item <= bound[w]:
-                    picked.append((pos, w))
-                    taken.add(w)
                     used[w] += 1
                     load[w] += item
+                    picked.append((pos, w))
+                    taken.add(w)
                     if len(picked) == t:
                         break
+            if len(picked) == t or row.complete or ranking is not row.idx:
+                break
+            ranking, start = self.rankings.full(name), len(ranking)
         while len(picked) < t:
-            free = [((load[w] + item) / weight[w], pos, w) for pos, w in enumerate(ranking)
+            free = [((load[w] + item) / weight[w], pos, w) for pos, w in enumerate(self.rankings.full(name))
                     if w not in taken and used[w] < slots[w]]
             if not free:
                 break

@@ -85,7 +85,6 @@ class Rankings:
 
     def sync(self, workers: Sequence[Worker], adapters: Sequence[Adapter]) -> None:
         """Bring the rows up to date with this membership and catalog."""
-        self._full = {}
         new = {w.id: w for w in workers}
         dropped = {i for wid, i in self._idx.items()
                    if wid not in new or _identity(new[wid]) != _identity(self.workers[i])}
@@ -107,6 +106,10 @@ class Rankings:
             self._weights = np.concatenate([self._weights, [w.weight for w in added]])
         if added or dropped:
             self._classes = {}
+        if added:
+            self._full = {}
+        elif dropped:
+            self._full = {n: [i for i in r if i not in dropped] for n, r in self._full.items()}
         self._sync_adapters(adapters, dropped, [self._idx[w.id] for w in added])
 
     def _class(self, a: Adapter) -> _Class:
@@ -124,6 +127,7 @@ class Rankings:
             wanted = {a.name: a for a in adapters}
             for name in [n for n, a in self._adapters.items() if wanted.get(n) != a]:
                 del self._adapters[name], self._states[name], self._rows[name]
+                self._full.pop(name, None)
             fresh = [a for a in adapters if a.name not in self._adapters]
             states = hrw.adapter_states(hrw.keys([a.name for a in fresh])).tolist()
             for a, state in zip(fresh, states):
@@ -205,7 +209,7 @@ class Rankings:
         return self._rows
 
     def full(self, adapter: str) -> list[int]:
-        """The adapter's whole ranking; computed on demand for the rare walk past the prefix."""
+        """The adapter's whole ranking, for the few walks past the prefix; kept until a worker joins."""
         ranking = self._full.get(adapter)
         if ranking is None:
             a = self._adapters[adapter]
