@@ -178,4 +178,6 @@ def _resolve_secrets(config: RouterConfig, source: str) -> Secrets:
         worker_key = keys[0] if keys else None
     elif config.worker_api_key_env:
         worker_key = os.environ.get(config.worker_api_key_env) or None
+    if worker_key is not None and not worker_key.isprintable():
+        raise ConfigError(f"{source}: the worker API key holds control characters")
     return Secrets(admin_digests=frozenset(admin), tenant_digests=tenants, worker_api_key=worker_key)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from allocator.model import Placement
 from discovery.records import AdapterRecord, WorkerRecord
+from router.upstream import Origin, origin_of
 
 
 class WorkerView:
@@ -53,6 +54,10 @@ class WorkerView:
     @property
     def url(self) -> str:
         return self.record.url
+
+    @property
+    def origin(self) -> Origin:
+        return origin_of(self.record.url)
 
 
 class MembershipChange:

@@ -10,11 +10,9 @@ an SSE error event, never a hang.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -23,6 +21,7 @@ from router.fleet import WorkerView
 from router.names import Target, resolve
 from router.picking import power_of_two
 from router.runtime import RouterRuntime
+from router.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ HOP_BY_HOP = frozenset({
 })
 BUFFER_LIMIT = 1 << 20
 """Non-streaming bodies up to this size are read whole, so a worker dying mid-body can be retried."""
-UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
 class RequestFields(msgspec.Struct):
@@ -126,19 +124,20 @@ def _candidates(rt: RouterRuntime, target: Target, tried: set[str]) -> list[Work
     return [v for v in views if v.id not in tried] if tried else views
 
 
-def _upstream_headers(request: web.Request, rt: RouterRuntime) -> dict[str, str]:
+def _forwarded_headers(request: web.Request, rt: RouterRuntime) -> str:
+    """End-to-end request headers as one pre-encoded block; the client's key never reaches a worker."""
     drop = HOP_BY_HOP
     connection = request.headers.get("Connection")
     if connection:
         drop = drop | {t.strip().lower() for t in connection.split(",")}
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
-    headers.update(rt.worker_auth)
-    return headers
+    lines = [f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in drop]
+    lines.append(rt.worker_auth_line)
+    return "".join(lines)
 
 
 async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body: bytes) -> web.StreamResponse:
     started = time.monotonic()
-    headers = _upstream_headers(request, rt)
+    headers = _forwarded_headers(request, rt)
     tried: set[str] = set()
     last_reason = "no holder"
     for attempt in range(2):
@@ -153,8 +152,9 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
             break
         view = power_of_two(views, rt.rng)
         tried.add(view.id)
+        last_chance = attempt == 1 or (len(views) == 1 and target.adapter is None)
         try:
-            return await _attempt(request, rt, target, view, body, headers, started)
+            return await _attempt(request, rt, target, view, body, headers, started, last_chance)
         except _Retry as retry:
             last_reason = retry.reason
             rt.metrics.retries.labels(retry.reason).inc()
@@ -164,27 +164,28 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
 
 
 async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,
-                   headers: dict[str, str], started: float) -> web.StreamResponse:
+                   headers: str, started: float, last_chance: bool) -> web.StreamResponse:
+    origin = view.origin
+    head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
+            f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1")
     view.begin(target.adapter)
     try:
         try:
-            upstream = await rt.session.post(view.url + request.path, data=body, headers=headers,
-                                             timeout=rt.upstream_timeout)
-        except UPSTREAM_ERRORS as exc:
+            upstream = await rt.upstream.request(origin.host, origin.port, origin.tls, head, body)
+        except UpstreamError as exc:
             _worker_failed(rt, view, exc)
             raise _Retry("connect") from None
-        async with upstream:
-            if upstream.status == 404 and target.adapter is not None:
-                await upstream.read()
-                rt.fleet.remove_holding(view.id, target.adapter)
-                raise _Retry("adapter_missing")
-            if upstream.status >= 500:
-                view.failures += 1
-                if view.failures >= rt.config.control.down_after_failures:
-                    _mark_down(rt, view)
-                raise _Retry("worker_5xx")
-            view.failures = 0
+        try:
+            if not last_chance and _should_retry(rt, target, view, upstream.status):
+                upstream.close()
+                raise _Retry("adapter_missing" if upstream.status == 404 else "worker_5xx")
+            if upstream.status < 500:
+                view.failures = 0
             response = await _relay(request, rt, view, upstream)
+        except BaseException:
+            upstream.close()
+            raise
+        upstream.release()
     finally:
         view.end(target.adapter)
     label = rt.metrics.adapter(target.adapter)
@@ -193,31 +194,44 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view
     return response
 
 
-def _response_headers(rt: RouterRuntime, view: WorkerView, upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+def _should_retry(rt: RouterRuntime, target: Target, view: WorkerView, status: int) -> bool:
+    """A 404 for a held adapter means the worker lost it; a 5xx counts against the worker's health."""
+    if status == 404 and target.adapter is not None:
+        rt.fleet.remove_holding(view.id, target.adapter)
+        return True
+    if status >= 500:
+        view.failures += 1
+        if view.failures >= rt.config.control.down_after_failures:
+            _mark_down(rt, view)
+        return True
+    return False
+
+
+def _response_headers(rt: RouterRuntime, view: WorkerView, upstream: UpstreamResponse) -> dict[str, str]:
+    headers = {k: v for k, v in upstream.headers if k.lower() not in HOP_BY_HOP}
     if rt.config.security.worker_header:
         headers[WORKER_HEADER] = view.id
     return headers
 
 
 async def _relay(request: web.Request, rt: RouterRuntime, view: WorkerView,
-                 upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+                 upstream: UpstreamResponse) -> web.StreamResponse:
     headers = _response_headers(rt, view, upstream)
-    streaming = upstream.content_type == "text/event-stream"
+    streaming = upstream.content_type.startswith("text/event-stream")
     length = upstream.content_length
     if not streaming and length is not None and length <= BUFFER_LIMIT:
         try:
             data = await upstream.read()
-        except UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             _worker_failed(rt, view, exc)
             raise _Retry("body_cut") from None
         return web.Response(status=upstream.status, body=data, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_chunks():
             await response.write(chunk)
-    except UPSTREAM_ERRORS as exc:
+    except UpstreamError as exc:
         _worker_failed(rt, view, exc)
         if streaming:
             await response.write(_sse_error("The worker stopped in the middle of the stream."))

@@ -14,6 +14,7 @@ from router.demand import DemandCounter
 from router.fleet import Fleet
 from router.metrics import RouterMetrics
 from router.retrybudget import RetryBudget
+from router.upstream import UpstreamPool
 from router.workers import WorkerClient
 
 
@@ -30,6 +31,7 @@ class RouterRuntime:
         self.leader_id: str | None = None
         self.is_leader = False
         self.placement_seen = False
+        self.upstream = UpstreamPool(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)
         self.workers = WorkerClient(session, loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
         self.apply_config(loaded)
         self.cold = ColdStarter(self.fleet, self.workers, self.metrics,
@@ -41,10 +43,9 @@ class RouterRuntime:
         self.config = loaded.config
         self.auth = Authenticator(loaded.config, loaded.secrets)
         self.retry_budget = RetryBudget(loaded.config.control.retry_budget_ratio)
-        self.upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=loaded.config.timeouts.connect_s,
-                                                      sock_read=loaded.config.timeouts.read_s)
-        self.worker_auth = ({"Authorization": f"Bearer {loaded.secrets.worker_api_key}"}
-                            if loaded.secrets.worker_api_key else {})
+        self.upstream.configure(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)
+        key = loaded.secrets.worker_api_key
+        self.worker_auth_line = f"Authorization: Bearer {key}\r\n" if key else ""
         self.workers.configure(loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
 
     def ready(self) -> bool:

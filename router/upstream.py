@@ -1,0 +1,300 @@
+"""A lean HTTP/1.1 client for the hot path: keep-alive pools per worker, llhttp parsing, no copies.
+
+aiohttp's client is general (cookies, redirects, compression, tracing) and
+costs more CPU per proxied request than the rest of the router together; the
+proxy needs none of that. This client writes one pre-built request, parses the
+answer with httptools (llhttp, the parser Node.js uses) and hands body chunks
+over as they arrive, with back-pressure. An idle pooled connection that the
+worker closed is detected and replaced before the request counts as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+import msgspec
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class Origin(msgspec.Struct, frozen=True):
+    """Where a worker listens, parsed once from its URL."""
+
+    host: str
+    port: int
+    tls: bool
+    host_header: str
+
+
+@functools.lru_cache(maxsize=4096)
+def origin_of(url: str) -> Origin:
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    host = parts.hostname or "127.0.0.1"
+    return Origin(host=host, port=port, tls=tls, host_header=parts.netloc)
+
+
+class UpstreamError(Exception):
+    """The worker could not be reached or stopped answering; `before_response` says if it said anything."""
+
+    def __init__(self, message: str, *, before_response: bool) -> None:
+        super().__init__(message)
+        self.before_response = before_response
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class UpstreamResponse:
+    __slots__ = ("status", "headers", "content_type", "content_length", "_conn")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.status = conn.parser.get_status_code()
+        self.headers = conn.headers
+        self.content_type = conn.content_type
+        self.content_length = conn.content_length
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.iter_chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        """Abandon the exchange (client gone, error): the connection cannot be reused."""
+        self._conn.close()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while True:
+            chunk = await conn.next_chunk()
+            if chunk is None:
+                return
+            yield chunk
+
+    def release(self) -> None:
+        """Back to the pool if the exchange completed cleanly, else closed."""
+        self._conn.finish()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: _HostPool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[str, str]] = []
+        self.content_type = ""
+        self.content_length: int | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.paused = False
+        self.complete = False
+        self.keep_alive = False
+        self.headers_done = False
+        self.closed = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed response: {exc}", before_response=not self.headers_done))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        if not self.complete:
+            self._fail(UpstreamError("connection closed by worker", before_response=not self.headers_done))
+
+    # -- httptools callbacks ---------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == "content-type":
+                self.content_type = value
+            elif lowered == "content-length":
+                self.content_length = int(value)
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        self.complete = True
+        self._wake()
+
+    # -- used by the pool and the response --------------------------------------------
+    def reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers = []
+        self.content_type = ""
+        self.content_length = None
+        self.chunks.clear()
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = False
+        self.headers_done = False
+        self.error = None
+
+    async def wait(self, timeout: float | None) -> None:
+        self.waiter = self.loop.create_future()
+        handle = self.loop.call_later(timeout, self._timed_out) if timeout else None
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def next_chunk(self) -> bytes | None:
+        while not self.chunks:
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            await self.wait(self.pool.read_timeout)
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered < LOW_WATER and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def finish(self) -> None:
+        if self.complete and not self.closed and self.keep_alive:
+            self.pool.put_idle(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timed_out(self) -> None:
+        self._fail(UpstreamTimeout("worker read timeout", before_response=not self.headers_done))
+        self.close()
+
+    def _fail(self, exc: UpstreamError) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _HostPool:
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float,
+                 read_timeout: float | None) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle: list[_Connection] = []
+
+    def discard(self, conn: _Connection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def put_idle(self, conn: _Connection) -> None:
+        conn.reset()
+        self.idle.append(conn)
+
+    async def connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self, loop), self.host, self.port,
+                                                       ssl=self.tls)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}",
+                                before_response=True) from None
+        return conn
+
+
+class UpstreamPool:
+    """Keep-alive connections per worker (host, port)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float | None) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._hosts: dict[tuple[str, int, bool], _HostPool] = {}
+        self._tls = ssl.create_default_context()
+
+    def configure(self, connect_timeout: float, read_timeout: float | None) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        for pool in self._hosts.values():
+            pool.connect_timeout = connect_timeout
+            pool.read_timeout = read_timeout
+
+    def _pool(self, host: str, port: int, tls: bool) -> _HostPool:
+        pool = self._hosts.get((host, port, tls))
+        if pool is None:
+            pool = self._hosts[(host, port, tls)] = _HostPool(
+                host, port, self._tls if tls else None, self.connect_timeout, self.read_timeout)
+        return pool
+
+    async def request(self, host: str, port: int, tls: bool, head: bytes, body: bytes) -> UpstreamResponse:
+        """Send `head` (request line + headers, ending in a blank line) and `body`; return at the headers.
+
+        A reused connection that turns out to be closed gets one fresh retry:
+        the worker never saw the request, so this is not a worker failure.
+        """
+        pool = self._pool(host, port, tls)
+        while pool.idle:
+            conn = pool.idle.pop()
+            if conn.closed:
+                continue
+            try:
+                return await self._exchange(conn, head, body)
+            except UpstreamError as exc:
+                if not exc.before_response:
+                    raise
+        return await self._exchange(await pool.connect(), head, body)
+
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> UpstreamResponse:
+        assert conn.transport is not None
+        try:
+            conn.transport.write(head + body)
+            while not conn.headers_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(conn.pool.read_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return UpstreamResponse(conn)
+
+    def close(self) -> None:
+        for pool in self._hosts.values():
+            for conn in pool.idle:
+                conn.close()
+            pool.idle.clear()
