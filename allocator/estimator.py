@@ -30,6 +30,8 @@ def smooth(previous: float, sample: float, dt: float, rise_tau_s: float, fall_ta
 def update(state: Demand, arrivals: float, inflight: float, dt: float,
            rise_tau_s: float, fall_tau_s: float) -> Demand:
     """Fold one interval's arrival count and current in-flight count into the estimate."""
+    if dt <= 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
     return Demand(rps=smooth(state.rps, arrivals / dt, dt, rise_tau_s, fall_tau_s),
                   inflight=smooth(state.inflight, inflight, dt, rise_tau_s, fall_tau_s))
 
