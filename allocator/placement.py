@@ -18,6 +18,7 @@ thousand hashes); `compute_placement` is the same function without memory.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ class DuplicateName(ValueError):
 
 
 def _unique(names: list[str], what: str) -> None:
-    dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
+    dup = next((a for a, b in itertools.pairwise(names) if a == b), None)
     if dup is not None:
         raise DuplicateName(f"{what} {dup!r} appears twice")
 

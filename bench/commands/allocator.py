@@ -25,8 +25,13 @@ from allocator.config import ReplicaConfig
 from allocator.measure import expected_loads, imbalance, moved, slot_overflow
 from allocator.model import Placement
 from allocator.placement import Planner, compute_placement
-from bench.baselines_placement import (DynamoStrategy, OursStrategy, RandomStrategy, RingStrategy,
-                                       noisy_zipf)
+from bench.baselines_placement import (
+    DynamoStrategy,
+    OursStrategy,
+    RandomStrategy,
+    RingStrategy,
+    noisy_zipf,
+)
 
 HELP = "Benchmark placement: speed and memory at 10k adapters x 1k workers; churn and imbalance vs baselines."
 
@@ -140,14 +145,14 @@ def run(args: argparse.Namespace) -> int:
 def tables(figures: dict[str, Any]) -> str:
     s = figures["speed"]
     lines = [
-        f"speed: {s['adapters']} adapters x {s['workers']} workers, {s['slots']} slots each "
-        f"({s['replicas_placed']} replicas placed, {s['unplaced']} short)",
-        f"  full placement      median {s['full_s_median'] * 1000:8.1f} ms   max {s['full_s_max'] * 1000:8.1f} ms"
-        "   (target <= 1000 ms)",
-        f"  one worker joins    median {s['join_s_median'] * 1000:8.1f} ms   max {s['join_s_max'] * 1000:8.1f} ms"
-        "   (target <= 50 ms)",
-        f"  one worker leaves   median {s['leave_s_median'] * 1000:8.1f} ms   max {s['leave_s_max'] * 1000:8.1f} ms"
-        "   (target <= 50 ms)",
+        (f"speed: {s['adapters']} adapters x {s['workers']} workers, {s['slots']} slots each "
+        f"({s['replicas_placed']} replicas placed, {s['unplaced']} short)"),
+        (f"  full placement      median {s['full_s_median'] * 1000:8.1f} ms   max {s['full_s_max'] * 1000:8.1f} ms"
+        "   (target <= 1000 ms)"),
+        (f"  one worker joins    median {s['join_s_median'] * 1000:8.1f} ms   max {s['join_s_max'] * 1000:8.1f} ms"
+        "   (target <= 50 ms)"),
+        (f"  one worker leaves   median {s['leave_s_median'] * 1000:8.1f} ms   max {s['leave_s_max'] * 1000:8.1f} ms"
+        "   (target <= 50 ms)"),
         f"  peak RSS            {s['peak_rss_mb']:8.1f} MB   (target <= 200 MB)",
         "",
     ]

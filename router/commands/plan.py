@@ -82,9 +82,9 @@ def summary(placement: Any, workers: list[Any]) -> dict[str, Any]:
 def readable(report: dict[str, Any]) -> str:
     adapters, workers = report["adapters"], report["workers"]
     placed = sum(len(a["workers"]) for a in adapters.values())
-    lines = [f"{len(workers)} workers, {len(adapters)} adapters, {placed} replicas placed, "
+    lines = [(f"{len(workers)} workers, {len(adapters)} adapters, {placed} replicas placed, "
              f"{len(report['unplaced'])} adapters short of replicas, "
-             f"imbalance (max/mean expected rps) {report['imbalance']:.3f}", "",
+             f"imbalance (max/mean expected rps) {report['imbalance']:.3f}"), "",
              "hottest adapters:"]
     for name in list(adapters)[:10]:
         a = adapters[name]

@@ -28,4 +28,4 @@ def run_cli(module: str, name: str, *args: str, env: dict[str, str] | None = Non
     code = ("import sys; from router.clikit import dispatch; "
             f"sys.exit(dispatch('cli', '', {{{name!r}: {module!r}}}, [{name!r}] + sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=120, check=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from alloc_helpers import run_cli
+
 from allocator.config import ConfigError, ReplicaConfig, ReplicaPolicy, decode_config, policy_for
 
 

@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 import xxhash
+from alloc_helpers import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alloc_helpers import REPO
 from allocator import hrw
 from allocator.model import Worker
 

@@ -8,10 +8,10 @@ import random
 import msgspec
 import numpy as np
 import pytest
+from alloc_helpers import fleet, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alloc_helpers import fleet, run_cli
 from allocator import synthetic
 from allocator.config import PolicyOverride, ReplicaConfig, ReplicaPolicy
 from allocator.hrw import rank_workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_twenty_percent_noise_never_flaps(seed: int, mean: float) -> None:
     rng = np.random.default_rng(seed)
     rates = (mean * rng.uniform(0.8, 1.2, 200)).tolist()
     replicas = run_ticks(rates)
-    assert all(b >= a for a, b in zip(replicas, replicas[1:])), replicas  # never back down
+    assert all(b >= a for a, b in itertools.pairwise(replicas)), replicas  # never back down
     assert replicas[-1] <= math.ceil(1.2 * mean / 10.0)  # and no further than the noise's top needs
 
 
@@ -108,7 +109,7 @@ def test_twenty_percent_noise_without_smoothing_never_flaps(seed: int, mean: flo
         sizes = size_replicas([POLICY], [demand], [previous], [1000], now=tick * TICK)
         previous = ReplicaSet(workers=(), replicas=sizes.replicas[0], resized_at=sizes.resized_at[0])
         seen.append(previous.replicas)
-    assert all(b >= a for a, b in zip(seen, seen[1:])), seen
+    assert all(b >= a for a, b in itertools.pairwise(seen)), seen
 
 
 def test_estimator_follows_a_rise_at_once_and_fades_slowly() -> None:
