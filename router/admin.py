@@ -1,0 +1,257 @@
+"""The admin API: the adapter catalog, fleet-wide, in vLLM's shape and as REST; and the router's status.
+
+Wiring in server.py:
+`build_app(runtime, lambda app: add_admin_routes(app, catalog, runtime, reconciler=reconciler, control=control))`.
+
+vLLM's own `POST /v1/load_lora_adapter` / `/v1/unload_lora_adapter` keep their
+bodies and answers (plain-text success, InvalidUserInput 400 for a name already
+loaded, 404 for an unknown one) but act on the catalog: the placement then
+loads the adapter on its replica set, or every holder drains and unloads it.
+Every route needs an admin key when keys are configured; every write is
+validated first (router.catalog_sync.make_record), so a 400 writes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from discovery.records import AdapterRecord
+from discovery.stores import CatalogStore
+from router.catalog_sync import make_record
+from router.control import ControlLoop
+from router.errors import BadRequest, NotFound, RouterError
+from router.reconcile_plan import Failure
+from router.reconciler import Reconciler
+from router.runtime import RouterRuntime
+
+
+class AdapterExists(BadRequest):
+    """vLLM's answer to loading a name it already has: same status, type and message."""
+
+    type = "InvalidUserInput"
+
+
+class AdapterConflict(RouterError):
+    status = 409
+    type = "ConflictError"
+
+
+class LoadLoraRequest(msgspec.Struct):
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+    base_model: str | None = None
+    rank: int | None = None
+    tenant: str | None = None
+
+
+class UnloadLoraRequest(msgspec.Struct):
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+class Source(msgspec.Struct):
+    uri: str
+
+
+class CreateLoraRequest(msgspec.Struct):
+    lora_name: str
+    source: Source
+    base_model: str | None = None
+    rank: int | None = None
+    tenant: str | None = None
+
+
+class LoraView(msgspec.Struct):
+    name: str
+    source: str
+    base_model: str
+    rank: int
+    tenant: str | None
+    replicas: int
+    """Replicas the placement asks for (0 = not placed yet)."""
+    replica_set: list[str]
+    holders: list[str]
+    draining: list[str]
+    demand_rps: float
+    inflight: int
+    """Requests for it in flight through this router."""
+    failures: dict[str, Failure] = {}
+    """worker id -> why loading (or unloading) it there failed; filled for one adapter, not in lists."""
+    object: str = "lora"
+
+
+class LoraList(msgspec.Struct):
+    data: list[LoraView]
+    object: str = "list"
+
+
+class WorkerStatus(msgspec.Struct):
+    id: str
+    url: str
+    healthy: bool
+    instance: str
+    base_models: list[str]
+    inflight: int
+    holds: list[str]
+    draining: list[str]
+    error: str | None
+
+
+class RouterStatus(msgspec.Struct):
+    router_id: str
+    leader: str | None
+    is_leader: bool
+    config_version: str
+    placement_epoch: int
+    placement_computed_at: float
+    ticks: int
+    last_tick_at: float | None
+    adapters: int
+    unplaced: list[str]
+    workers: list[WorkerStatus]
+
+
+def add_admin_routes(app: web.Application, catalog: CatalogStore, runtime: RouterRuntime, *,
+                     reconciler: Reconciler | None = None, control: ControlLoop | None = None) -> None:
+    admin = _Admin(catalog, runtime, reconciler, control)
+    app.router.add_post("/v1/load_lora_adapter", admin.load_lora_adapter)
+    app.router.add_post("/v1/unload_lora_adapter", admin.unload_lora_adapter)
+    app.router.add_get("/v1/loras", admin.list_loras)
+    app.router.add_post("/v1/loras", admin.create_lora)
+    app.router.add_get("/v1/loras/{name}", admin.get_lora)
+    app.router.add_delete("/v1/loras/{name}", admin.delete_lora)
+    app.router.add_get("/v1/router/status", admin.status)
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(value), content_type="application/json")
+
+
+async def _body(request: web.Request, type_: type[Any]) -> Any:
+    """Decode an admin body; a bad one is vLLM's 400 with the offending field as `param`."""
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
+        if param is None and "missing required field" in text:
+            param = text.split("`")[1] if "`" in text else None
+        raise BadRequest(f"Invalid request body: {text}", param=f"body.{param}" if param else None) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+
+
+class _Admin:
+    def __init__(self, catalog: CatalogStore, rt: RouterRuntime, reconciler: Reconciler | None,
+                 control: ControlLoop | None) -> None:
+        self._catalog = catalog
+        self._rt = rt
+        self._reconciler = reconciler
+        self._control = control
+
+    def _authorize(self, request: web.Request) -> None:
+        self._rt.auth.require_admin(request.headers.get("Authorization"))
+
+    async def _exists(self, name: str) -> bool:
+        return name in self._rt.fleet.catalog or await self._catalog.get(name) is not None
+
+    async def _write(self, record: AdapterRecord) -> None:
+        await self._catalog.put(record)
+        self._rt.fleet.catalog[record.name] = record
+
+    async def _remove(self, name: str) -> bool:
+        """Drop `name` from the catalog; False if it was not there."""
+        if not await self._exists(name):
+            return False
+        await self._catalog.delete(name)
+        self._rt.fleet.catalog.pop(name, None)
+        return True
+
+    # -- vLLM-compatible --------------------------------------------------------------------
+    async def load_lora_adapter(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body: LoadLoraRequest = await _body(request, LoadLoraRequest)
+        record = make_record(self._rt, body.lora_name, body.lora_path, base_model=body.base_model,
+                             rank=body.rank, tenant=body.tenant)
+        if not body.load_inplace and await self._exists(record.name):
+            raise AdapterExists(f"The lora adapter '{record.name}' has already been loaded. If you want to load "
+                                "the adapter in place, set 'load_inplace' to True.")
+        await self._write(record)
+        return web.Response(text=f"Success: LoRA adapter '{record.name}' added successfully.",
+                            content_type="text/plain")
+
+    async def unload_lora_adapter(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body: UnloadLoraRequest = await _body(request, UnloadLoraRequest)
+        if not await self._remove(body.lora_name):
+            raise NotFound(f"The lora adapter '{body.lora_name}' cannot be found.")
+        return web.Response(text=f"Success: LoRA adapter '{body.lora_name}' removed successfully.",
+                            content_type="text/plain")
+
+    # -- REST -------------------------------------------------------------------------------
+    async def list_loras(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        catalog = self._rt.fleet.catalog
+        return _json(LoraList(data=[self._view(catalog[n], detail=False) for n in sorted(catalog)]))
+
+    async def create_lora(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body: CreateLoraRequest = await _body(request, CreateLoraRequest)
+        record = make_record(self._rt, body.lora_name, body.source.uri, base_model=body.base_model,
+                             rank=body.rank, tenant=body.tenant, source_param="source.uri")
+        if await self._exists(record.name):
+            raise AdapterConflict(f"Adapter '{record.name}' is already in the catalog.", param="lora_name")
+        await self._write(record)
+        return _json(self._view(record, detail=True), status=201)
+
+    async def get_lora(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        name = request.match_info["name"]
+        record = self._rt.fleet.catalog.get(name) or await self._catalog.get(name)
+        if record is None:
+            raise NotFound(f"The lora adapter '{name}' cannot be found.")
+        return _json(self._view(record, detail=True))
+
+    async def delete_lora(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        name = request.match_info["name"]
+        if not await self._remove(name):
+            raise NotFound(f"The lora adapter '{name}' cannot be found.")
+        return _json({"id": name, "object": "lora", "deleted": True})
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        rt = self._rt
+        errors = self._reconciler.worker_errors() if self._reconciler else {}
+        workers = [WorkerStatus(id=v.id, url=v.url, healthy=v.healthy, instance=v.record.instance,
+                                base_models=sorted(v.record.base_models), inflight=v.inflight,
+                                holds=sorted(v.holds), draining=sorted(v.draining), error=errors.get(v.id))
+                   for v in sorted(rt.fleet.workers.values(), key=lambda v: v.id)]
+        placement = rt.fleet.placement
+        return _json(RouterStatus(
+            router_id=rt.router_id, leader=rt.leader_id, is_leader=rt.is_leader,
+            config_version=rt.loaded.version, placement_epoch=placement.epoch,
+            placement_computed_at=placement.computed_at,
+            ticks=self._control.ticks if self._control else 0,
+            last_tick_at=self._control.last_tick_at if self._control else None,
+            adapters=len(rt.fleet.catalog), unplaced=list(placement.unplaced), workers=workers))
+
+    def _view(self, record: AdapterRecord, *, detail: bool) -> LoraView:
+        fleet = self._rt.fleet
+        replica_set = fleet.placement.replica_sets.get(record.name)
+        failures = {}
+        if detail and self._reconciler is not None:
+            failures = dict(sorted(self._reconciler.failures(record.name).items()))
+        return LoraView(
+            name=record.name, source=record.source, base_model=record.base_model, rank=record.rank,
+            tenant=record.tenant, replicas=replica_set.replicas if replica_set else 0,
+            replica_set=list(replica_set.workers) if replica_set else [],
+            holders=sorted(fleet.holders(record.name)),
+            draining=sorted(v.id for v in fleet.workers.values() if record.name in v.draining),
+            demand_rps=replica_set.demand_rps if replica_set else 0.0,
+            inflight=self._rt.demand.inflight.get(record.name, 0), failures=failures)

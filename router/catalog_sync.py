@@ -1,0 +1,96 @@
+"""Turning a request to add an adapter into a catalog record, and the config's adapters into the catalog.
+
+Every catalog write goes through `make_record`, so the admin API and the
+config file obey one rule set: the name and source are validated (see
+router.validation) before anything is written, the base model is the one
+given or the fleet's only one, and the rank is read from the adapter's own
+`adapter_config.json` when the router can see it (a worker would reject a
+rank above its max, and placement needs the rank to pick workers that admit it).
+
+Wiring in server.py: `await declare_config_adapters(catalog_store, runtime)`
+once at start-up, after the catalog store exists and before the loops run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from allocator.config import ConfigError
+from discovery.records import AdapterRecord
+from discovery.stores import CatalogStore
+from router.errors import InvalidAdapter
+from router.runtime import RouterRuntime
+from router.validation import validate_name, validate_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RANK = 8
+
+
+def reserved_names(rt: RouterRuntime) -> set[str]:
+    """Names an adapter may not take: base models (known to the fleet or the config) and aliases."""
+    names = set(rt.fleet.bases()) | set(rt.config.aliases)
+    if rt.config.base_model:
+        names.add(rt.config.base_model)
+    return names
+
+
+def adapter_rank(source: str) -> int | None:
+    """The LoRA rank `r` from a local adapter's adapter_config.json, when the router can read it."""
+    if not source.startswith("/"):
+        return None
+    try:
+        config = json.loads((Path(source) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rank = config.get("r") if isinstance(config, dict) else None
+    return rank if isinstance(rank, int) and rank > 0 else None
+
+
+def make_record(rt: RouterRuntime, name: object, source: object, *, base_model: object = None,
+                rank: object = None, tenant: object = None, name_param: str = "lora_name",
+                source_param: str = "lora_path") -> AdapterRecord:
+    """A validated catalog record, or InvalidAdapter (400) naming the field at fault."""
+    valid_name = validate_name(name, reserved=reserved_names(rt), param=name_param)
+    valid_source = validate_source(source, rt.config.security, param=source_param)
+    base = _base_model(rt, base_model)
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        raise InvalidAdapter("rank must be a positive integer.", param="rank")
+    if tenant is not None and (not isinstance(tenant, str) or tenant not in rt.config.tenants):
+        raise InvalidAdapter(f"Unknown tenant {tenant!r}.", param="tenant")
+    found = adapter_rank(valid_source)
+    return AdapterRecord(name=valid_name, source=valid_source, base_model=base,
+                         rank=found or rank or DEFAULT_RANK, tenant=tenant)
+
+
+def _base_model(rt: RouterRuntime, given: object) -> str:
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise InvalidAdapter("base_model must be a non-empty string.", param="base_model")
+        return given
+    if rt.config.base_model:
+        return rt.config.base_model
+    bases = rt.fleet.bases()
+    if len(bases) == 1:
+        return next(iter(bases))
+    known = ", ".join(sorted(bases)) or "none known yet"
+    raise InvalidAdapter(f"Say which base model the adapter is for (base_model); the fleet serves: {known}.",
+                         param="base_model")
+
+
+async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime) -> int:
+    """Write the config's `adapters:` into the catalog; an invalid entry stops start-up with its reason."""
+    records = []
+    for i, entry in enumerate(rt.config.adapters):
+        try:
+            records.append(make_record(rt, entry.name, entry.source, base_model=entry.base_model,
+                                       rank=entry.rank, tenant=entry.tenant))
+        except InvalidAdapter as exc:
+            raise ConfigError(f"{rt.loaded.source}: adapters[{i}] ({entry.name!r}): {exc.message}") from None
+    for record in records:
+        await catalog.put(record)
+    if records:
+        log.info("declared %d adapters from the config", len(records))
+    return len(records)

@@ -1,0 +1,156 @@
+"""The control tick: publish this router's demand; if leader, compute the placement and write it, fenced.
+
+Wiring in server.py: `control = ControlLoop(runtime, demand_store, placement_store, election)`;
+run `control.run()` as one of the process's loops and call `control.trigger()` when
+membership changes (the leader then re-places at once instead of at the next tick).
+
+Every `control.tick_s` (read from the live config each time, so a reload applies
+at the next tick) the arrivals counted since the previous tick and the current
+in-flight counts are folded into an EWMA (allocator.estimator, rise/fall time
+constants from the placement config) and published as this router's leased
+report. The leader sums every router's report, runs the allocator over the
+catalog and the membership with the previous placement (for stickiness and the
+scale-down cooldown, whose clock is wall time because the next leader may be
+another host), and writes the result only when it changed. A write refused
+because leadership was lost is logged and waits for the next tick; so is an
+etcd that does not answer: a tick never stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from allocator.estimator import update_all
+from allocator.model import Adapter, Demand, Placement
+from allocator.placement import Planner
+from discovery.election import LeaderElection
+from discovery.records import DemandReport
+from discovery.stores import DemandStore, PlacementStore
+from router.reconciler import wait_for_event
+from router.runtime import RouterRuntime
+
+log = logging.getLogger(__name__)
+
+
+def total_demand(reports: Iterable[DemandReport]) -> dict[str, Demand]:
+    """Every router's smoothed demand, summed per adapter."""
+    rps: dict[str, float] = {}
+    inflight: dict[str, float] = {}
+    for report in reports:
+        for name, demand in report.adapters.items():
+            rps[name] = rps.get(name, 0.0) + demand.rps
+            inflight[name] = inflight.get(name, 0.0) + demand.inflight
+    return {name: Demand(rps=rps[name], inflight=inflight[name]) for name in rps}
+
+
+def moves(before: Placement, after: Placement) -> int:
+    """Replica assignments added plus removed between two placements."""
+    names = before.replica_sets.keys() | after.replica_sets.keys()
+    empty: tuple[str, ...] = ()
+    total = 0
+    for name in names:
+        old = set(before.replica_sets[name].workers if name in before.replica_sets else empty)
+        new = set(after.replica_sets[name].workers if name in after.replica_sets else empty)
+        total += len(old ^ new)
+    return total
+
+
+def same_assignment(a: Placement, b: Placement) -> bool:
+    """Equal but for epoch and computation time: nothing worth a write."""
+    return a.replica_sets == b.replica_sets and a.unplaced == b.unplaced
+
+
+class ControlLoop:
+    def __init__(self, runtime: RouterRuntime, demand_store: DemandStore, placement_store: PlacementStore,
+                 election: LeaderElection, clock: Callable[[], float] = time.time) -> None:
+        self._rt = runtime
+        self._demand_store = demand_store
+        self._placement_store = placement_store
+        self._election = election
+        self._clock = clock
+        self._planner = Planner()
+        self._wake = asyncio.Event()
+        self._sampled_at: float | None = None
+        self.estimates: dict[str, Demand] = {}
+        self.ticks = 0
+        self.last_tick_at: float | None = None
+        self.placements_written = 0
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        next_tick = self._clock()
+        while True:
+            await wait_for_event(self._wake, max(0.0, next_tick - self._clock()))
+            self._wake.clear()
+            now = self._clock()
+            if now >= next_tick:
+                next_tick = now + self._rt.config.control.tick_s
+                await self.tick(now)
+            else:
+                await self.place(now)
+
+    async def tick(self, now: float) -> None:
+        """One full tick: sample, publish, and place if leader."""
+        self.ticks += 1
+        self.last_tick_at = now
+        self.sample(now)
+        try:
+            await self._demand_store.publish(self._rt.router_id, self.estimates)
+        except Exception as exc:  # noqa: BLE001 - any etcd failure: report it, retry next tick
+            self._etcd_failed("publishing demand", exc)
+            return
+        await self.place(now)
+
+    def sample(self, now: float) -> None:
+        """Fold the arrivals since the last sample and the in-flight counts into the estimates."""
+        placement = self._rt.config.placement
+        arrivals = self._rt.demand.take_arrivals()
+        if self._sampled_at is None or now <= self._sampled_at:
+            dt = self._rt.config.control.tick_s
+        else:
+            dt = now - self._sampled_at
+        self._sampled_at = now
+        self.estimates = update_all(self.estimates, arrivals, self._rt.demand.inflight, dt,
+                                    placement.rise_tau_s, placement.fall_tau_s)
+
+    async def place(self, now: float) -> None:
+        rt = self._rt
+        rt.is_leader = self._election.is_leader
+        rt.leader_id = self._election.leader_id
+        rt.metrics.is_leader.set(1 if rt.is_leader else 0)
+        if not rt.is_leader:
+            return
+        try:
+            reports = await self._demand_store.read_all()
+        except Exception as exc:  # noqa: BLE001
+            self._etcd_failed("reading demand", exc)
+            return
+        rt.metrics.etcd_up.set(1)
+        previous = rt.fleet.placement
+        workers = [v.record.to_worker() for v in rt.fleet.workers.values()]
+        adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in rt.fleet.catalog.values()]
+        placement = self._planner.place(workers, adapters, total_demand(reports.values()), rt.config.placement,
+                                        previous if previous.epoch else None, now)
+        if previous.epoch and same_assignment(previous, placement):
+            return
+        try:
+            written = await self._placement_store.write(placement, self._election)
+        except Exception as exc:  # noqa: BLE001
+            self._etcd_failed("writing the placement", exc)
+            return
+        if not written:
+            log.info("placement epoch %d not written: leadership lost", placement.epoch)
+            return
+        self.placements_written += 1
+        rt.metrics.placement_churn.inc(moves(previous, placement))
+        rt.fleet.placement = placement
+
+    def _etcd_failed(self, what: str, exc: Exception) -> None:
+        self._rt.metrics.etcd_up.set(0)
+        log.warning("control tick: %s failed: %s: %s", what, type(exc).__name__, exc)
+

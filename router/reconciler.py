@@ -1,0 +1,330 @@
+"""Drives every worker to the placement: load, confirm, drain, unload, and put back what it lost.
+
+Wiring in server.py: `reconciler = Reconciler(runtime)`; run `reconciler.run()`
+as one of the process's loops; call `reconciler.on_membership(change)` right
+after `fleet.set_membership` returns a non-empty change and
+`reconciler.on_placement()` right after `fleet.placement` is replaced. The admin
+API reads `reconciler.failures(name)` and `reconciler.worker_errors()`.
+
+A plan round (allocator.plan.plan_actions over the placement and what the
+workers hold) runs on a placement change, a membership change, a listing that
+found holdings changed, and every `control.reconcile_s`. Its actions go to one
+agent task per worker, which does that worker's calls one at a time (a slow or
+dead worker delays nobody else; loads never race on one worker), at most
+`control.worker_ops_per_s` of them, and lists the worker's /v1/models every
+`control.reconcile_s` and at once when its instance changes (a restart loses
+every runtime-loaded adapter). A load counts once the listing shows it; an
+unload first drains: the worker gets no new requests for the adapter and the
+unload waits for this router's requests there to finish (at most
+`timeouts.drain_timeout_s`). Every router runs this, leader or not: loads are
+idempotent and every router drains its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from allocator.model import Placement
+from allocator.plan import plan_actions
+from discovery.records import AdapterRecord
+from router.fleet import MembershipChange, WorkerView
+from router.reconcile_plan import Failure, WorkerBook, backoff_delay, by_worker, stale, worker_work
+from router.runtime import RouterRuntime
+from router.workers import AdapterRejected, WorkerCallFailed
+
+log = logging.getLogger(__name__)
+
+DRAIN_POLL_S = 0.05
+
+
+class _Agent:
+    __slots__ = ("book", "instance", "list_error", "loaded_from", "loading", "loads", "task", "unloads",
+                 "wake", "worker_id")
+
+    def __init__(self, worker_id: str, instance: str) -> None:
+        self.worker_id = worker_id
+        self.instance = instance
+        self.book = WorkerBook()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.list_error: str | None = None
+        self.loads: list[str] = []
+        self.unloads: list[str] = []
+        """The latest plan round's work for this worker."""
+        self.loading: set[str] = set()
+        self.loaded_from: dict[str, str] = {}
+        """adapter -> the source it was loaded from, so a catalog change re-loads it in place."""
+
+    def restart(self, instance: str) -> None:
+        self.instance = instance
+        self.book = WorkerBook()
+        self.loaded_from.clear()
+        self.wake.set()
+
+
+class Reconciler:
+    def __init__(self, runtime: RouterRuntime, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+        self._rt = runtime
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng or runtime.rng
+        self._agents: dict[str, _Agent] = {}
+        self._wake = asyncio.Event()
+        self._managed: set[str] = set()
+        self._index: tuple[Placement, dict[str, frozenset[str]]] | None = None
+        self._unmet_since: dict[tuple[str, str], float] = {}
+        self._idle_since: dict[tuple[str, str], float] = {}
+        self.rounds = 0
+
+    # -- what server.py calls ---------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                self._sync_agents()
+                self.plan_round()
+                self._update_metrics()
+                for agent in self._agents.values():
+                    if agent.task is not None and agent.task.done() and agent.task.exception() is not None:
+                        raise agent.task.exception()  # type: ignore[misc]
+                await wait_for_event(self._wake, self._rt.config.control.reconcile_s)
+        finally:
+            tasks = [a.task for a in self._agents.values() if a.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def on_membership(self, change: MembershipChange) -> None:
+        for worker_id in change.restarted:
+            agent = self._agents.get(worker_id)
+            view = self._rt.fleet.workers.get(worker_id)
+            if agent is not None and view is not None:
+                agent.restart(view.record.instance)
+        self._wake.set()
+
+    def on_placement(self) -> None:
+        self._wake.set()
+
+    # -- what the admin API reads -----------------------------------------------------------
+    def failures(self, adapter: str) -> dict[str, Failure]:
+        """worker id -> the last failure of a load/unload of `adapter` there, while it stands."""
+        return {wid: f for wid, a in self._agents.items() if (f := a.book.failures.get(adapter)) is not None}
+
+    def worker_errors(self) -> dict[str, str]:
+        """worker id -> why its /v1/models could not be read on the last try."""
+        return {wid: a.list_error for wid, a in self._agents.items() if a.list_error}
+
+    # -- plan rounds ------------------------------------------------------------------------
+    def plan_round(self) -> None:
+        """Diff placement vs holdings once for the whole fleet and hand each agent its part."""
+        fleet = self._rt.fleet
+        self.rounds += 1
+        self._managed.update(fleet.catalog)
+        self._managed.update(fleet.placement.replica_sets)
+        holdings = {wid: frozenset(v.holds) for wid, v in fleet.workers.items()}
+        loading = {wid: frozenset(a.loading) for wid, a in self._agents.items() if a.loading}
+        actions = plan_actions(fleet.placement, holdings, loading, self._rt.config.placement.plan)
+        control = self._rt.config.control
+        work = worker_work(actions, fleet.placement, fleet.catalog, self._managed, self._idle_since,
+                           self._clock(), 2 * control.tick_s + control.reconcile_s)
+        for worker_id, agent in self._agents.items():
+            todo = work.get(worker_id)
+            agent.loads, agent.unloads = (todo.loads, todo.unloads) if todo else ([], [])
+            agent.wake.set()
+
+    def _desired(self, worker_id: str) -> frozenset[str]:
+        placement = self._rt.fleet.placement
+        if self._index is None or self._index[0] is not placement:
+            self._index = (placement, by_worker(placement))
+        return self._index[1].get(worker_id, frozenset())
+
+    # -- agents -----------------------------------------------------------------------------
+    def _sync_agents(self) -> None:
+        workers = self._rt.fleet.workers
+        for worker_id in [w for w in self._agents if w not in workers]:
+            agent = self._agents.pop(worker_id)
+            if agent.task is not None:
+                agent.task.cancel()
+        for worker_id, view in workers.items():
+            agent = self._agents.get(worker_id)
+            if agent is None:
+                agent = self._agents[worker_id] = _Agent(worker_id, view.record.instance)
+                agent.task = asyncio.create_task(self._agent_loop(agent), name=f"reconcile:{worker_id}")
+            elif agent.instance != view.record.instance:
+                agent.restart(view.record.instance)
+
+    async def _agent_loop(self, agent: _Agent) -> None:
+        while True:
+            agent.wake.clear()
+            await self._pass(agent)
+            await wait_for_event(agent.wake, agent.book.next_wake(self._clock(), DRAIN_POLL_S))
+
+    def _current(self, agent: _Agent, view: WorkerView, book: WorkerBook) -> bool:
+        """Is the worker this pass started on still the same instance? (Checked after every await.)"""
+        return self._rt.fleet.workers.get(agent.worker_id) is view and agent.book is book
+
+    async def _pass(self, agent: _Agent) -> None:
+        fleet = self._rt.fleet
+        view = fleet.workers.get(agent.worker_id)
+        if view is None:
+            return
+        book = agent.book
+        now = self._clock()
+        if now >= book.list_at:
+            book.list_at = now + self._rt.config.control.reconcile_s
+            await self._list(agent, view)
+            if not self._current(agent, view, book):
+                return
+        desired = self._desired(agent.worker_id)
+        for name in sorted(desired & view.draining):
+            fleet.add_holding(agent.worker_id, name)
+            book.draining_since.pop(name, None)
+        for name in agent.unloads:
+            if name in view.holds and name not in view.draining and name not in desired:
+                fleet.start_draining(agent.worker_id, name)
+                book.draining_since[name] = now
+        agent.unloads = []
+        agent.loaded_from = {n: agent.loaded_from.get(n) or fleet.catalog[n].source
+                             for n in view.holds if n in fleet.catalog}
+        todo = [(n, False) for n in agent.loads if n not in view.holds]
+        todo += [(n, True) for n in stale(desired & (view.holds - view.draining), agent.loaded_from, fleet.catalog)]
+        agent.loads = []
+        loaded = []
+        for name, inplace in todo:
+            record = fleet.catalog.get(name)
+            if record is None or not book.may_try(name, self._clock(), self._key(record)):
+                continue
+            agent.loading.add(name)
+            try:
+                ok = await self._load(view, book, record, inplace)
+            finally:
+                agent.loading.discard(name)
+            if ok:
+                loaded.append(name)
+            if not self._current(agent, view, book):
+                return
+        if loaded:
+            await self._confirm(agent, view, book, loaded)
+            if not self._current(agent, view, book):
+                return
+        await self._finish_drains(agent, view, book)
+
+    def _key(self, record: AdapterRecord) -> tuple[str, str]:
+        return record.source, self._rt.loaded.version
+
+    async def _list(self, agent: _Agent, view: WorkerView) -> set[str] | None:
+        try:
+            names = await self._rt.workers.list_adapters(view.url)
+        except (AdapterRejected, WorkerCallFailed) as exc:
+            if agent.list_error != str(exc):
+                log.warning("worker %s: cannot list adapters: %s", agent.worker_id, exc)
+            agent.list_error = str(exc)
+            return None
+        agent.list_error = None
+        if self._rt.fleet.workers.get(agent.worker_id) is view:
+            if names != view.holds:
+                self._wake.set()
+            self._rt.fleet.set_holdings(agent.worker_id, names)
+            self._rt.metrics.worker_adapters.labels(agent.worker_id).set(len(names))
+        return names
+
+    async def _rate_limit(self, book: WorkerBook) -> None:
+        now = self._clock()
+        start = max(now, book.next_op_at)
+        book.next_op_at = start + 1.0 / self._rt.config.control.worker_ops_per_s
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def _load(self, view: WorkerView, book: WorkerBook, record: AdapterRecord, inplace: bool) -> bool:
+        await self._rate_limit(book)
+        try:
+            await self._rt.workers.load(view.url, record, inplace)
+        except (AdapterRejected, WorkerCallFailed) as exc:
+            self._failed(view, book, record.name, "load", exc, self._key(record))
+            return False
+        self._rt.metrics.adapter_ops.labels("load", "ok", "").inc()
+        return True
+
+    async def _confirm(self, agent: _Agent, view: WorkerView, book: WorkerBook, loaded: list[str]) -> None:
+        """A load counts once /v1/models lists the adapter; only then is the worker a holder."""
+        listed = await self._list(agent, view)
+        if listed is None:
+            return
+        for name in loaded:
+            record = self._rt.fleet.catalog.get(name)
+            if record is None:
+                continue
+            if name in listed:
+                book.succeeded(name)
+                agent.loaded_from[name] = record.source
+            else:
+                error = WorkerCallFailed("the load succeeded but /v1/models does not list the adapter")
+                self._failed(view, book, name, "load", error, self._key(record), reason="not_listed")
+
+    async def _finish_drains(self, agent: _Agent, view: WorkerView, book: WorkerBook) -> None:
+        drain_timeout = self._rt.config.timeouts.drain_timeout_s
+        for name, since in list(book.draining_since.items()):
+            if name not in view.draining:
+                book.draining_since.pop(name, None)
+                continue
+            now = self._clock()
+            if view.adapter_inflight.get(name, 0) and now - since < drain_timeout:
+                continue
+            key = (name, self._rt.loaded.version)
+            if not book.may_try(name, now, key):
+                continue
+            await self._rate_limit(book)
+            try:
+                await self._rt.workers.unload(view.url, name)
+            except (AdapterRejected, WorkerCallFailed) as exc:
+                self._failed(view, book, name, "unload", exc, key)
+                continue
+            self._rt.metrics.adapter_ops.labels("unload", "ok", "").inc()
+            if not self._current(agent, view, book):
+                return
+            book.succeeded(name)
+            book.draining_since.pop(name, None)
+            agent.loaded_from.pop(name, None)
+            self._rt.fleet.remove_holding(agent.worker_id, name)
+
+    def _failed(self, view: WorkerView, book: WorkerBook, adapter: str, op: str, exc: Exception,
+                key: tuple[str, str], reason: str | None = None) -> None:
+        permanent = isinstance(exc, AdapterRejected)
+        why = reason or (exc.reason if isinstance(exc, AdapterRejected) else "transient")
+        detail = exc.detail if isinstance(exc, AdapterRejected) else str(exc)
+        control = self._rt.config.control
+        delay = backoff_delay(book.attempts(adapter) + 1, control.retry_base_s, control.retry_max_s, self._rng)
+        failure = book.failed(adapter, op=op, reason=why, detail=detail, permanent=permanent,
+                              now=self._clock(), wall=self._wall(), key=key, retry_delay=delay)
+        self._rt.metrics.adapter_ops.labels(op, "failed", why).inc()
+        if failure.attempts == 1 or permanent:
+            log.warning("%s of %s on worker %s failed (%s): %s", op, adapter, view.id, why, detail)
+
+    # -- metrics ----------------------------------------------------------------------------
+    def _update_metrics(self) -> None:
+        fleet, metrics = self._rt.fleet, self._rt.metrics
+        now = self._clock()
+        unmet: dict[tuple[str, str], float] = {}
+        for name, replica_set in fleet.placement.replica_sets.items():
+            label = metrics.adapter(name)
+            metrics.replicas_desired.labels(label).set(len(replica_set.workers))
+            holders = fleet.holders(name)
+            metrics.replicas_holding.labels(label).set(len(holders))
+            for worker in replica_set.workers:
+                if worker not in holders and worker in fleet.workers:
+                    unmet[(worker, name)] = self._unmet_since.get((worker, name), now)
+        self._unmet_since = unmet
+        metrics.reconcile_lag.set(now - min(unmet.values(), default=now))
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
+    """Return when `event` is set or after `timeout` seconds, whichever comes first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
