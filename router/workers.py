@@ -99,8 +99,11 @@ class WorkerClient:
             raise WorkerCallFailed(f"GET {base_url}/v1/models: malformed body") from exc
         return {c.id for c in cards if c.parent is not None}
 
-    async def load(self, base_url: str, adapter: AdapterRecord) -> None:
-        body = {"lora_name": adapter.name, "lora_path": adapter_path(adapter.source)}
+    async def load(self, base_url: str, adapter: AdapterRecord, inplace: bool = False) -> None:
+        """`inplace` re-points a name the worker already has at the record's (new) source."""
+        body: dict[str, object] = {"lora_name": adapter.name, "lora_path": adapter_path(adapter.source)}
+        if inplace:
+            body["load_inplace"] = True
         status, raw = await self._call("POST", base_url + "/v1/load_lora_adapter", body)
         if status == 200:
             return
