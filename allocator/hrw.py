@@ -14,16 +14,16 @@ over exactly 16 bytes::
 The two-stage form is what lets the bulk path score millions of pairs with
 numpy: XXH64 of a 16-byte message is a handful of 64-bit multiplies and
 rotations, re-implemented below and checked bit-for-bit against the xxhash
-library in the tests. Ranks are by score descending, ties by worker id
-ascending. `rank_workers` and the bulk placement share the numpy path; the
-scalar `score` uses `math.log`, which agrees with numpy's log to the last bit
-on every platform we know of, and could only reorder two workers whose scores
-lie within one ulp of each other.
+library in the tests. `ln` is our own series built from IEEE-exact operations
+(frexp, +, *, /), not the platform's log: numpy's SIMD log and libm's differ
+in the last bit on some inputs and CPUs, and a router replica on another
+machine must not rank two workers differently. Ranks are by score
+descending, ties by worker id ascending; the scalar `score`, `rank_workers`
+and the bulk placement all run the same code.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -41,6 +41,25 @@ _P4 = 0x85EBCA77C2B2AE63
 _P5 = 0x27D4EB2F165667C5
 _M64 = (1 << 64) - 1
 _U_SCALE = 2.0**-53
+_LN2 = 0.6931471805599453
+_SQRT_HALF = 0.7071067811865476
+_SERIES = [1.0 / (2 * k + 1) for k in range(12)]
+"""ln(m) = 2s(1 + z/3 + z^2/5 + ...), s = (m-1)/(m+1), z = s^2 <= 0.0295: 12 terms reach 1e-17."""
+
+
+def ln(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive floats, bit-identical on every platform (about 1 ulp from the true value)."""
+    m, e = np.frexp(x)
+    small = m < _SQRT_HALF
+    m = np.where(small, m * 2.0, m)
+    exponent = (e - small).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    p = np.full_like(z, _SERIES[-1])
+    for c in reversed(_SERIES[:-1]):
+        p *= z
+        p += c
+    return exponent * _LN2 + 2.0 * s * p
 
 
 def frame(name: str) -> bytes:
@@ -60,7 +79,7 @@ def pair_hash(adapter: str, worker_id: str) -> int:
 def score(adapter: str, worker_id: str, weight: float = 1.0) -> float:
     """Weighted HRW score of `worker_id` for `adapter`; higher wins."""
     u = (2 * (pair_hash(adapter, worker_id) >> 12) + 1) * _U_SCALE
-    return -weight / math.log(u)
+    return float(-weight / ln(np.array([u]))[0])
 
 
 def keys(names: Sequence[str]) -> np.ndarray:
@@ -111,6 +130,14 @@ def pair_hashes(states: np.ndarray, lanes: np.ndarray) -> np.ndarray:
 
 
 def scores_from_hashes(hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    u = ((hashes >> np.uint64(12)) * np.uint64(2) + np.uint64(1)).astype(np.float64)
+    u *= _U_SCALE
+    return -weights / ln(u)
+
+
+def screen_scores(hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Scores with the platform's SIMD log: within a few ulps of `scores_from_hashes`, for
+    choosing which candidates to score exactly; never stored or compared across replicas."""
     u = ((hashes >> np.uint64(12)) * np.uint64(2) + np.uint64(1)).astype(np.float64)
     u *= _U_SCALE
     return -weights / np.log(u)

@@ -128,6 +128,7 @@ class _Walk:
                  demands: Sequence[Demand], targets: Sequence[int], config: ReplicaConfig) -> None:
         self.rankings = rankings
         self.rows = rankings.rows
+        self.positions = rankings.positions
         self.adapters = adapters
         self.demands = demands
         self.targets = targets
@@ -163,11 +164,26 @@ class _Walk:
         if self.config.sticky:
             seen = {w for rs in previous if rs is not None for w in rs.workers}
             fresh = {i for wid, i in self.rankings.positions.items() if wid not in seen}
-            k = self.config.sticky_k
+            k, keep, targets, demands = self.config.sticky_k, self._keep, self.targets, self.demands
+            used, load, slots, bound, rows, positions = (self.used, self.load, self.slots, self.keep_bound,
+                                                         self.rows, self.positions)
             for i in reversed(hottest):
-                prev, t = previous[i], self.targets[i]
-                if t and prev is not None and prev.workers:
-                    kept[i] = self._keep(names[i], t, self.demands[i].rps / t, prev.workers, t + k, fresh)
+                prev, t = previous[i], targets[i]
+                if not t or prev is None or not prev.workers:
+                    continue
+                row = rows[names[i]]
+                if t == 1 and len(prev.workers) == 1 and (row.complete or len(row.idx) > k):
+                    # the common case, inlined for speed: the same rule as _keep with t = 1
+                    top, w = row.idx[:k + 1], positions.get(prev.workers[0])
+                    kept[i] = []
+                    if w in top and not (fresh and top[0] in fresh):
+                        item = demands[i].rps
+                        if used[w] < slots[w] and load[w] + item <= bound[w]:
+                            used[w] += 1
+                            load[w] += item
+                            kept[i] = [(top.index(w), w)]
+                else:
+                    kept[i] = keep(names[i], t, demands[i].rps / t, prev.workers, t + k, fresh)
         chosen: list[tuple[str, ...]] = [()] * len(names)
         fill, targets, demands, ids = self._fill, self.targets, self.demands, self.rankings.ids
         for i in hottest:
@@ -194,13 +210,11 @@ class _Walk:
         row = self.rows[name]
         ranking = row.idx if row.complete or len(row.idx) >= window else self.rankings.full(name)
         room = t - len(fresh.intersection(ranking[:t])) if fresh else t
-        candidates: list[tuple[int, int]] = []
-        positions = self.rankings.positions
-        for wid in held:
-            w = positions.get(wid)
-            if w is not None and w in ranking[:window]:
-                candidates.append((ranking.index(w), w))
-        candidates.sort()
+        top = ranking[:window]
+        positions = self.positions
+        candidates = [(top.index(w), w) for w in map(positions.get, held) if w in top]
+        if len(candidates) > 1:
+            candidates.sort()
         picked: list[tuple[int, int]] = []
         for pos, w in candidates:
             if len(picked) >= room:

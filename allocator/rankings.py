@@ -12,6 +12,8 @@ indices are internal, decisions compare (score, worker id) only.
 
 from __future__ import annotations
 
+import bisect
+import operator
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -21,6 +23,7 @@ from allocator.model import Adapter, Worker
 
 CHUNK = 256
 """Adapters scored per numpy block: keeps the temporaries to a few MB."""
+SCREEN_MARGIN = 8
 
 
 def _identity(w: Worker) -> tuple[str, str, float, int]:
@@ -67,9 +70,10 @@ class Rankings:
         self._classes: dict[tuple[str, int], _Class] = {}
         self._adapters: dict[str, Adapter] = {}
         self._adapter_list: list[Adapter] = []
+        self._grouped: dict[tuple[str, int], list[str]] | None = None
         self._states: dict[str, int] = {}
         self._rows: dict[str, _Row] = {}
-        self._full: dict[str, list[int]] = {}
+        self._full: dict[str, _Row] = {}
 
     @property
     def positions(self) -> Mapping[str, int]:
@@ -106,10 +110,6 @@ class Rankings:
             self._weights = np.concatenate([self._weights, [w.weight for w in added]])
         if added or dropped:
             self._classes = {}
-        if added:
-            self._full = {}
-        elif dropped:
-            self._full = {n: [i for i in r if i not in dropped] for n, r in self._full.items()}
         self._sync_adapters(adapters, dropped, [self._idx[w.id] for w in added])
 
     def _class(self, a: Adapter) -> _Class:
@@ -123,7 +123,7 @@ class Rankings:
 
     def _sync_adapters(self, adapters: Sequence[Adapter], dropped: set[int], added: list[int]) -> None:
         if list(adapters) != self._adapter_list:
-            self._adapter_list = list(adapters)
+            self._adapter_list, self._grouped = list(adapters), None
             wanted = {a.name: a for a in adapters}
             for name in [n for n, a in self._adapters.items() if wanted.get(n) != a]:
                 del self._adapters[name], self._states[name], self._rows[name]
@@ -135,11 +135,11 @@ class Rankings:
                 self._states[a.name] = state
         stale = [a for n, a in self._adapters.items() if n not in self._rows]
         if dropped:
+            for row in self._full.values():
+                _remove(row, dropped)
             for name, row in self._rows.items():
                 if not dropped.isdisjoint(row.idx):
-                    keep = [j for j, i in enumerate(row.idx) if i not in dropped]
-                    row.idx = [row.idx[j] for j in keep]
-                    row.scores = [row.scores[j] for j in keep]
+                    _remove(row, dropped)
                     if not row.complete and len(row.idx) < self.depth // 2:
                         stale.append(self._adapters[name])
         if added:
@@ -148,11 +148,10 @@ class Rankings:
 
     def _insert(self, added: list[int]) -> None:
         """Place each new worker into the rows it beats (or that list every candidate)."""
-        by_class: dict[tuple[str, int], list[str]] = {}
-        for name in self._rows:
-            a = self._adapters[name]
-            by_class.setdefault((a.base_model, a.rank), []).append(name)
-        for names in by_class.values():
+        for grouped in self._names_by_class().values():
+            names = [n for n in grouped if n in self._rows]  # fresh adapters get whole rows later
+            if not names:
+                continue
             cls = self._class(self._adapters[names[0]])
             new = [i for i in added if i in cls.members]
             if not new:
@@ -162,21 +161,33 @@ class Rankings:
             rows = [self._rows[n] for n in names]
             floor = np.array([-np.inf if r.complete or not r.idx else r.scores[-1] for r in rows])
             for r, c in zip(*np.nonzero(scores >= floor[:, None])):
-                self._insert_one(rows[r], new[c], float(scores[r, c]))
+                self._insert_one(rows[r], new[c], float(scores[r, c]), self.depth)
+            for r, name in enumerate(names):
+                if name in self._full:
+                    for c, i in enumerate(new):
+                        self._insert_one(self._full[name], i, float(scores[r, c]), None)
 
-    def _insert_one(self, row: _Row, i: int, s: float) -> None:
-        key = (-s, self.ids[i])
-        n = len(row.idx)
-        if not row.complete and n and key > (-row.scores[-1], self.ids[row.idx[-1]]):
+    def _names_by_class(self) -> dict[tuple[str, int], list[str]]:
+        """Adapters grouped by candidate class; rebuilt only when the catalog changed."""
+        if self._grouped is None:
+            self._grouped = {}
+            for name, a in self._adapters.items():
+                self._grouped.setdefault((a.base_model, a.rank), []).append(name)
+        return self._grouped
+
+    def _insert_one(self, row: _Row, i: int, s: float, limit: int | None) -> None:
+        """Insert worker i (score s) where it ranks, if the row reaches that far; keep `limit` entries."""
+        ids, wid = self.ids, self.ids[i]
+        if not row.complete and row.idx and (-s, wid) > (-row.scores[-1], ids[row.idx[-1]]):
             return
-        pos = n
-        while pos and key < (-row.scores[pos - 1], self.ids[row.idx[pos - 1]]):
-            pos -= 1
+        pos = bisect.bisect_left(row.scores, -s, key=operator.neg)
+        while pos < len(row.idx) and row.scores[pos] == s and ids[row.idx[pos]] < wid:
+            pos += 1
         row.idx.insert(pos, i)
         row.scores.insert(pos, s)
-        if len(row.idx) > self.depth:
+        if limit is not None and len(row.idx) > limit:
             row.complete = False
-            del row.idx[self.depth:], row.scores[self.depth:]
+            del row.idx[limit:], row.scores[limit:]
 
     def _compute(self, adapters: list[Adapter]) -> None:
         by_class: dict[tuple[str, int], list[Adapter]] = {}
@@ -192,15 +203,27 @@ class Rankings:
                         self._rows[a.name] = _Row([], [], True)
                     continue
                 states = np.array([self._states[a.name] for a in block], dtype=np.uint64)
-                scores = hrw.pair_scores(states, cls.lanes, cls.weights)
-                k = min(self.depth, n)
-                part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else \
-                    np.broadcast_to(np.arange(n), (len(block), n))
-                for r, a in enumerate(block):
-                    cols = part[r]
-                    row_scores = scores[r, cols]
-                    cols = cols[hrw.order(row_scores, cls.id_order[cols])]
-                    self._rows[a.name] = _Row(cls.idx[cols].tolist(), scores[r, cols].tolist(), k == n)
+                self._compute_block(block, hrw.pair_hashes(states, cls.lanes), cls)
+
+    def _compute_block(self, block: list[Adapter], hashes: np.ndarray, cls: _Class) -> None:
+        """Screen with the platform's fast log, then rank the survivors by exact scores.
+
+        The exact top `depth` lies inside the screened top `depth + SCREEN_MARGIN`
+        unless more than SCREEN_MARGIN scores sit within a few ulps of the
+        boundary, which does not happen; the kept rows hold exact scores only.
+        """
+        n = len(cls.idx)
+        k = min(self.depth + SCREEN_MARGIN, n)
+        if k < n:
+            screened = hrw.screen_scores(hashes, cls.weights)
+            cols = np.argpartition(-screened, k - 1, axis=1)[:, :k]
+        else:
+            cols = np.broadcast_to(np.arange(n), (len(block), n))
+        exact = hrw.scores_from_hashes(np.take_along_axis(hashes, cols, axis=1), cls.weights[cols])
+        keep = min(self.depth, n)
+        for r, a in enumerate(block):
+            ranked = hrw.order(exact[r], cls.id_order[cols[r]])[:keep]
+            self._rows[a.name] = _Row(cls.idx[cols[r][ranked]].tolist(), exact[r][ranked].tolist(), keep == n)
 
     @property
     def rows(self) -> Mapping[str, _Row]:
@@ -209,12 +232,21 @@ class Rankings:
         return self._rows
 
     def full(self, adapter: str) -> list[int]:
-        """The adapter's whole ranking, for the few walks past the prefix; kept until a worker joins."""
-        ranking = self._full.get(adapter)
-        if ranking is None:
-            a = self._adapters[adapter]
-            cls = self._class(a)
+        """The adapter's whole ranking, for the few walks past the prefix; updated as workers come and go."""
+        row = self._full.get(adapter)
+        if row is None:
+            cls = self._class(self._adapters[adapter])
             state = np.array([self._states[adapter]], dtype=np.uint64)
             scores = hrw.pair_scores(state, cls.lanes, cls.weights)[0]
-            ranking = self._full[adapter] = cls.idx[hrw.order(scores, cls.id_order)].tolist()
-        return ranking
+            ranked = hrw.order(scores, cls.id_order)
+            row = self._full[adapter] = _Row(cls.idx[ranked].tolist(), scores[ranked].tolist(), True)
+        return row.idx
+
+
+def _remove(row: _Row, dropped: set[int]) -> None:
+    for i in dropped:
+        try:
+            pos = row.idx.index(i)
+        except ValueError:
+            continue
+        del row.idx[pos], row.scores[pos]
