@@ -163,7 +163,7 @@ class _Walk:
         kept: list[list[tuple[int, int]] | None] = [None] * len(names)
         if self.config.sticky:
             seen = {w for rs in previous if rs is not None for w in rs.workers}
-            fresh = {i for wid, i in self.rankings.positions.items() if wid not in seen}
+            fresh = {i for wid, i in self.positions.items() if wid not in seen and self.slots[i] > 0}
             k, keep, targets, demands = self.config.sticky_k, self._keep, self.targets, self.demands
             used, load, slots, bound, rows, positions = (self.used, self.load, self.slots, self.keep_bound,
                                                          self.rows, self.positions)
