@@ -1,0 +1,181 @@
+{{/* Names: the release's fullname, truncated to fit a DNS label. */}}
+{{- define "lora-router.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lora-router.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lora-router.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: lora-router
+{{- end }}
+
+{{/* Selector labels of one component; call with (dict "ctx" $ "component" "router"). */}}
+{{- define "lora-router.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lora-router.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "lora-router.componentLabels" -}}
+{{ include "lora-router.labels" .ctx }}
+{{ include "lora-router.selectorLabels" . }}
+{{- end }}
+
+{{- define "lora-router.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lora-router.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "lora-router.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* etcd */}}
+{{- define "lora-router.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "lora-router.fullname" .) }}
+{{- end }}
+
+{{- define "lora-router.etcd.headless" -}}
+{{- printf "%s-etcd-headless" (include "lora-router.fullname" .) }}
+{{- end }}
+
+{{/* A member's DNS name: call with (dict "ctx" $ "member" "NAME"). */}}
+{{- define "lora-router.etcd.memberHost" -}}
+{{- printf "%s.%s.%s.svc.%s" .member (include "lora-router.etcd.headless" .ctx) .ctx.Release.Namespace .ctx.Values.clusterDomain }}
+{{- end }}
+
+{{/* NAME-0=http://NAME-0.HEADLESS...:2380,... for every member of the StatefulSet. */}}
+{{- define "lora-router.etcd.initialCluster" -}}
+{{- $peers := list }}
+{{- $base := include "lora-router.etcd.fullname" . }}
+{{- range $i := until (int .Values.etcd.replicas) }}
+{{- $member := printf "%s-%d" $base $i }}
+{{- $host := include "lora-router.etcd.memberHost" (dict "ctx" $ "member" $member) }}
+{{- $peers = append $peers (printf "%s=http://%s:%d" $member $host (int $.Values.etcd.peerPort)) }}
+{{- end }}
+{{- join "," $peers }}
+{{- end }}
+
+{{/* The --etcd value of routers and registrars: the external list or every member. */}}
+{{- define "lora-router.etcd.endpoints" -}}
+{{- if .Values.etcd.external.endpoints }}
+{{- join "," .Values.etcd.external.endpoints }}
+{{- else }}
+{{- $urls := list }}
+{{- $base := include "lora-router.etcd.fullname" . }}
+{{- range $i := until (int .Values.etcd.replicas) }}
+{{- $host := include "lora-router.etcd.memberHost" (dict "ctx" $ "member" (printf "%s-%d" $base $i)) }}
+{{- $urls = append $urls (printf "http://%s:%d" $host (int $.Values.etcd.clientPort)) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+{{- end }}
+
+{{/* Secrets: key files mounted under one directory from one projected volume. */}}
+{{- define "lora-router.secretsDir" -}}/etc/lora-router/secrets{{- end }}
+
+{{- define "lora-router.keysSecretName" -}}
+{{- printf "%s-keys" (include "lora-router.fullname" .) }}
+{{- end }}
+
+{{/*
+The key files this release mounts, as a list of {file, secret, key, inline}:
+`inline` is the content the chart's own Secret holds (empty for an existing Secret).
+Returned as YAML; read with fromYamlArray.
+*/}}
+{{- define "lora-router.keyFiles" -}}
+{{- $own := include "lora-router.keysSecretName" . }}
+{{- $files := list }}
+{{- with .Values.secrets.admin }}
+{{- if .existingSecret }}
+{{- $files = append $files (dict "file" "admin-keys" "secret" .existingSecret "key" .existingSecretKey "inline" "") }}
+{{- else if .keys }}
+{{- $files = append $files (dict "file" "admin-keys" "secret" $own "key" "admin-keys" "inline" (join "\n" .keys)) }}
+{{- end }}
+{{- end }}
+{{- range $tenant, $spec := .Values.secrets.tenants }}
+{{- $file := printf "tenant-%s-keys" $tenant }}
+{{- if $spec.existingSecret }}
+{{- $files = append $files (dict "file" $file "secret" $spec.existingSecret "key" (default "keys" $spec.existingSecretKey) "inline" "") }}
+{{- else if $spec.keys }}
+{{- $files = append $files (dict "file" $file "secret" $own "key" $file "inline" (join "\n" $spec.keys)) }}
+{{- end }}
+{{- end }}
+{{- with (include "lora-router.workerKeyRef" . | fromYaml) }}
+{{- $files = append $files (dict "file" "worker-api-key" "secret" .secret "key" .key "inline" .inline) }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
+{{/* The worker API key's Secret as {secret, key, inline}, or nothing when none is set. */}}
+{{- define "lora-router.workerKeyRef" -}}
+{{- with .Values.secrets.workerApiKey }}
+{{- if .existingSecret }}
+{{- toYaml (dict "secret" .existingSecret "key" .existingSecretKey "inline" "") }}
+{{- else if .value }}
+{{- toYaml (dict "secret" (include "lora-router.keysSecretName" $) "key" "worker-api-key" "inline" .value) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A projected volume of the key files, or nothing when there are none. */}}
+{{- define "lora-router.keysVolume" -}}
+{{- $files := include "lora-router.keyFiles" . | fromYamlArray }}
+{{- if $files }}
+- name: keys
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range $files }}
+      - secret:
+          name: {{ .secret }}
+          items:
+            - key: {{ .key }}
+              path: {{ .file }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The router config: .Values.config with the key-file references filled in. */}}
+{{- define "lora-router.config" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- $dir := include "lora-router.secretsDir" . }}
+{{- $files := include "lora-router.keyFiles" . | fromYamlArray }}
+{{- range $files }}
+{{- $path := printf "%s/%s" $dir .file }}
+{{- if eq .file "admin-keys" }}
+{{- $auth := default dict $cfg.auth }}
+{{- $_ := set $auth "admin_keys_file" $path }}
+{{- $_ := set $cfg "auth" $auth }}
+{{- else if eq .file "worker-api-key" }}
+{{- $_ := set $cfg "worker_api_key_file" $path }}
+{{- end }}
+{{- end }}
+{{- range $tenant, $spec := .Values.secrets.tenants }}
+{{- if or $spec.existingSecret $spec.keys }}
+{{- $tenants := default dict $cfg.tenants }}
+{{- $entry := default dict (get $tenants $tenant) }}
+{{- $_ := set $entry "keys_file" (printf "%s/tenant-%s-keys" $dir $tenant) }}
+{{- $_ := set $tenants $tenant $entry }}
+{{- $_ := set $cfg "tenants" $tenants }}
+{{- end }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
