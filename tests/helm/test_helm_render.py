@@ -7,6 +7,7 @@ import base64
 import copy
 import hashlib
 import importlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ from helmchart import (
     walk,
 )
 
-from router.config import parse_config
+from router.config import key_digest, load_config, parse_config
 
 SECRETS_DIR = "/etc/lora-router/secrets"
 ROUTER = f"{FULLNAME}-router"
@@ -210,6 +211,24 @@ def test_inline_keys_live_only_in_the_chart_secret() -> None:
     assert config_key_files(rendered_config(manifests)) == set(files)
     assert rendered_config(manifests)["tenants"]["acme"] == {
         "adapters": ["support-*"], "keys_file": f"{SECRETS_DIR}/tenant-acme-keys"}
+
+
+def test_router_reads_the_mounted_key_files(tmp_path: Path) -> None:
+    """Lay the chart's Secret out as the kubelet would and load the rendered config for real."""
+    manifests = render(TRIAL_VALUES)
+    secret = find(manifests, "Secret", f"{FULLNAME}-keys")
+    files = mounted_key_files(find(manifests, "Deployment", ROUTER), "router")
+    for path, (_name, key) in files.items():
+        target = tmp_path / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(base64.b64decode(secret["data"][key]))
+    text = find(manifests, "ConfigMap", ROUTER)["data"]["config.yaml"]
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(text.replace(SECRETS_DIR, str(tmp_path / SECRETS_DIR.lstrip("/"))))
+    secrets = load_config(config_file).secrets
+    assert secrets.admin_digests == {key_digest(ADMIN_KEY)}
+    assert secrets.tenant_digests == {key_digest(TENANT_KEY): "acme"}
+    assert secrets.worker_api_key == WORKER_KEY
 
 
 def test_no_keys_no_secret_and_no_key_files() -> None:
