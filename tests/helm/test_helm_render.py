@@ -7,6 +7,7 @@ import base64
 import copy
 import hashlib
 import importlib
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ pytest.importorskip("helm_python", reason="helm-python-sdk is not installed: pip
 
 from helmchart import (
     ADMIN_KEY,
+    CHART,
     FULLNAME,
     NAMESPACE,
     PRODUCTION_VALUES,
@@ -359,3 +361,28 @@ def test_network_policy_lets_only_labelled_clients_reach_etcd() -> None:
     assert router_policy["spec"]["ingress"][0]["from"] == load_values(PRODUCTION_VALUES)["networkPolicy"][
         "routerIngressFrom"]
     assert "NetworkPolicy" not in kinds(render(None))
+
+
+def test_readme_sidecar_example_matches_the_chart() -> None:
+    """The README's hand-written sidecar uses the flags, env and paths the chart's own sidecar uses."""
+    readme = (CHART / "README.md").read_text()
+    section = readme.split("## Adding the registrar to an existing vLLM Deployment", 1)[1]
+    block = textwrap.dedent(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    example = yaml.safe_load(block)
+    readme_registrar = next(c for c in example["containers"] if c["name"] == "registrar")
+    manifests = render(load_values(PRODUCTION_VALUES))
+    chart_registrar = container(find(manifests, "Deployment", VLLM), "registrar")
+
+    def flags(args: list[str]) -> set[str]:
+        return {a for a in args if a.startswith("--")}
+
+    required = flags(chart_registrar["args"]) - {"--weight", "--health-failures", "--health-interval"}
+    assert required <= flags(readme_registrar["args"])
+    for name in ("--worker-url", "--worker-id", "--api-key-file", "--etcd-prefix"):
+        assert flag(readme_registrar["args"], name) == flag(chart_registrar["args"], name), name
+    assert readme_registrar["env"] == [e for e in chart_registrar["env"] if "valueFrom" in e]
+    assert readme_registrar["securityContext"].items() <= chart_registrar["securityContext"].items()
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vllm"},
+           "spec": {"containers": example["containers"], "volumes": example["volumes"]}}
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(pod, "1.28.0", strict=True)
