@@ -59,3 +59,12 @@ def test_schema_accepts_both_shipped_values_files() -> None:
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(chart.values)
         chart.validate_schema(load_values(PRODUCTION_VALUES))
+
+
+def test_schema_config_sections_are_the_router_config_fields() -> None:
+    """The schema forbids unknown config keys, so a field added to RouterConfig must be added there too."""
+    from router.config import RouterConfig
+
+    with helm.Chart.load(CHART) as chart:
+        sections = set(chart.schema["properties"]["config"]["properties"])
+    assert sections == set(RouterConfig.__struct_fields__)
