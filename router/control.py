@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from allocator.estimator import update_all
+from allocator.measure import assignments
 from allocator.model import Adapter, Demand, Placement
 from allocator.placement import Planner
 from discovery.election import LeaderElection
@@ -44,18 +45,6 @@ def total_demand(reports: Iterable[DemandReport]) -> dict[str, Demand]:
             rps[name] = rps.get(name, 0.0) + demand.rps
             inflight[name] = inflight.get(name, 0.0) + demand.inflight
     return {name: Demand(rps=rps[name], inflight=inflight[name]) for name in rps}
-
-
-def moves(before: Placement, after: Placement) -> int:
-    """Replica assignments added plus removed between two placements."""
-    names = before.replica_sets.keys() | after.replica_sets.keys()
-    empty: tuple[str, ...] = ()
-    total = 0
-    for name in names:
-        old = set(before.replica_sets[name].workers if name in before.replica_sets else empty)
-        new = set(after.replica_sets[name].workers if name in after.replica_sets else empty)
-        total += len(old ^ new)
-    return total
 
 
 def same_assignment(a: Placement, b: Placement) -> bool:
@@ -147,7 +136,7 @@ class ControlLoop:
             log.info("placement epoch %d not written: leadership lost", placement.epoch)
             return
         self.placements_written += 1
-        rt.metrics.placement_churn.inc(moves(previous, placement))
+        rt.metrics.placement_churn.inc(len(assignments(previous) ^ assignments(placement)))
         rt.fleet.placement = placement
 
     def _etcd_failed(self, what: str, exc: Exception) -> None:

@@ -80,6 +80,8 @@ class Reconciler:
         self._unmet_since: dict[tuple[str, str], float] = {}
         self._idle_since: dict[tuple[str, str], float] = {}
         self.rounds = 0
+        self.passes = 0
+        """Agent passes so far; a test waits for it to advance instead of sleeping."""
 
     # -- what server.py calls ---------------------------------------------------------------
     async def run(self) -> None:
@@ -174,6 +176,7 @@ class Reconciler:
         if view is None:
             return
         book = agent.book
+        self.passes += 1
         now = self._clock()
         if now >= book.list_at:
             book.list_at = now + self._rt.config.control.reconcile_s

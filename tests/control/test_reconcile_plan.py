@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from allocator.model import Action, Placement, ReplicaSet
 from discovery.records import AdapterRecord
-from router.reconcile_plan import WorkerBook, WorkerWork, backoff_delay, by_worker, stale, worker_work
+from router.reconcile_plan import (
+    WorkerBook,
+    WorkerWork,
+    backoff_delay,
+    by_worker,
+    stale,
+    worker_work,
+)
 
 
 def _catalog(*names: str) -> dict[str, AdapterRecord]:
@@ -122,4 +130,4 @@ def test_next_wake_is_the_earliest_due_thing() -> None:
     book.retry_at["a"] = 12.0
     assert book.next_wake(10.0, 0.05) == 2.0
     book.draining_since["b"] = 9.0
-    assert book.next_wake(10.0, 0.05) == 0.05
+    assert book.next_wake(10.0, 0.05) == pytest.approx(0.05)

@@ -1,0 +1,265 @@
+"""The reconciler in one process against real simulated workers: the placement is set by hand, the
+reconciler drives the workers to it. Drains, restarts, failure reasons and rate limits, seen from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from control_helpers import BASE, held, until
+
+from allocator.model import Placement, ReplicaSet
+from discovery.records import AdapterRecord, WorkerRecord
+from router.config import load_config
+from router.devfleet import worker_url
+from router.reconciler import Reconciler
+from router.runtime import RouterRuntime
+
+
+class Harness:
+    """A router runtime with the reconciler running; the test plays the watchers' part."""
+
+    def __init__(self, rt: RouterRuntime, reconciler: Reconciler, urls: list[str]) -> None:
+        self.rt = rt
+        self.reconciler = reconciler
+        self.urls = urls
+        self.epoch = 0
+
+    def ids(self) -> list[str]:
+        return [f"w{i}" for i in range(len(self.urls))]
+
+    def membership(self, instances: dict[str, str] | None = None) -> None:
+        records = {wid: WorkerRecord(id=wid, url=url, base_models=(BASE,), instance=(instances or {}).get(wid, "i0"))
+                   for wid, url in zip(self.ids(), self.urls)}
+        change = self.rt.fleet.set_membership(records)
+        if change:
+            self.reconciler.on_membership(change)
+
+    def catalog(self, *records: AdapterRecord) -> None:
+        self.rt.fleet.catalog = {r.name: r for r in records}
+
+    def place(self, **sets: tuple[str, ...]) -> None:
+        self.epoch += 1
+        self.rt.fleet.placement = Placement(epoch=self.epoch, replica_sets={
+            name: ReplicaSet(workers=ws, replicas=len(ws)) for name, ws in sets.items()})
+        self.reconciler.on_placement()
+
+
+def _config(tmp_path: Path, root: Path, **extra: Any) -> Path:
+    config = {"security": {"allowed_path_prefixes": [str(root)]},
+              "control": {"reconcile_s": 0.5, "retry_base_s": 0.05, "retry_max_s": 0.2},
+              "timeouts": {"drain_timeout_s": 20.0}, **extra}
+    path = tmp_path / "router.yaml"
+    path.write_bytes(msgspec.json.encode(config))
+    return path
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, adapter_dirs: Callable) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[asyncio.Task[None], aiohttp.ClientSession]] = []
+
+    async def make(urls: list[str], **extra: Any) -> Harness:
+        root = adapter_dirs("placeholder").parent
+        session = aiohttp.ClientSession()
+        rt = RouterRuntime(load_config(_config(tmp_path, root, **extra)), session, "test-router",
+                           rng=random.Random(1))
+        reconciler = Reconciler(rt, rng=random.Random(2))
+        h = Harness(rt, reconciler, urls)
+        h.membership()
+        made.append((asyncio.create_task(reconciler.run()), session))
+        return h
+
+    yield make
+    for task, session in made:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await session.close()
+
+
+def _record(path: Path, rank: int = 8) -> AdapterRecord:
+    return AdapterRecord(name=path.name, source=str(path), base_model=BASE, rank=rank)
+
+
+async def test_loads_confirms_then_marks_holders(http: aiohttp.ClientSession, harness: Callable,
+                                                start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(2)]
+    h = await harness(urls)
+    a, b = _record(adapter_dirs("a")), _record(adapter_dirs("b"))
+    h.catalog(a, b)
+    h.place(a=("w0", "w1"), b=("w1",))
+
+    async def converged() -> bool:
+        return (await held(http, urls[0]) == {"a"} and await held(http, urls[1]) == {"a", "b"}
+                and h.rt.fleet.holders("a") == {"w0", "w1"} and h.rt.fleet.holders("b") == {"w1"})
+
+    await until(converged, 10, "both workers to hold their adapters and be marked holders")
+
+
+async def test_a_drain_waits_for_requests_in_flight_before_the_unload(
+        http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(2)]
+    h = await harness(urls)
+    a = _record(adapter_dirs("a"))
+    h.catalog(a)
+    h.place(a=("w0", "w1"))
+    await until(lambda: _holders(h, "a", {"w0", "w1"}), 10, "two holders")
+
+    view = h.rt.fleet.workers["w0"]
+    view.begin("a")
+    h.place(a=("w1",))
+    await until(lambda: _draining(h, "w0", "a"), 10, "w0 to start draining 'a'")
+    assert [v.id for v in h.rt.fleet.routable_holders("a")] == ["w1"], "no new requests go to a draining worker"
+    target = h.reconciler.passes + 10
+    await until(lambda: _passes_after(h, target), 10, "ten more reconciler passes")
+    assert "a" in await held(http, urls[0]), "unloaded while a request was still in flight"
+    view.end("a")
+    await until(lambda: _not_held(http, urls[0], "a"), 10, "the unload once the request finished")
+    assert h.rt.fleet.holders("a") == {"w1"}
+
+
+async def _passes_after(h: Harness, n: int) -> bool:
+    return h.reconciler.passes >= n
+
+
+async def _holders(h: Harness, name: str, expected: set[str]) -> bool:
+    return h.rt.fleet.holders(name) == expected
+
+
+async def _draining(h: Harness, worker: str, name: str) -> bool:
+    return name in h.rt.fleet.workers[worker].draining
+
+
+async def _not_held(http: aiohttp.ClientSession, url: str, name: str) -> bool:
+    return name not in await held(http, url)
+
+
+async def test_make_before_break_keeps_the_old_holder_until_the_new_one_holds(
+        http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(2)]
+    h = await harness(urls)
+    a = _record(adapter_dirs("a"))
+    h.catalog(a)
+    h.place(a=("w0",))
+    await until(lambda: _holders(h, "a", {"w0"}), 10, "w0 holds 'a'")
+    seen: list[set[str]] = []
+
+    async def moved() -> bool:
+        seen.append(set(h.rt.fleet.holders("a")) | {w for w, v in h.rt.fleet.workers.items() if "a" in v.draining})
+        return h.rt.fleet.holders("a") == {"w1"} and not await _held_by(http, urls[0], "a")
+
+    h.place(a=("w1",))
+    await until(moved, 10, "the move from w0 to w1", interval_s=0.005)
+    assert all(s for s in seen), "there was a moment with no holder at all"
+
+
+async def _held_by(http: aiohttp.ClientSession, url: str, name: str) -> bool:
+    return name in await held(http, url)
+
+
+async def test_an_adapter_unloaded_behind_our_back_or_lost_in_a_restart_comes_back(
+        http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(1)]
+    h = await harness(urls)
+    a = _record(adapter_dirs("a"))
+    h.catalog(a)
+    h.place(a=("w0",))
+    await until(lambda: _held_by(http, urls[0], "a"), 10, "'a' loaded")
+    async with http.post(urls[0] + "/v1/unload_lora_adapter", json={"lora_name": "a"}) as r:
+        assert r.status == 200
+    await until(lambda: _held_by(http, urls[0], "a"), 2 * 0.5, "'a' back within two reconcile periods")
+    async with http.post(urls[0] + "/v1/unload_lora_adapter", json={"lora_name": "a"}) as r:
+        assert r.status == 200
+    h.membership({"w0": "i1"})
+    assert not h.rt.fleet.holders("a"), "a restarted worker holds nothing until it lists it"
+    await until(lambda: _held_by(http, urls[0], "a"), 0.5, "'a' reloaded at once after the instance change")
+
+
+async def test_permanent_failures_are_recorded_with_their_reason(
+        harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(1, extra_args=("--max-lora-rank", "8"))]
+    h = await harness(urls)
+    big = _record(adapter_dirs("big", rank=64), rank=64)
+    missing = AdapterRecord(name="missing", source=str(adapter_dirs("a").parent / "nowhere"), base_model=BASE)
+    h.catalog(big, missing)
+    h.place(big=("w0",), missing=("w0",))
+
+    async def recorded() -> bool:
+        return bool(h.reconciler.failures("big")) and bool(h.reconciler.failures("missing"))
+
+    await until(recorded, 10, "failures for both adapters")
+    assert h.reconciler.failures("big")["w0"].reason == "rank_too_high"
+    assert h.reconciler.failures("missing")["w0"].reason == "not_found"
+    attempts = h.reconciler.failures("big")["w0"].attempts
+    target = h.reconciler.rounds + 2
+    h.place(big=("w0",), missing=("w0",))
+    await until(lambda: _rounds_after(h, target), 5, "two more plan rounds")
+    assert h.reconciler.failures("big")["w0"].attempts == attempts, "a permanent failure is not retried"
+
+
+async def _rounds_after(h: Harness, n: int) -> bool:
+    return h.reconciler.rounds >= n
+
+
+async def test_a_worker_that_wants_a_key_shows_unauthorized(
+        harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(1, extra_args=("--api-key", "k-123"))]
+    h = await harness(urls)
+    a = _record(adapter_dirs("a"))
+    h.catalog(a)
+    h.place(a=("w0",))
+    await until(lambda: _failed_with(h, "a", "unauthorized"), 10, "an unauthorized failure")
+    assert "unauthorized" in h.reconciler.worker_errors()["w0"]
+    assert "k-123" not in repr(h.reconciler.failures("a"))
+
+
+async def _failed_with(h: Harness, name: str, reason: str) -> bool:
+    failure = h.reconciler.failures(name).get("w0")
+    return failure is not None and failure.reason == reason
+
+
+async def test_transient_failures_are_retried_until_the_worker_answers(
+        http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable,
+        tmp_path: Path) -> None:
+    from discovery.ports import free_port
+    from router.devfleet import sim_worker
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    h = await harness([url])
+    a = _record(adapter_dirs("a"))
+    h.catalog(a)
+    h.place(a=("w0",))
+    await until(lambda: _failed_with(h, "a", "transient"), 10, "a transient failure while nothing listens")
+    worker = sim_worker(tmp_path, port=port).start()
+    try:
+        await until(lambda: _held_by(http, url, "a"), 10, "the retried load once the worker is up")
+        await until(lambda: _no_failure(h, "a"), 5, "the failure to clear")
+    finally:
+        worker.kill()
+
+
+async def _no_failure(h: Harness, name: str) -> bool:
+    return not h.reconciler.failures(name)
+
+
+async def test_loads_on_one_worker_are_rate_limited(
+        http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
+    urls = [worker_url(w) for w in start_workers(1)]
+    h = await harness(urls, control={"reconcile_s": 0.5, "worker_ops_per_s": 10.0})
+    records = [_record(adapter_dirs(f"r{i}")) for i in range(8)]
+    h.catalog(*records)
+    started = time.monotonic()
+    h.place(**{r.name: ("w0",) for r in records})
+    await until(lambda: _holds_all(http, urls[0], {r.name for r in records}), 10, "all eight loaded")
+    assert time.monotonic() - started >= 0.7, "eight loads at 10/s take at least 0.7 s"
+
+
+async def _holds_all(http: aiohttp.ClientSession, url: str, names: set[str]) -> bool:
+    return names <= await held(http, url)
