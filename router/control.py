@@ -21,30 +21,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from allocator.estimator import update_all
 from allocator.measure import assignments
 from allocator.model import Adapter, Demand, Placement
 from allocator.placement import Planner
 from discovery.election import LeaderElection
-from discovery.records import DemandReport
-from discovery.stores import DemandStore, PlacementStore
+from discovery.errors import EtcdUnavailable, NotLeader
+from discovery.stores import DemandStore, PlacementStore, sum_demand
 from router.reconciler import wait_for_event
 from router.runtime import RouterRuntime
 
 log = logging.getLogger(__name__)
-
-
-def total_demand(reports: Iterable[DemandReport]) -> dict[str, Demand]:
-    """Every router's smoothed demand, summed per adapter."""
-    rps: dict[str, float] = {}
-    inflight: dict[str, float] = {}
-    for report in reports:
-        for name, demand in report.adapters.items():
-            rps[name] = rps.get(name, 0.0) + demand.rps
-            inflight[name] = inflight.get(name, 0.0) + demand.inflight
-    return {name: Demand(rps=rps[name], inflight=inflight[name]) for name in rps}
 
 
 def same_assignment(a: Placement, b: Placement) -> bool:
@@ -89,8 +78,8 @@ class ControlLoop:
         self.last_tick_at = now
         self.sample(now)
         try:
-            await self._demand_store.publish(self._rt.router_id, self.estimates)
-        except Exception as exc:  # noqa: BLE001 - any etcd failure: report it, retry next tick
+            await self._demand_store.publish(self._rt.router_id, self.estimates, at=now)
+        except EtcdUnavailable as exc:
             self._etcd_failed("publishing demand", exc)
             return
         await self.place(now)
@@ -116,30 +105,30 @@ class ControlLoop:
             return
         try:
             reports = await self._demand_store.read_all()
-        except Exception as exc:  # noqa: BLE001
+        except EtcdUnavailable as exc:
             self._etcd_failed("reading demand", exc)
             return
         rt.metrics.etcd_up.set(1)
         previous = rt.fleet.placement
         workers = [v.record.to_worker() for v in rt.fleet.workers.values()]
         adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in rt.fleet.catalog.values()]
-        placement = self._planner.place(workers, adapters, total_demand(reports.values()), rt.config.placement,
+        placement = self._planner.place(workers, adapters, sum_demand(reports), rt.config.placement,
                                         previous if previous.epoch else None, now)
         if previous.epoch and same_assignment(previous, placement):
             return
         try:
-            written = await self._placement_store.write(placement, self._election)
-        except Exception as exc:  # noqa: BLE001
-            self._etcd_failed("writing the placement", exc)
+            await self._placement_store.write(placement, self._election)
+        except NotLeader as exc:
+            log.info("placement epoch %d not written: %s", placement.epoch, exc)
             return
-        if not written:
-            log.info("placement epoch %d not written: leadership lost", placement.epoch)
+        except EtcdUnavailable as exc:
+            self._etcd_failed("writing the placement", exc)
             return
         self.placements_written += 1
         rt.metrics.placement_churn.inc(len(assignments(previous) ^ assignments(placement)))
         rt.fleet.placement = placement
 
-    def _etcd_failed(self, what: str, exc: Exception) -> None:
+    def _etcd_failed(self, what: str, exc: EtcdUnavailable) -> None:
         self._rt.metrics.etcd_up.set(0)
         log.warning("control tick: %s failed: %s: %s", what, type(exc).__name__, exc)
 

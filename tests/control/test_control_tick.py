@@ -1,0 +1,191 @@
+"""The control tick in-process against a real etcd: two routers, one leader, demand summed over both,
+replicas following it up and down, a leader's death, and a config reload taking effect at the next tick."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from control_helpers import BASE, until
+
+from allocator.model import Placement
+from discovery.election import LeaderElection
+from discovery.embedded import EmbeddedEtcd
+from discovery.etcd import EtcdClient
+from discovery.records import AdapterRecord, WorkerRecord
+from discovery.stores import CatalogStore, DemandStore, PlacementStore
+from router.config import load_config
+from router.control import ControlLoop
+from router.runtime import RouterRuntime
+
+TTL = 2
+WORKERS = {f"w{i}": WorkerRecord(id=f"w{i}", url=f"http://127.0.0.1:{9 + i}", base_models=(BASE,), instance="i")
+           for i in range(3)}
+
+
+class Router:
+    """One router's control plane: runtime, stores, election and control loop, with the watchers it needs."""
+
+    def __init__(self, name: str, rt: RouterRuntime, client: EtcdClient) -> None:
+        self.name = name
+        self.rt = rt
+        self.client = client
+        self.placements = PlacementStore(client)
+        self.demand_store = DemandStore(client, ttl=TTL)
+        self.election = LeaderElection(client, name, ttl=TTL)
+        self.control = ControlLoop(rt, self.demand_store, self.placements, self.election)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def follow_placement(self) -> None:
+        async for placement in self.placements.watch():
+            self.rt.fleet.placement = placement
+
+    def start(self) -> Router:
+        self.rt.fleet.set_membership(WORKERS)
+        self.tasks = [asyncio.create_task(c()) for c in (self.election.run, self.control.run,
+                                                          self.follow_placement)]
+        return self
+
+    async def crash(self) -> None:
+        """Stop everything without resigning: the others find out when the lease expires."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.close()
+
+
+def _write_config(path: Path, **placement: Any) -> Path:
+    config = {"control": {"tick_s": 0.2, "lease_ttl_s": TTL},
+              "placement": {"defaults": {"per_replica_rps": 4.0, "per_replica_concurrent": None,
+                                         "scale_down_cooldown_s": 1.0}, "fall_tau_s": 0.3, **placement}}
+    path.write_bytes(msgspec.json.encode(config))
+    return path
+
+
+@pytest.fixture
+async def routers(etcd: EmbeddedEtcd, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[Router, aiohttp.ClientSession]] = []
+
+    async def make(n: int) -> list[Router]:
+        config = load_config(_write_config(tmp_path / "router.yaml"))
+        seed_client = await EtcdClient.connect([etcd.endpoint])
+        seed = CatalogStore(seed_client)
+        await seed.put(AdapterRecord(name="hot", source="/adapters/hot", base_model=BASE))
+        await seed.put(AdapterRecord(name="cold", source="/adapters/cold", base_model=BASE))
+        catalog = await seed.list()
+        await seed_client.close()
+        out = []
+        for i in range(n):
+            session = aiohttp.ClientSession()
+            rt = RouterRuntime(config, session, f"r{i}", rng=random.Random(i))
+            rt.fleet.catalog = dict(catalog)
+            router = Router(f"r{i}", rt, await EtcdClient.connect([etcd.endpoint]))
+            made.append((router.start(), session))
+            out.append(router)
+        return out
+
+    yield make
+    for router, session in made:
+        await router.crash()
+        await session.close()
+
+
+async def _stored(router: Router) -> Placement | None:
+    return await PlacementStore(router.client).read()
+
+
+async def _replicas(router: Router, name: str) -> int | None:
+    placement = await _stored(router)
+    if placement is None or name not in placement.replica_sets:
+        return None
+    return len(placement.replica_sets[name].workers)
+
+
+class Arrivals:
+    """Requests for one adapter arriving at one router at a steady rate (counted as the proxy counts them)."""
+
+    def __init__(self, router: Router, adapter: str, rps: float) -> None:
+        self.router = router
+        self.adapter = adapter
+        self.rps = rps
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.router.rt.demand.started(self.adapter)
+            self.router.rt.demand.finished(self.adapter)
+            await asyncio.sleep(1.0 / self.rps)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def _one_leader(routers: list[Router]) -> Router | None:
+    leaders = [r for r in routers if r.election.is_leader]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+async def test_one_leader_places_with_demand_summed_over_routers(routers: Callable) -> None:
+    first, second = await routers(2)
+    leader = await until(lambda: _one_leader([first, second]), 10, "exactly one leader")
+    follower = second if leader is first else first
+    await until(lambda: _replicas(first, "hot"), 10, "a first placement in etcd")
+    assert await _replicas(first, "hot") == 1 and await _replicas(first, "cold") == 1
+
+    arrivals = [Arrivals(follower, "hot", 5.0), Arrivals(leader, "hot", 5.0)]
+    try:
+        await until(lambda: _at(first, "hot", 3), 10, "three replicas: 10 rps over two routers at 4 rps each")
+        reports = await DemandStore(first.client).read_all()
+        assert set(reports) == {"r0", "r1"}
+        assert all(r.adapters["hot"].rps > 2.0 for r in reports.values())
+        placement = await _stored(first)
+        assert placement is not None and placement.replica_sets["cold"].replicas == 1
+    finally:
+        for a in arrivals:
+            await a.stop()
+    await until(lambda: _at(first, "hot", 1), 15, "back to one replica after the cooldown")
+    assert follower.control.placements_written == 0, "only the leader writes the placement"
+
+
+async def _at(router: Router, name: str, n: int) -> bool:
+    return await _replicas(router, name) == n
+
+
+async def test_the_other_router_takes_over_and_keeps_following_demand(routers: Callable) -> None:
+    first, second = await routers(2)
+    leader = await until(lambda: _one_leader([first, second]), 10, "exactly one leader")
+    survivor = second if leader is first else first
+    await until(lambda: _replicas(survivor, "hot"), 10, "a first placement")
+    epoch = (await _stored(survivor)).epoch  # type: ignore[union-attr]
+    await leader.crash()
+    await until(lambda: _leads(survivor), TTL + 2, "the survivor to lead")
+    arrivals = Arrivals(survivor, "hot", 12.0)
+    try:
+        await until(lambda: _at(survivor, "hot", 3), 10, "the new leader to scale 'hot' up")
+    finally:
+        await arrivals.stop()
+    placement = await _stored(survivor)
+    assert placement is not None and placement.epoch > epoch
+    assert survivor.rt.is_leader and survivor.rt.leader_id == survivor.name
+
+
+async def _leads(router: Router) -> bool:
+    return router.election.is_leader
+
+
+async def test_a_replica_factor_change_applies_at_the_next_tick(routers: Callable, tmp_path: Path) -> None:
+    (only,) = await routers(1)
+    await until(lambda: _at(only, "cold", 1), 10, "one replica of 'cold'")
+    reloaded = load_config(_write_config(tmp_path / "new.yaml", adapters={"cold": {"min_replicas": 3}}))
+    only.rt.apply_config(reloaded)
+    ticks = only.control.ticks
+    await until(lambda: _at(only, "cold", 3), 10, "three replicas after the reload")
+    assert only.control.ticks - ticks <= 3, "applied within a tick or two, not after a restart"
+    assert await _replicas(only, "hot") == 1
