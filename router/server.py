@@ -89,7 +89,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
             runtime.metrics.placement_epoch.set(placement.epoch)
             reconciler.on_placement()
 
-    app = build_app(runtime, lambda a: add_admin_routes(a, catalog, runtime))
+    app = build_app(runtime, lambda a: add_admin_routes(a, catalog, runtime, reconciler=reconciler, control=control))
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            max_field_size=loaded.config.security.max_header_bytes,
                            max_line_size=loaded.config.security.max_header_bytes)
