@@ -8,7 +8,8 @@ given or the fleet's only one, and the rank is read from the adapter's own
 rank above its max, and placement needs the rank to pick workers that admit it).
 
 Wiring in server.py: `await declare_config_adapters(catalog_store, runtime)`
-once at start-up, after the catalog store exists and before the loops run.
+once at start-up, after the catalog store exists and before the loops run; the
+control loop re-declares (not strictly) on the leader after a config reload.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
+import msgspec
 
 from allocator.config import ConfigError
 from discovery.records import AdapterRecord
@@ -80,17 +83,28 @@ def _base_model(rt: RouterRuntime, given: object) -> str:
                          param="base_model")
 
 
-async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime) -> int:
-    """Write the config's `adapters:` into the catalog; an invalid entry stops start-up with its reason."""
-    records = []
+async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime, *, strict: bool = True) -> int:
+    """Write the config's `adapters:` that the catalog lacks or holds differently; returns how many.
+
+    At start-up (`strict`) an invalid entry stops the router with its reason; on
+    a reload it is logged and skipped, and the rest still apply.
+    """
+    existing = await catalog.list()
+    written = 0
     for i, entry in enumerate(rt.config.adapters):
         try:
-            records.append(make_record(rt, entry.name, entry.source, base_model=entry.base_model,
-                                       rank=entry.rank, tenant=entry.tenant))
+            record = make_record(rt, entry.name, entry.source, base_model=entry.base_model,
+                                 rank=entry.rank, tenant=entry.tenant)
         except InvalidAdapter as exc:
-            raise ConfigError(f"{rt.loaded.source}: adapters[{i}] ({entry.name!r}): {exc.message}") from None
-    for record in records:
-        await catalog.put(record)
-    if records:
-        log.info("declared %d adapters from the config", len(records))
-    return len(records)
+            message = f"{rt.loaded.source}: adapters[{i}] ({entry.name!r}): {exc.message}"
+            if strict:
+                raise ConfigError(message) from None
+            log.error("config adapter skipped: %s", message)
+            continue
+        known = existing.get(record.name)
+        if known is None or msgspec.structs.replace(known, created_at=0.0) != record:
+            await catalog.put(record)
+            written += 1
+    if written:
+        log.info("declared %d adapters from the config", written)
+    return written

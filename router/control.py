@@ -1,6 +1,7 @@
 """The control tick: publish this router's demand; if leader, compute the placement and write it, fenced.
 
-Wiring in server.py: `control = ControlLoop(runtime, demand_store, placement_store, election)`;
+Wiring in server.py:
+`control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog_store)`;
 run `control.run()` as one of the process's loops and call `control.trigger()` when
 membership changes (the leader then re-places at once instead of at the next tick).
 
@@ -11,7 +12,8 @@ constants from the placement config) and published as this router's leased
 report. The leader sums every router's report, runs the allocator over the
 catalog and the membership with the previous placement (for stickiness and the
 scale-down cooldown, whose clock is wall time because the next leader may be
-another host), and writes the result only when it changed. A write refused
+another host), and writes the result only when it changed. After a config
+reload the leader also writes the config's new or changed `adapters:` entries. A write refused
 because leadership was lost is logged and waits for the next tick; so is an
 etcd that does not answer: a tick never stops the loop.
 """
@@ -29,7 +31,8 @@ from allocator.model import Adapter, Demand, Placement
 from allocator.placement import Planner
 from discovery.election import LeaderElection
 from discovery.errors import EtcdUnavailable, NotLeader
-from discovery.stores import DemandStore, PlacementStore, sum_demand
+from discovery.stores import CatalogStore, DemandStore, PlacementStore, sum_demand
+from router.catalog_sync import declare_config_adapters
 from router.reconciler import wait_for_event
 from router.runtime import RouterRuntime
 
@@ -43,8 +46,11 @@ def same_assignment(a: Placement, b: Placement) -> bool:
 
 class ControlLoop:
     def __init__(self, runtime: RouterRuntime, demand_store: DemandStore, placement_store: PlacementStore,
-                 election: LeaderElection, clock: Callable[[], float] = time.time) -> None:
+                 election: LeaderElection, clock: Callable[[], float] = time.time, *,
+                 catalog: CatalogStore | None = None) -> None:
         self._rt = runtime
+        self._catalog = catalog
+        self._declared_version = runtime.loaded.version
         self._demand_store = demand_store
         self._placement_store = placement_store
         self._election = election
@@ -109,6 +115,12 @@ class ControlLoop:
             self._etcd_failed("reading demand", exc)
             return
         rt.metrics.etcd_up.set(1)
+        if self._catalog is not None and rt.loaded.version != self._declared_version:
+            self._declared_version = rt.loaded.version
+            try:
+                await declare_config_adapters(self._catalog, rt, strict=False)
+            except EtcdUnavailable as exc:
+                self._etcd_failed("declaring the config's adapters", exc)
         previous = rt.fleet.placement
         workers = [v.record.to_worker() for v in rt.fleet.workers.values()]
         adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in rt.fleet.catalog.values()]

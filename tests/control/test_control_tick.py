@@ -39,7 +39,8 @@ class Router:
         self.placements = PlacementStore(client)
         self.demand_store = DemandStore(client, ttl=TTL)
         self.election = LeaderElection(client, name, ttl=TTL)
-        self.control = ControlLoop(rt, self.demand_store, self.placements, self.election)
+        self.catalog = CatalogStore(client)
+        self.control = ControlLoop(rt, self.demand_store, self.placements, self.election, catalog=self.catalog)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def follow_placement(self) -> None:
@@ -60,8 +61,9 @@ class Router:
         await self.client.close()
 
 
-def _write_config(path: Path, **placement: Any) -> Path:
-    config = {"control": {"tick_s": 0.2, "lease_ttl_s": TTL},
+def _write_config(path: Path, catalog: list[dict[str, str]] = (), **placement: Any) -> Path:
+    config = {"control": {"tick_s": 0.2, "lease_ttl_s": TTL}, "adapters": list(catalog),
+              "security": {"allowed_path_prefixes": ["/adapters"]},
               "placement": {"defaults": {"per_replica_rps": 4.0, "per_replica_concurrent": None,
                                          "scale_down_cooldown_s": 1.0}, "fall_tau_s": 0.3, **placement}}
     path.write_bytes(msgspec.json.encode(config))
@@ -180,12 +182,16 @@ async def _leads(router: Router) -> bool:
     return router.election.is_leader
 
 
-async def test_a_replica_factor_change_applies_at_the_next_tick(routers: Callable, tmp_path: Path) -> None:
+async def test_a_config_reload_applies_at_the_next_tick(routers: Callable, tmp_path: Path) -> None:
     (only,) = await routers(1)
     await until(lambda: _at(only, "cold", 1), 10, "one replica of 'cold'")
-    reloaded = load_config(_write_config(tmp_path / "new.yaml", adapters={"cold": {"min_replicas": 3}}))
+    fresh = {"name": "fresh", "source": "/adapters/fresh", "base_model": BASE}
+    bad = {"name": "bad", "source": "/etc/passwd", "base_model": BASE}
+    reloaded = load_config(_write_config(tmp_path / "new.yaml", [fresh, bad], adapters={"cold": {"min_replicas": 3}}))
     only.rt.apply_config(reloaded)
     ticks = only.control.ticks
     await until(lambda: _at(only, "cold", 3), 10, "three replicas after the reload")
     assert only.control.ticks - ticks <= 3, "applied within a tick or two, not after a restart"
     assert await _replicas(only, "hot") == 1
+    catalog = await only.catalog.list()
+    assert "fresh" in catalog and "bad" not in catalog, "new config adapters declared, invalid ones skipped"
