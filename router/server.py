@@ -67,7 +67,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
     discovery = (StaticDiscovery(static_urls, api_key=loaded.secrets.worker_api_key) if static_urls
                  else WorkerRegistry(client))
     reconciler = Reconciler(runtime)
-    control = ControlLoop(runtime, demand_store, placement_store, election)
+    control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog)
     reloader = ConfigReloader(runtime, options.config)
     await declare_config_adapters(catalog, runtime)
 
