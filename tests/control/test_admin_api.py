@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from control_helpers import BASE, get_json, held, router_config, until
 
 from router.devfleet import worker_url
-from control_helpers import BASE, get_json, held, router_config, until
 
 
 async def _catalog(http: aiohttp.ClientSession, router: str, headers: dict[str, str] | None = None) -> set[str]:
