@@ -4,7 +4,6 @@ worker keys, two routers and a leader change, config reload. Real etcd, routers 
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,9 @@ from typing import Any
 import aiohttp
 from control_helpers import Traffic, get_json, held, router_config, until
 
+from discovery.embedded import EmbeddedEtcd
 from router.devfleet import sim_worker, worker_url
+from router.procs import ManagedProcess, python_cli
 
 SLOW = ("--speed", "0.01")
 """Requests take long enough (tens of ms) that a drain has something to wait for."""
@@ -93,36 +94,43 @@ async def test_lost_adapters_are_loaded_again_within_two_reconcile_periods(
 
 
 async def test_workers_with_an_api_key(http: aiohttp.ClientSession, start_workers: Callable,
-                                       start_router: Callable, adapter_dirs: Callable, tmp_path: Path) -> None:
+                                       start_router: Callable, adapter_dirs: Callable, tmp_path: Path,
+                                       etcd: EmbeddedEtcd) -> None:
+    """One worker behind --api-key, registered by its registrar; a router with the key and one without."""
     secret = "worker-secret-7f3a"
     root = adapter_dirs("guarded").parent
-    workers = [worker_url(w) for w in start_workers(1, extra_args=("--api-key", secret))]
-    (tmp_path / "worker.key").write_text(secret + "\n")
-    keyed = start_router(router_config(root, ["guarded"], worker_api_key_file=str(tmp_path / "worker.key")),
-                         workers=workers, router_id="keyed")
-    bare = start_router(router_config(root, ["guarded"]), workers=workers, router_id="bare",
-                        extra_args=("--etcd-prefix", "/bare"), ready=False)
+    url = worker_url(start_workers(1, extra_args=("--api-key", secret))[0])
+    key_file = tmp_path / "worker.key"
+    key_file.write_text(secret + "\n")
+    registrar = ManagedProcess(python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", url,
+                                          "--api-key-file", str(key_file), "--ttl", "2"),
+                               log_path=tmp_path / "registrar.log").start()
+    try:
+        keyed = start_router(router_config(root, ["guarded"], worker_api_key_file=str(key_file)),
+                             router_id="keyed")
+        bare = start_router(router_config(root, ["guarded"]), router_id="bare", ready=False)
+        await until(lambda: _has_holder(http, keyed.url, "guarded"), 15, "the keyed router to load 'guarded'")
+        body = {"model": "guarded", "prompt": "x", "max_tokens": 2, "ignore_eos": True}
+        async with http.post(keyed.url + "/v1/completions", json=body) as r:
+            assert r.status == 200, await r.text()
 
-    await until(lambda: _has_holder(http, keyed.url, "guarded"), 15, "the keyed router to load 'guarded'")
-    body = {"model": "guarded", "prompt": "x", "max_tokens": 2, "ignore_eos": True}
-    async with http.post(keyed.url + "/v1/completions", json=body) as r:
-        assert r.status == 200, await r.text()
+        async def unauthorized() -> dict[str, Any] | None:
+            failures = (await _lora(http, bare.url, "guarded"))["failures"]
+            return failures if any(f["reason"] == "unauthorized" for f in failures.values()) else None
 
-    async def unauthorized() -> dict[str, Any] | None:
-        failures = (await _lora(http, bare.url, "guarded"))["failures"]
-        return failures if any(f["reason"] == "unauthorized" for f in failures.values()) else None
-
-    failures = await until(unauthorized, 15, "an 'unauthorized' failure on the router without the key")
-    assert not (await _lora(http, bare.url, "guarded"))["holders"]
-    assert all(f["permanent"] for f in failures.values())
-    for proc in (keyed, bare):
-        for route in ("/v1/router/status", "/v1/loras", "/metrics"):
-            async with http.get(proc.url + route) as r:
-                assert secret not in await r.text()
-        proc.proc.signal(signal.SIGTERM)
-        proc.proc.proc.wait(timeout=10)
-        assert proc.proc.log_path is not None
-        assert secret not in proc.proc.log_path.read_text(), "the key was logged"
+        failures = await until(unauthorized, 15, "an 'unauthorized' failure on the router without the key")
+        assert all(f["permanent"] for f in failures.values())
+        status = await get_json(http, bare.url + "/v1/router/status")
+        assert all("unauthorized" in (w["error"] or "") for w in status["workers"])
+        for router in (keyed, bare):
+            for route in ("/v1/router/status", "/v1/loras", "/v1/loras/guarded", "/metrics"):
+                async with http.get(router.url + route) as r:
+                    assert secret not in await r.text()
+            router.proc.stop()
+            assert router.proc.log_path is not None
+            assert secret not in router.proc.log_path.read_text(), "the worker key was logged"
+    finally:
+        registrar.kill()
 
 
 async def _has_holder(http: aiohttp.ClientSession, router: str, name: str) -> bool:
