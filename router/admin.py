@@ -13,11 +13,14 @@ validated first (router.catalog_sync.make_record), so a 400 writes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from discovery.errors import EtcdUnavailable
 from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
 from router.catalog_sync import make_record
@@ -37,6 +40,22 @@ class AdapterExists(BadRequest):
 class AdapterConflict(RouterError):
     status = 409
     type = "ConflictError"
+
+
+class CatalogUnavailable(RouterError):
+    """etcd did not answer a catalog read or write; nothing is known to have changed."""
+
+    status = 503
+    type = "ServiceUnavailableError"
+
+
+@contextmanager
+def _catalog_call(what: str) -> Iterator[None]:
+    try:
+        yield
+    except EtcdUnavailable as exc:
+        raise CatalogUnavailable(f"The adapter catalog is unavailable ({what}); retry shortly.",
+                                 headers={"Retry-After": "1"}) from exc
 
 
 class LoadLoraRequest(msgspec.Struct):
@@ -157,18 +176,25 @@ class _Admin:
     def _authorize(self, request: web.Request) -> None:
         self._rt.auth.require_admin(request.headers.get("Authorization"))
 
-    async def _exists(self, name: str) -> bool:
-        return name in self._rt.fleet.catalog or await self._catalog.get(name) is not None
+    async def _lookup(self, name: str) -> AdapterRecord | None:
+        """The fleet's view first; etcd for what this router's watch has not delivered yet."""
+        record = self._rt.fleet.catalog.get(name)
+        if record is None:
+            with _catalog_call("reading"):
+                record = await self._catalog.get(name)
+        return record
 
     async def _write(self, record: AdapterRecord) -> None:
-        await self._catalog.put(record)
+        with _catalog_call("writing"):
+            await self._catalog.put(record)
         self._rt.fleet.catalog[record.name] = record
 
     async def _remove(self, name: str) -> bool:
         """Drop `name` from the catalog; False if it was not there."""
-        if not await self._exists(name):
+        if await self._lookup(name) is None:
             return False
-        await self._catalog.delete(name)
+        with _catalog_call("deleting"):
+            await self._catalog.delete(name)
         self._rt.fleet.catalog.pop(name, None)
         return True
 
@@ -178,7 +204,7 @@ class _Admin:
         body: LoadLoraRequest = await _body(request, LoadLoraRequest)
         record = make_record(self._rt, body.lora_name, body.lora_path, base_model=body.base_model,
                              rank=body.rank, tenant=body.tenant)
-        if not body.load_inplace and await self._exists(record.name):
+        if not body.load_inplace and await self._lookup(record.name) is not None:
             raise AdapterExists(f"The lora adapter '{record.name}' has already been loaded. If you want to load "
                                 "the adapter in place, set 'load_inplace' to True.")
         await self._write(record)
@@ -204,7 +230,7 @@ class _Admin:
         body: CreateLoraRequest = await _body(request, CreateLoraRequest)
         record = make_record(self._rt, body.lora_name, body.source.uri, base_model=body.base_model,
                              rank=body.rank, tenant=body.tenant, source_param="source.uri")
-        if await self._exists(record.name):
+        if await self._lookup(record.name) is not None:
             raise AdapterConflict(f"Adapter '{record.name}' is already in the catalog.", param="lora_name")
         await self._write(record)
         return _json(self._view(record, detail=True), status=201)
@@ -212,7 +238,7 @@ class _Admin:
     async def get_lora(self, request: web.Request) -> web.Response:
         self._authorize(request)
         name = request.match_info["name"]
-        record = self._rt.fleet.catalog.get(name) or await self._catalog.get(name)
+        record = await self._lookup(name)
         if record is None:
             raise NotFound(f"The lora adapter '{name}' cannot be found.")
         return _json(self._view(record, detail=True))
