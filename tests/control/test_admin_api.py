@@ -3,7 +3,6 @@ with every bad name or source refused with a 400 and nothing written. Real etcd,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,52 +82,6 @@ async def test_rest_catalog_create_get_delete(http: aiohttp.ClientSession, start
 
 async def _has_holder(http: aiohttp.ClientSession, router: str, name: str) -> bool:
     return bool((await get_json(http, router + f"/v1/loras/{name}"))["holders"])
-
-
-async def test_bad_names_and_sources_are_400_and_write_nothing(
-        http: aiohttp.ClientSession, start_workers: Callable, start_router: Callable, adapter_dirs: Callable,
-        tmp_path: Path) -> None:
-    good = adapter_dirs("good")
-    root = good.parent
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    os.symlink(outside, root / "escape")
-    workers = [worker_url(w) for w in start_workers(1)]
-    router = start_router(router_config(root, aliases={"support": {"good": 1}}), workers=workers).url
-    before = await _catalog(http, router)
-    bad = [
-        ({"lora_name": "x1", "lora_path": f"{root}/../outside"}, "lora_path"),
-        ({"lora_name": "x2", "lora_path": str(root / "escape")}, "lora_path"),
-        ({"lora_name": "x3", "lora_path": "good"}, "lora_path"),
-        ({"lora_name": "x4", "lora_path": "ftp://host/good"}, "lora_path"),
-        ({"lora_name": "x5", "lora_path": "hf://org/repo"}, "lora_path"),
-        ({"lora_name": "x6", "lora_path": "/etc"}, "lora_path"),
-        ({"lora_name": BASE, "lora_path": str(good)}, "lora_name"),
-        ({"lora_name": "support", "lora_path": str(good)}, "lora_name"),
-        ({"lora_name": "../x", "lora_path": str(good)}, "lora_name"),
-        ({"lora_name": "a@b", "lora_path": str(good)}, "lora_name"),
-        ({"lora_name": "", "lora_path": str(good)}, "lora_name"),
-    ]
-    for body, param in bad:
-        async with http.post(router + "/v1/load_lora_adapter", json=body) as r:
-            error = (await r.json())["error"]
-            assert r.status == 400, (body, error)
-            assert error["param"] == param and error["code"] == 400 and error["message"], body
-        rest = {"lora_name": body["lora_name"], "source": {"uri": body["lora_path"]}}
-        async with http.post(router + "/v1/loras", json=rest) as r:
-            assert r.status == 400, rest
-    for body in [b"{", b"[]", b'{"lora_name": "y"}', b'{"lora_name": 3, "lora_path": "/x"}']:
-        async with http.post(router + "/v1/load_lora_adapter", data=body) as r:
-            assert r.status == 400 and "error" in await r.json(), body
-    async with http.post(router + "/v1/load_lora_adapter", json={"lora_name": "good", "lora_path": str(good)}) as r:
-        assert r.status == 200
-    after = await until(lambda: _catalog_with(http, router, "good"), 10, "the good adapter in the catalog")
-    assert after - before == {"good"}, "a rejected request wrote to the catalog"
-
-
-async def _catalog_with(http: aiohttp.ClientSession, router: str, name: str) -> set[str] | None:
-    names = await _catalog(http, router)
-    return names if name in names else None
 
 
 async def test_admin_routes_need_an_admin_key_when_keys_are_configured(
