@@ -1,0 +1,99 @@
+"""Discovery test helpers: an async poll with a deadline, and stand-in vLLM workers.
+
+The stand-in answers /health, /v1/models, /metrics; it exists until `lora-bench worker` lands.
+
+One aiohttp server on a free port hosts any number of workers under path
+prefixes (http://127.0.0.1:P/w7), so fifty workers cost one socket. Each
+worker's health, start time and key can be changed by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from discovery.ports import free_port
+
+
+class FakeWorker:
+    def __init__(self, base_model: str, max_lora: int, api_key: str | None) -> None:
+        self.base_model = base_model
+        self.max_lora = max_lora
+        self.api_key = api_key
+        self.healthy = True
+        self.start_time = time.time()
+        self.auth_seen: list[str | None] = []
+
+    def restart(self) -> None:
+        self.start_time += 1.0
+
+
+class FakeFleet:
+    def __init__(self) -> None:
+        self.workers: dict[str, FakeWorker] = {}
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def add(self, name: str, base_model: str = "sim-base", max_lora: int = 4, api_key: str | None = None) -> str:
+        self.workers[name] = FakeWorker(base_model, max_lora, api_key)
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    async def start(self) -> FakeFleet:
+        app = web.Application()
+        app.router.add_get("/{name}/health", self._health)
+        app.router.add_get("/{name}/v1/models", self._models)
+        app.router.add_get("/{name}/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _worker(self, request: web.Request) -> FakeWorker:
+        worker = self.workers.get(request.match_info["name"])
+        if worker is None:
+            raise web.HTTPNotFound()
+        header = request.headers.get("Authorization")
+        worker.auth_seen.append(header)
+        if worker.api_key is not None and header != f"Bearer {worker.api_key}":
+            raise web.HTTPUnauthorized()
+        return worker
+
+    async def _health(self, request: web.Request) -> web.Response:
+        worker = self._worker(request)
+        return web.Response(status=200 if worker.healthy else 503)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        worker = self._worker(request)
+        return web.json_response({"object": "list", "data": [
+            {"id": worker.base_model, "object": "model", "parent": None},
+            {"id": "some-lora", "object": "model", "parent": worker.base_model}]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        worker = self._worker(request)
+        text = (f'vllm:lora_requests_info{{max_lora="{worker.max_lora}",running_lora_adapters="",'
+                f'waiting_lora_adapters=""}} 1.0\nprocess_start_time_seconds {worker.start_time}\n')
+        return web.Response(text=text)
+
+
+async def until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
+    """Poll (sync or async predicate) until truthy or the deadline; the deadline is the assertion."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:.1f}s: {what}")
+        await asyncio.sleep(interval_s)
