@@ -24,7 +24,7 @@ async def _lora(http: aiohttp.ClientSession, router: str, name: str) -> dict[str
 
 
 def _replicas(n: int, view: dict[str, Any]) -> bool:
-    return view["replicas"] == n and len(view["holders"]) == n and not view["draining"]
+    return len(view["replica_set"]) == n and len(view["holders"]) == n and not view["draining"]
 
 
 async def test_replicas_follow_demand_up_and_down_with_no_failed_request(
@@ -188,7 +188,7 @@ async def test_two_routers_share_one_placement_and_survive_the_leader(
 
 async def _at_least(http: aiohttp.ClientSession, router: str, name: str, n: int) -> bool:
     view = await _lora(http, router, name)
-    return view["replicas"] >= n and len(view["holders"]) >= n
+    return len(view["replica_set"]) >= n and len(view["holders"]) >= n
 
 
 async def test_a_config_change_applies_without_restart(
