@@ -1,0 +1,135 @@
+"""Leader election and fenced placement writes, three candidates on a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from disco_helpers import until
+
+from allocator.model import Placement, ReplicaSet
+from discovery.election import LeaderElection
+from discovery.errors import FencingFailed, NotLeader
+from discovery.etcd import EtcdClient
+from discovery.stores import PlacementStore
+
+MakeClient = Callable[[], Awaitable[EtcdClient]]
+TTL = 2
+
+
+class Candidate:
+    def __init__(self, name: str, client: EtcdClient) -> None:
+        self.election = LeaderElection(client, name, ttl=TTL)
+        self.store = PlacementStore(client)
+        self.task = asyncio.create_task(self.election.run())
+        self.alive = True
+
+    async def crash(self) -> None:
+        """Stop campaigning and refreshing without resigning, as SIGKILL would."""
+        self.alive = False
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        assert self.election._lease is not None
+        await self.election._lease.stop()
+
+
+async def _candidates(clients: MakeClient, n: int = 3) -> list[Candidate]:
+    return [Candidate(f"r{i}", await clients()) for i in range(n)]
+
+
+def _leaders(cands: list[Candidate]) -> list[Candidate]:
+    return [c for c in cands if c.alive and c.election.is_leader]
+
+
+async def _stop(cands: list[Candidate]) -> None:
+    for c in cands:
+        c.task.cancel()
+    await asyncio.gather(*(c.task for c in cands), return_exceptions=True)
+    for c in cands:
+        await c.election.resign()
+
+
+async def test_one_leader_everyone_agrees_and_takeover_within_ttl(clients: MakeClient) -> None:
+    cands = await _candidates(clients)
+    try:
+        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+        leader = _leaders(cands)[0]
+        name = leader.election.candidate_id
+        await until(lambda: all(c.election.leader_id == name for c in cands), 3, "every candidate sees it")
+
+        await leader.crash()
+        killed_at = time.monotonic()
+        others = [c for c in cands if c is not leader]
+        max_leaders = 0
+        while time.monotonic() - killed_at < TTL + 1.0 and len(_leaders(others)) != 1:
+            max_leaders = max(max_leaders, len(_leaders(others)))
+            await asyncio.sleep(0.01)
+        assert len(_leaders(others)) == 1, f"no new leader within TTL + 1 s ({TTL + 1.0:.1f} s)"
+        new = _leaders(others)[0].election.candidate_id
+        assert new != name and max_leaders <= 1
+        await until(lambda: all(c.election.leader_id == new for c in others), 2, "everyone follows the new leader")
+        for _ in range(50):  # and it stays exactly one
+            assert len(_leaders(others)) == 1
+            await asyncio.sleep(0.02)
+    finally:
+        await _stop(cands)
+
+
+async def test_deposed_leader_placement_write_is_refused(clients: MakeClient) -> None:
+    cands = await _candidates(clients, 2)
+    try:
+        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+        old = _leaders(cands)[0]
+        first = Placement(epoch=1, replica_sets={"a": ReplicaSet(workers=("w1",), replicas=1)})
+        assert await old.store.write(first, old.election) > 0
+        old_fence = old.election.fence
+        assert old_fence is not None
+
+        await old.crash()  # paused: its lease lapses while it still holds the fence it saw
+        new = next(c for c in cands if c is not old)
+        await until(lambda: new.election.is_leader, TTL + 1.5, "the takeover")
+        stale = Placement(epoch=2, replica_sets={"a": ReplicaSet(workers=("w-old",), replicas=1)})
+        with pytest.raises(FencingFailed):
+            await old.store.write_fenced(stale, old_fence)
+        with pytest.raises(NotLeader):
+            await old.store.write(stale, old.election)
+
+        second = Placement(epoch=2, replica_sets={"a": ReplicaSet(workers=("w2",), replicas=1)})
+        await new.store.write(second, new.election)
+        assert await new.store.read() == second
+    finally:
+        await _stop(cands)
+
+
+async def test_a_write_based_on_a_stale_placement_is_refused_then_retried(clients: MakeClient) -> None:
+    cands = await _candidates(clients, 1)
+    try:
+        await until(lambda: cands[0].election.is_leader, 5, "sole candidate leads")
+        me = cands[0]
+        await me.store.write(Placement(epoch=1), me.election)
+        other_view = PlacementStore(me.store._client)
+        await other_view.read()
+        await me.store.write(Placement(epoch=2), me.election)  # other_view has not seen this one
+        with pytest.raises(FencingFailed):
+            await other_view.write(Placement(epoch=3), me.election)
+        await other_view.write(Placement(epoch=3), me.election)  # refused writes re-read: next try works
+        assert (await me.store.read()).epoch == 3
+    finally:
+        await _stop(cands)
+
+
+async def test_resign_hands_over_at_once(clients: MakeClient) -> None:
+    cands = await _candidates(clients, 2)
+    try:
+        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+        leader = _leaders(cands)[0]
+        leader.task.cancel()
+        await asyncio.gather(leader.task, return_exceptions=True)
+        await leader.election.resign()
+        leader.alive = False
+        other = next(c for c in cands if c is not leader)
+        await until(lambda: other.election.is_leader, 1.0, "takeover well before the TTL")
+    finally:
+        await _stop(cands)
