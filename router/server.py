@@ -123,18 +123,24 @@ def _bound_port(runner: web.AppRunner, fallback: int) -> int:
 
 
 async def _run_until_stopped(loops: Sequence[Callable[[], Awaitable[None]]]) -> None:
-    """Run the loops until SIGTERM/SIGINT or until one of them fails (which is then raised)."""
+    """Run the loops until SIGTERM/SIGINT or until one of them fails (which is then raised).
+
+    A loop that has nothing to do (no config file to watch) may return; that is not a stop.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(_as_coroutine(f), name=getattr(f, "__name__", "loop")) for f in loops]
+    tasks = {asyncio.create_task(_as_coroutine(f), name=getattr(f, "__name__", "loop")) for f in loops}
     stopper = asyncio.create_task(stop.wait(), name="stop")
+    pending: set[asyncio.Task[None] | asyncio.Task[bool]] = {*tasks, stopper}
     try:
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        while stopper in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    log.error("%s failed; stopping the router", task.get_name())
+                    raise task.exception()  # type: ignore[misc]
     finally:
         for task in [*tasks, stopper]:
             task.cancel()
