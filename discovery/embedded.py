@@ -121,7 +121,7 @@ class EmbeddedEtcd:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "EmbeddedEtcd":
+    def __enter__(self) -> EmbeddedEtcd:
         self.start()
         return self
 

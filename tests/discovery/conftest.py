@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from disco_helpers import FakeFleet
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
-from disco_helpers import FakeFleet
 
 
 @pytest.fixture

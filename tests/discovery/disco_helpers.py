@@ -26,6 +26,7 @@ class FakeWorker:
         self.healthy = True
         self.start_time = time.time()
         self.auth_seen: list[str | None] = []
+        self.unhealthy_answers = 0
 
     def restart(self) -> None:
         self.start_time += 1.0
@@ -70,6 +71,8 @@ class FakeFleet:
 
     async def _health(self, request: web.Request) -> web.Response:
         worker = self._worker(request)
+        if not worker.healthy:
+            worker.unhealthy_answers += 1
         return web.Response(status=200 if worker.healthy else 503)
 
     async def _models(self, request: web.Request) -> web.Response:

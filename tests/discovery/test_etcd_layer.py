@@ -99,7 +99,8 @@ async def test_watch_resumes_across_etcd_kill_without_missing_or_repeating(etcd:
         etcd.kill()
         etcd.start()
         for i in range(20, 30):
-            await until(lambda: _try_put(writer, f"w/{i % 5}", str(i).encode()), 10, "etcd back for writes")
+            key, value = f"w/{i % 5}", str(i).encode()
+            await until(lambda: _try_put(writer, key, value), 10, "etcd back for writes")  # noqa: B023
         last = await writer.revision()
         await until(lambda: seen[-1].revision == last, 10, "the watcher caught up after the restart")
     finally:

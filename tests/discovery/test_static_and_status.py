@@ -1,0 +1,99 @@
+"""Static discovery over real HTTP, the probe's parsing, and `lora-router status` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+
+from disco_helpers import FakeFleet, until
+
+from allocator.model import Placement, ReplicaSet
+from discovery.election import LeaderElection
+from discovery.embedded import EmbeddedEtcd
+from discovery.etcd import EtcdClient
+from discovery.probe import parse_metrics
+from discovery.records import AdapterRecord, WorkerRecord, encode
+from discovery.registry import Membership, WorkerRegistry
+from discovery.static import StaticDiscovery
+from discovery.stores import CatalogStore
+
+MakeClient = Callable[[], Awaitable[EtcdClient]]
+
+
+def test_metrics_parsing_reads_max_lora_and_start_time_or_none() -> None:
+    page = ('# HELP x\nvllm:lora_requests_info{max_lora="16",running_lora_adapters="a",waiting_lora_adapters=""} '
+            '1.7e9\nprocess_start_time_seconds 1.7000001e+09\n')
+    assert parse_metrics(page) == (16, 1.7000001e9)
+    assert parse_metrics("vllm:num_requests_running 0\n") == (None, None)
+
+
+async def test_static_discovery_probes_workers_and_tracks_restarts(fleet: FakeFleet) -> None:
+    urls = [fleet.add("a", max_lora=3, api_key="k-a"), fleet.add("b", base_model="other"), fleet.url("late")]
+    discovery = StaticDiscovery(urls, api_key="k-a", interval_s=0.05)
+    fleet.workers["b"].api_key = "k-a"
+    seen: list[Membership] = []
+
+    async def follow() -> None:
+        async for m in discovery.watch():
+            seen.append(m)
+
+    task = asyncio.create_task(follow())
+    try:
+        await until(lambda: seen and len(seen[-1].workers) == 2, 5, "the two answering workers")
+        by_url = {r.url: r for r in seen[-1].workers.values()}
+        assert by_url[urls[0]].slots == 3 and by_url[urls[1]].base_models == ("other",)
+        fleet.add("late", api_key="k-a")
+        await until(lambda: len(seen[-1].workers) == 3, 5, "a worker that starts late joins")
+        instance = {r.url: r.instance for r in seen[-1].workers.values()}[urls[0]]
+        fleet.workers["a"].healthy = False
+        await until(lambda: fleet.workers["a"].unhealthy_answers > 0, 5, "a probe round sees it down")
+        fleet.workers["a"].healthy = True
+        await until(lambda: {r.url: r.instance for r in seen[-1].workers.values()}[urls[0]] != instance, 5,
+                    "a comeback is a new instance")
+        assert len(seen[-1].workers) == 3 and set(fleet.workers["a"].auth_seen) == {"Bearer k-a"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_status_json_shape(etcd: EmbeddedEtcd, clients: MakeClient) -> None:
+    client = await clients()
+    registration = await WorkerRegistry(client).register(
+        WorkerRecord(id="w1", url="http://h:1", base_models=("base",), slots=4, instance="i-1"), ttl=10)
+    await CatalogStore(client).put(AdapterRecord(name="a", source="/x/a", base_model="base"))
+    await CatalogStore(client).put(AdapterRecord(name="b", source="/x/b", base_model="base"))
+    await client.put("placement", encode(Placement(epoch=1, replica_sets={"a": ReplicaSet(workers=("w1",),
+                                                                                           replicas=1)})))
+    argv = [sys.executable, "-m", "router", "status", "--etcd", etcd.endpoint, "--etcd-prefix", "/t", "--json"]
+    empty_leader = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
+    assert json.loads(empty_leader.stdout)["leader"] is None
+
+    election = LeaderElection(client, "router-7", ttl=5)
+    task = asyncio.create_task(election.run())
+    try:
+        await until(lambda: election.is_leader, 5, "a leader")
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await election.resign()
+        await registration.withdraw()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "workers": [{"id": "w1", "url": "http://h:1", "base_model": "base", "slots": 4, "instance": "i-1"}],
+        "leader": "router-7",
+        "adapters": {"a": {"replicas": ["w1"]}, "b": {"replicas": []}},
+    }
+    human = await asyncio.to_thread(subprocess.run, argv[:-1], capture_output=True, text=True, timeout=30)
+    assert "w1" in human.stdout and "leader: (none)" in human.stdout
+
+
+def test_status_without_etcd_is_a_clear_error() -> None:
+    from discovery.ports import free_port
+
+    done = subprocess.run([sys.executable, "-m", "router", "status", "--etcd", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1 and "EtcdUnavailable" in done.stderr and "Traceback" not in done.stderr
