@@ -3,8 +3,9 @@
 aetcd's watch ends with an error when etcd restarts and never resumes. Here
 the state of the prefix is kept, every event is applied to it, and a broken
 stream is re-opened at the last applied revision + 1, so a consumer sees each
-change exactly once and in order. Events at or below the applied revision are
-dropped (no duplicates after a resume). If etcd compacted the revisions the
+change exactly once and in order. Events older than the applied revision are
+dropped (no duplicates after a resume); one transaction's events share a
+revision and all arrive in one response, so they are applied one by one. If etcd compacted the revisions the
 watcher missed, the prefix is listed again and the new state is yielded with
 `resync=True`: the consumer must treat it as a full snapshot, not a delta.
 """
@@ -95,8 +96,8 @@ async def _follow(client: EtcdClient, state: PrefixState,
     try:
         async for raw in _events(watch):
             event = client.event(raw)
-            if event.revision <= revision:
-                continue
+            if event.revision <= state.revision or event.revision < revision:
+                continue  # already applied; several events may share one (transaction's) revision
             if event.kv is not None:
                 kvs[event.key] = event.kv
             else:

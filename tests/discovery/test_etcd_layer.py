@@ -165,3 +165,15 @@ async def test_resume_without_compaction_replays_the_missed_events(clients: Make
         await resumed.aclose()
     assert [(e.kind, e.key) for s in got for e in s.events] == [("put", "w/b"), ("delete", "w/a")]
     assert not any(s.resync for s in got) and set(got[-1].kvs) == {"w/b"}
+
+
+async def test_every_event_of_a_multi_key_transaction_arrives(clients: MakeClient) -> None:
+    writer, watcher = await clients(), await clients()
+    stream = watcher.watch_prefix("w/")
+    try:
+        await anext(stream)
+        await writer.txn([], [Put("w/x", b"1"), Put("w/y", b"2")])
+        got = [await asyncio.wait_for(anext(stream), 5) for _ in range(2)]
+    finally:
+        await stream.aclose()
+    assert got[0].revision == got[1].revision and set(got[-1].kvs) == {"w/x", "w/y"}
