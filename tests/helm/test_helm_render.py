@@ -252,7 +252,7 @@ def test_registrar_sidecar_arguments() -> None:
     assert flag(args, "--etcd-prefix") == flag(router_args(manifests), "--etcd-prefix")
     assert flag(args, "--worker-url") == "http://$(POD_IP):8000"
     assert flag(args, "--worker-id") == "$(POD_NAME)"
-    assert (flag(args, "--slots"), flag(args, "--ttl")) == ("16", "10")
+    assert (flag(args, "--slots"), flag(args, "--ttl"), flag(args, "--max-lora-rank")) == ("16", "10", "16")
     key_file = flag(args, "--api-key-file")
     assert mounted_key_files(workers, "registrar") == {key_file: ("vllm-api-key", "api-key")}
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in registrar["env"] if "valueFrom" in e}
@@ -274,6 +274,8 @@ def test_registrar_arguments_parse_with_the_register_cli() -> None:
     manifests = render(load_values(PRODUCTION_VALUES))
     args = parse_cli("register", container(find(manifests, "Deployment", VLLM), "registrar")["args"])
     assert args.worker_url == "http://$(POD_IP):8000"
+    assert (args.slots, args.max_lora_rank, args.ttl) == (16, 16, 10)
+    assert args.api_key_file == "/etc/lora-router/secrets/worker-api-key"
 
 
 def test_vllm_worker_enables_runtime_lora_loading() -> None:
@@ -376,7 +378,7 @@ def test_readme_sidecar_example_matches_the_chart() -> None:
     def flags(args: list[str]) -> set[str]:
         return {a for a in args if a.startswith("--")}
 
-    required = flags(chart_registrar["args"]) - {"--weight", "--health-failures", "--health-interval"}
+    required = flags(chart_registrar["args"]) - {"--weight", "--health-failures", "--health-interval", "--log-level"}
     assert required <= flags(readme_registrar["args"])
     for name in ("--worker-url", "--worker-id", "--api-key-file", "--etcd-prefix"):
         assert flag(readme_registrar["args"], name) == flag(chart_registrar["args"], name), name
