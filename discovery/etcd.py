@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -50,6 +51,10 @@ FAST_RECONNECT = {
     "grpc.max_reconnect_backoff_ms": 500,
 }
 """Without these a restarted etcd is noticed only after 1-4.5 s of gRPC backoff."""
+
+
+AUTH_REFUSALS = re.compile(r"authentication failed|user name is empty|permission denied|invalid auth token")
+"""etcd reports auth refusals as INVALID_ARGUMENT / PERMISSION_DENIED, which aetcd does not tell apart."""
 
 
 class TlsConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +120,8 @@ class _Channel(aetcd.Client):
                 try:
                     reply = await self.auth_stub.Authenticate(request, timeout=self._timeout)
                 except aetcd.rpc.AioRpcError as exc:
+                    await self.channel.close()
+                    self._init_channel_attrs()
                     aetcd.exceptions._handle_exception(exc)
                 self.metadata = (("token", reply.token),)
             self.kvstub = aetcd.rpc.KVStub(self.channel)
@@ -198,9 +205,9 @@ class EtcdClient:
         client = self._client
         try:
             return await op(client)
-        except aetcd.exceptions.UnauthenticatedError as exc:
-            raise EtcdAuthFailed(f"etcd at {self.endpoint} refused the credentials: {exc}") from None
         except (TimeoutError, aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, OSError) as exc:
+            if isinstance(exc, aetcd.exceptions.UnauthenticatedError) or AUTH_REFUSALS.search(str(exc)):
+                raise EtcdAuthFailed(f"etcd at {self.endpoint} refused the credentials: {exc}") from None
             self._fail_over(client)
             raise EtcdUnavailable(f"etcd at {self.endpoint}: {type(exc).__name__}: {exc}") from None
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from discovery.errors import EtcdUnavailable
+from discovery.errors import EtcdUnavailable, LeaseLost
 
 if TYPE_CHECKING:
     from discovery.etcd import EtcdClient
@@ -60,6 +60,8 @@ class Lease:
 
     async def put(self, key: str, value: bytes) -> int:
         """Put `key` under this lease, and put it back if the lease is ever re-created."""
+        if self.id == 0:
+            raise LeaseLost("this lease was revoked (or never granted): start a new one")
         self.owned[key] = value
         return await self._client.put(key, value, lease=self.id)
 

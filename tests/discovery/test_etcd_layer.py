@@ -9,7 +9,7 @@ import pytest
 from disco_helpers import until
 
 from discovery.embedded import EmbeddedEtcd
-from discovery.errors import EtcdUnavailable
+from discovery.errors import EtcdUnavailable, LeaseLost
 from discovery.etcd import Compare, EtcdClient, PrefixState, Put
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
@@ -73,6 +73,8 @@ async def test_lost_lease_is_recreated_and_its_keys_put_back(clients: MakeClient
     finally:
         await lease.revoke()
     assert await operator.get("workers/x") is None
+    with pytest.raises(LeaseLost):
+        await lease.put("workers/x", b"again")
 
 
 async def _collect(client: EtcdClient, key_prefix: str, into: list[PrefixState],
