@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from disco_helpers import until
@@ -35,8 +36,15 @@ class Candidate:
         await self.election._lease.stop()
 
 
-async def _candidates(clients: MakeClient, n: int = 3) -> list[Candidate]:
-    return [Candidate(f"r{i}", await clients()) for i in range(n)]
+@contextlib.asynccontextmanager
+async def running(clients: MakeClient, n: int = 3) -> AsyncIterator[list[Candidate]]:
+    """n candidates campaigning, with one leader already elected; all stopped (and resigned) at exit."""
+    cands = [Candidate(f"r{i}", await clients()) for i in range(n)]
+    try:
+        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+        yield cands
+    finally:
+        await _stop(cands)
 
 
 def _leaders(cands: list[Candidate]) -> list[Candidate]:
@@ -52,9 +60,7 @@ async def _stop(cands: list[Candidate]) -> None:
 
 
 async def test_one_leader_everyone_agrees_and_takeover_within_ttl(clients: MakeClient) -> None:
-    cands = await _candidates(clients)
-    try:
-        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+    async with running(clients) as cands:
         leader = _leaders(cands)[0]
         name = leader.election.candidate_id
         await until(lambda: all(c.election.leader_id == name for c in cands), 3, "every candidate sees it")
@@ -73,14 +79,10 @@ async def test_one_leader_everyone_agrees_and_takeover_within_ttl(clients: MakeC
         for _ in range(50):  # and it stays exactly one
             assert len(_leaders(others)) == 1
             await asyncio.sleep(0.02)
-    finally:
-        await _stop(cands)
 
 
 async def test_deposed_leader_placement_write_is_refused(clients: MakeClient) -> None:
-    cands = await _candidates(clients, 2)
-    try:
-        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+    async with running(clients, 2) as cands:
         old = _leaders(cands)[0]
         first = Placement(epoch=1, replica_sets={"a": ReplicaSet(workers=("w1",), replicas=1)})
         assert await old.store.write(first, old.election) > 0
@@ -99,14 +101,10 @@ async def test_deposed_leader_placement_write_is_refused(clients: MakeClient) ->
         second = Placement(epoch=2, replica_sets={"a": ReplicaSet(workers=("w2",), replicas=1)})
         await new.store.write(second, new.election)
         assert await new.store.read() == second
-    finally:
-        await _stop(cands)
 
 
 async def test_a_write_based_on_a_stale_placement_is_refused_then_retried(clients: MakeClient) -> None:
-    cands = await _candidates(clients, 1)
-    try:
-        await until(lambda: cands[0].election.is_leader, 5, "sole candidate leads")
+    async with running(clients, 1) as cands:
         me = cands[0]
         await me.store.write(Placement(epoch=1), me.election)
         other_view = PlacementStore(me.store._client)
@@ -116,14 +114,10 @@ async def test_a_write_based_on_a_stale_placement_is_refused_then_retried(client
             await other_view.write(Placement(epoch=3), me.election)
         await other_view.write(Placement(epoch=3), me.election)  # refused writes re-read: next try works
         assert (await me.store.read()).epoch == 3
-    finally:
-        await _stop(cands)
 
 
 async def test_resign_hands_over_at_once(clients: MakeClient) -> None:
-    cands = await _candidates(clients, 2)
-    try:
-        await until(lambda: len(_leaders(cands)) == 1, 5, "a leader")
+    async with running(clients, 2) as cands:
         leader = _leaders(cands)[0]
         leader.task.cancel()
         await asyncio.gather(leader.task, return_exceptions=True)
@@ -131,5 +125,3 @@ async def test_resign_hands_over_at_once(clients: MakeClient) -> None:
         leader.alive = False
         other = next(c for c in cands if c is not leader)
         await until(lambda: other.election.is_leader, 1.0, "takeover well before the TTL")
-    finally:
-        await _stop(cands)
