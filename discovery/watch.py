@@ -120,7 +120,9 @@ async def _events(watch: aetcd.rtypes.Watch) -> AsyncIterator[aetcd.rtypes.Event
 
 
 async def _cancel(watch: aetcd.rtypes.Watch) -> None:
+    """Best-effort cancel of a stream that may already be gone (etcd down, or its client closed by a
+    fail-over, where aetcd's watcher is already torn down and the cancel has nothing left to do)."""
     try:
         await watch.cancel()
-    except (aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError):
+    except (aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, AttributeError):
         pass

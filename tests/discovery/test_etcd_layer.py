@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from disco_helpers import until
@@ -179,3 +180,24 @@ async def test_every_event_of_a_multi_key_transaction_arrives(clients: MakeClien
     finally:
         await stream.aclose()
     assert got[0].revision == got[1].revision and set(got[-1].kvs) == {"w/x", "w/y"}
+
+
+async def test_watch_follows_a_fail_over_to_the_next_endpoint(etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """Two independent etcds stand in for two members of one cluster: the watch moves on to the second."""
+    second = EmbeddedEtcd(tmp_path / "second", name="second")
+    second.start()
+    client = EtcdClient([etcd.endpoint, second.endpoint], prefix="/t", timeout_s=1.0)
+    writer = await EtcdClient.connect([second.endpoint], prefix="/t")
+    try:
+        await writer.put("w/only-on-second", b"1")
+        stream = client.watch_prefix("w/")
+        first = await anext(stream)
+        assert first.kvs == {}
+        etcd.kill()
+        state = await asyncio.wait_for(anext(stream), 10)
+        assert set(state.kvs) == {"w/only-on-second"}
+        await stream.aclose()
+    finally:
+        await writer.close()
+        await client.close()
+        second.kill()
