@@ -143,3 +143,22 @@ async def test_etcd_kill_and_restart_registrars_and_routers_converge(etcd: Embed
             p.kill()
         for v in views:
             await v.stop()
+
+
+async def test_registrar_started_before_etcd_and_worker_waits_for_both(etcd: EmbeddedEtcd, clients: MakeClient,
+                                                                       fleet: FakeFleet, tmp_path: Path) -> None:
+    etcd.kill()
+    proc = registrar(etcd, fleet.url("early"), tmp_path, "--worker-id", "early", ttl=2)
+    log = tmp_path / "registrar-early.log"
+    try:
+        await until(lambda: "waiting for worker" in log.read_text(), 20, "the registrar waits for its worker")
+        fleet.add("early")
+        await until(lambda: "cannot register early yet" in log.read_text(), 10, "then for etcd")
+        etcd.start()
+        view = View(await clients())
+        try:
+            await until(lambda: "early" in view.workers(), 10, "registered once etcd and the worker are up")
+        finally:
+            await view.stop()
+    finally:
+        proc.kill()
