@@ -54,7 +54,7 @@ async def test_vllm_compatible_load_and_unload_act_on_the_whole_fleet(
         assert await r.text() == "Success: LoRA adapter 'sql-lora' removed successfully."
 
     async def unloaded_everywhere() -> bool:
-        return all("sql-lora" not in await held(http, u) for u in workers)
+        return all("sql-lora" not in h for h in [await held(http, u) for u in workers])
 
     await until(unloaded_everywhere, 15, "every holder to unload sql-lora")
     assert "sql-lora" not in await _catalog(http, router)
