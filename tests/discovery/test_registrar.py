@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from disco_helpers import FakeFleet, until
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.registry import Membership, WorkerRegistry
+from router.devfleet import sim_worker, worker_url
 from router.procs import ManagedProcess, python_cli
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
@@ -162,3 +165,30 @@ async def test_registrar_started_before_etcd_and_worker_waits_for_both(etcd: Emb
             await view.stop()
     finally:
         proc.kill()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bench.commands.worker") is None,
+                    reason="the simulated worker (lora-bench worker) is not there yet")
+async def test_registrar_with_simulated_vllm_worker_restart(etcd: EmbeddedEtcd, clients: MakeClient,
+                                                             start_workers: Callable[..., list[ManagedProcess]],
+                                                             tmp_path: Path) -> None:
+    (worker,) = start_workers(1, extra_args=("--max-loras", "3"))
+    url = worker_url(worker)
+    view = View(await clients())
+    proc = registrar(etcd, url, tmp_path, ttl=10)
+    try:
+        first = await until(lambda: next(iter(view.workers().values()), None), 20, "the sim worker registered")
+        assert first.base_models == ("sim-base",) and first.max_loras == 3 and first.url == url
+
+        worker.kill()  # the worker dies: withdrawn after 2 failed checks, long before the 10 s TTL
+        await until(lambda: not view.workers(), 5, "withdrawn")
+        port = int(url.rsplit(":", 1)[1])
+        restarted = sim_worker(tmp_path, port=port, extra_args=("--max-loras", "3")).start()
+        try:
+            back = await until(lambda: next(iter(view.workers().values()), None), 20, "back after the restart")
+            assert back.id == first.id and back.instance != first.instance
+        finally:
+            restarted.kill()
+    finally:
+        proc.stop()
+        await view.stop()
