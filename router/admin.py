@@ -223,7 +223,8 @@ class _Admin:
     async def list_loras(self, request: web.Request) -> web.Response:
         self._authorize(request)
         catalog = self._rt.fleet.catalog
-        return _json(LoraList(data=[self._view(catalog[n], detail=False) for n in sorted(catalog)]))
+        draining = self._draining()
+        return _json(LoraList(data=[self._view(catalog[n], draining, detail=False) for n in sorted(catalog)]))
 
     async def create_lora(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -233,7 +234,7 @@ class _Admin:
         if await self._lookup(record.name) is not None:
             raise AdapterConflict(f"Adapter '{record.name}' is already in the catalog.", param="lora_name")
         await self._write(record)
-        return _json(self._view(record, detail=True), status=201)
+        return _json(self._view(record, self._draining(), detail=True), status=201)
 
     async def get_lora(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -241,7 +242,7 @@ class _Admin:
         record = await self._lookup(name)
         if record is None:
             raise NotFound(f"The lora adapter '{name}' cannot be found.")
-        return _json(self._view(record, detail=True))
+        return _json(self._view(record, self._draining(), detail=True))
 
     async def delete_lora(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -267,7 +268,15 @@ class _Admin:
             last_tick_at=self._control.last_tick_at if self._control else None,
             adapters=len(rt.fleet.catalog), unplaced=list(placement.unplaced), workers=workers))
 
-    def _view(self, record: AdapterRecord, *, detail: bool) -> LoraView:
+    def _draining(self) -> dict[str, list[str]]:
+        """adapter -> workers draining it, built once per answer rather than once per adapter."""
+        index: dict[str, list[str]] = {}
+        for view in sorted(self._rt.fleet.workers.values(), key=lambda v: v.id):
+            for name in view.draining:
+                index.setdefault(name, []).append(view.id)
+        return index
+
+    def _view(self, record: AdapterRecord, draining: dict[str, list[str]], *, detail: bool) -> LoraView:
         fleet = self._rt.fleet
         replica_set = fleet.placement.replica_sets.get(record.name)
         failures = {}
@@ -278,6 +287,6 @@ class _Admin:
             tenant=record.tenant, replicas=replica_set.replicas if replica_set else 0,
             replica_set=list(replica_set.workers) if replica_set else [],
             holders=sorted(fleet.holders(record.name)),
-            draining=sorted(v.id for v in fleet.workers.values() if record.name in v.draining),
+            draining=draining.get(record.name, []),
             demand_rps=replica_set.demand_rps if replica_set else 0.0,
             inflight=self._rt.demand.inflight.get(record.name, 0), failures=failures)

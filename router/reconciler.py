@@ -79,6 +79,8 @@ class Reconciler:
         self._index: tuple[Placement, dict[str, frozenset[str]]] | None = None
         self._unmet_since: dict[tuple[str, str], float] = {}
         self._idle_since: dict[tuple[str, str], float] = {}
+        self._labels: set[str] = set()
+        """Adapter labels of the replica gauges set last round; the series of departed adapters go."""
         self.rounds = 0
         self.passes = 0
         """Agent passes so far; a test waits for it to advance instead of sleeping."""
@@ -313,6 +315,11 @@ class Reconciler:
         fleet, metrics = self._rt.fleet, self._rt.metrics
         now = self._clock()
         unmet: dict[tuple[str, str], float] = {}
+        labels = {metrics.adapter(name) for name in fleet.placement.replica_sets}
+        for label in self._labels - labels:
+            metrics.replicas_desired.remove(label)
+            metrics.replicas_holding.remove(label)
+        self._labels = labels
         for name, replica_set in fleet.placement.replica_sets.items():
             label = metrics.adapter(name)
             metrics.replicas_desired.labels(label).set(len(replica_set.workers))
