@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 from discovery.ports import free_port
 
@@ -80,10 +81,9 @@ class EmbeddedEtcd:
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir.parent / f"{self.name}-etcd.log", "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
+        with open(self.data_dir.parent / f"{self.name}-etcd.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.wait_healthy(timeout_s)
 
     def wait_healthy(self, timeout_s: float) -> None:
@@ -121,7 +121,7 @@ class EmbeddedEtcd:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> EmbeddedEtcd:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

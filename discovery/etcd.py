@@ -53,7 +53,8 @@ FAST_RECONNECT = {
 """Without these a restarted etcd is noticed only after 1-4.5 s of gRPC backoff."""
 
 
-AUTH_REFUSALS = re.compile(r"authentication failed|user name is empty|permission denied|invalid auth token")
+AUTH_REFUSALS = re.compile(r"authentication failed|user name is empty|permission denied")
+STALE_TOKEN = "invalid auth token"
 """etcd reports auth refusals as INVALID_ARGUMENT / PERMISSION_DENIED, which aetcd does not tell apart."""
 
 
@@ -206,18 +207,25 @@ class EtcdClient:
         try:
             return await op(client)
         except (TimeoutError, aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, OSError) as exc:
-            if isinstance(exc, aetcd.exceptions.UnauthenticatedError) or AUTH_REFUSALS.search(str(exc)):
+            text = str(exc)
+            if self._user is not None and STALE_TOKEN in text:
+                self._replace(client, self._index)
+                raise EtcdUnavailable(f"etcd at {self.endpoint} forgot our auth token (restarted?): "
+                                      "authenticating again") from None
+            if isinstance(exc, aetcd.exceptions.UnauthenticatedError) or AUTH_REFUSALS.search(text):
                 raise EtcdAuthFailed(f"etcd at {self.endpoint} refused the credentials: {exc}") from None
-            self._fail_over(client)
+            if len(self._targets) > 1:
+                self._replace(client, (self._index + 1) % len(self._targets))
             raise EtcdUnavailable(f"etcd at {self.endpoint}: {type(exc).__name__}: {exc}") from None
 
-    def _fail_over(self, failed: aetcd.Client) -> None:
-        if len(self._targets) == 1 or failed is not self._client:
+    def _replace(self, failed: aetcd.Client, index: int) -> None:
+        """A fresh aetcd client on endpoint `index` (the next one on fail-over; the same one to re-authenticate)."""
+        if failed is not self._client:
             return
-        self._index = (self._index + 1) % len(self._targets)
+        self._index = index
         self._client = self._new_client()
         self._closing.append(asyncio.create_task(failed.close()))
-        log.warning("etcd: switching to endpoint %s", self.endpoint)
+        log.warning("etcd: new connection to %s", self.endpoint)
 
     # -- key-value ----------------------------------------------------------------------------------------
     async def revision(self) -> int:

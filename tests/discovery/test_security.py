@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,21 +22,37 @@ def _etcdctl(endpoint: str, *args: str) -> None:
     subprocess.run([etcdctl, "--endpoints", endpoint, *args], check=True, capture_output=True, timeout=20)
 
 
-async def test_user_password_auth(etcd: EmbeddedEtcd) -> None:
+class ShortTokenEtcd(EmbeddedEtcd):
+    """Auth tokens that expire after 1 s idle, so a test can see the client log in again."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--auth-token-ttl", "1"]
+
+
+async def test_user_password_auth(tmp_path: Path) -> None:
     if not Path(find_etcd_binary()).with_name("etcdctl").exists():
         pytest.skip("no etcdctl beside the etcd binary")
-    _etcdctl(etcd.endpoint, "user", "add", "root", "--new-user-password=s3cret", "--interactive=false")
-    _etcdctl(etcd.endpoint, "auth", "enable")
-    client = await EtcdClient.connect([etcd.endpoint], prefix="/t", user="root", password="s3cret")
+    etcd = ShortTokenEtcd(tmp_path / "data")
+    etcd.start()
     try:
-        await client.put("k", b"v")
-        assert (await client.get("k")).value == b"v"
+        _etcdctl(etcd.endpoint, "user", "add", "root", "--new-user-password=s3cret", "--interactive=false")
+        _etcdctl(etcd.endpoint, "auth", "enable")
+        client = await EtcdClient.connect([etcd.endpoint], prefix="/t", user="root", password="s3cret")
+        try:
+            await client.put("k", b"v")
+            assert (await client.get("k")).value == b"v"
+            await asyncio.sleep(2.5)  # idle past the token TTL: time-based behaviour under test, not a sync
+            with pytest.raises(EtcdUnavailable, match="authenticating again"):
+                await client.get("k")  # retryable, not an auth failure: the credentials are still good
+            assert (await client.get("k")).value == b"v"
+        finally:
+            await client.close()
+        with pytest.raises(EtcdAuthFailed):
+            await EtcdClient.connect([etcd.endpoint], prefix="/t", user="root", password="wrong")
+        with pytest.raises(EtcdAuthFailed):
+            await EtcdClient.connect([etcd.endpoint], prefix="/t")
     finally:
-        await client.close()
-    with pytest.raises(EtcdAuthFailed):
-        await EtcdClient.connect([etcd.endpoint], prefix="/t", user="root", password="wrong")
-    with pytest.raises(EtcdAuthFailed):
-        await EtcdClient.connect([etcd.endpoint], prefix="/t")
+        etcd.kill()
 
 
 def _openssl(*args: str, cwd: Path) -> None:
