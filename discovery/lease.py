@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from discovery.errors import EtcdUnavailable, LeaseLost
+from discovery.errors import EtcdAuthFailed, EtcdUnavailable, LeaseLost
 
 if TYPE_CHECKING:
     from discovery.etcd import EtcdClient
@@ -98,9 +98,12 @@ class Lease:
                     self.valid_until = sent + left
                 if self._restoring:
                     await self._restore()
-            except EtcdUnavailable as exc:
+            except (EtcdUnavailable, EtcdAuthFailed) as exc:
+                # Also an auth refusal: this task is nobody's edge, so it logs and keeps trying (the
+                # owner sees `alive` turn False) rather than dying unseen.
                 if not outage:
-                    log.warning("lease %x: keepalive failed, retrying every %.1fs: %s", self.id, RETRY_S, exc)
+                    log.warning("lease %x: keepalive failed, retrying every %.1fs: %s: %s", self.id, RETRY_S,
+                                type(exc).__name__, exc)
                 outage = True
                 continue
             if outage:
