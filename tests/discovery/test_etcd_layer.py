@@ -88,8 +88,8 @@ def _folded(states: list[PrefixState]) -> list[tuple[int, dict[str, bytes]]]:
     return [(s.revision, {k: kv.value for k, kv in s.kvs.items()}) for s in states]
 
 
-async def test_watch_resumes_across_etcd_kill_without_missing_or_repeating(etcd: EmbeddedEtcd,
-                                                                            clients: MakeClient) -> None:
+async def test_watch_resumes_across_etcd_kill_without_missing_or_repeating(
+        etcd: EmbeddedEtcd, clients: MakeClient, caplog: pytest.LogCaptureFixture) -> None:
     writer, watcher = await clients(), await clients()
     await writer.put("w/seed", b"0")
     seen: list[PrefixState] = []
@@ -121,6 +121,7 @@ async def test_watch_resumes_across_etcd_kill_without_missing_or_repeating(etcd:
     assert revisions == sorted(set(revisions)), "a change was delivered twice or out of order"
     assert _folded(seen[1:]) == _folded(history), "the resumed watch differs from etcd's own history"
     assert len(history) == 31 and not any(s.resync for s in seen[1:])
+    assert any("resuming after revision" in r.getMessage() for r in caplog.records), "the stream never broke"
 
 
 async def _try_put(client: EtcdClient, key: str, value: bytes) -> bool:
