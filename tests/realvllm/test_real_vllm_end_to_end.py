@@ -1,0 +1,218 @@
+"""The router in front of real vLLM: real etcd, two real vLLM workers (API key set) each with a
+registrar, one router.
+
+Adapters are added and deleted only through the router's admin API; every
+check of where an adapter lives asks the workers themselves (/v1/models).
+Greedy output (temperature 0, ignore_eos) is the fingerprint of an adapter:
+it differs per adapter and is the same on every holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai_calls import Reply, bearer, call, chat_deltas, greedy, greedy_text, listed
+from vllm_backend import TinyModel
+
+from discovery.embedded import EmbeddedEtcd
+from router.devfleet import worker_url
+from router.procs import ManagedProcess, python_cli
+
+pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(400)]
+
+WORKER_KEY = "real-worker-secret-5c1d9e"
+AUTH = bearer(WORKER_KEY)
+CONTROL = {"tick_s": 0.5, "reconcile_s": 1.0, "lease_ttl_s": 3, "health_probe_s": 0.5}
+SETTLE_S = 90.0
+
+
+@dataclass
+class RealFleet:
+    router: Any
+    """tests/conftest.py RouterProcess."""
+    workers: list[ManagedProcess]
+    registrars: list[ManagedProcess]
+    adapters_root: Path
+
+    def logs(self) -> list[Path]:
+        procs = [self.router.proc, *self.workers, *self.registrars]
+        return [p.log_path for p in procs if p.log_path is not None]
+
+    @property
+    def urls(self) -> list[str]:
+        return [worker_url(w) for w in self.workers]
+
+    async def holders(self, name: str) -> list[str]:
+        """Worker URLs whose /v1/models lists `name` (the only source of truth for residency)."""
+        found = []
+        for url in self.urls:
+            reply = await call("GET", f"{url}/v1/models", headers=AUTH)
+            if reply.status == 200 and name in {c["id"] for c in reply.json()["data"]}:
+                found.append(url)
+        return found
+
+
+async def until(check: Callable[[], Any], what: str, timeout_s: float = SETTLE_S) -> Any:
+    """Poll an async check with a deadline; returns its first truthy value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def real_fleet(start_vllm_workers: Callable[..., list[ManagedProcess]],
+               start_router: Callable[..., Any], etcd: EmbeddedEtcd,
+               tmp_path: Path) -> Iterator[Callable[..., RealFleet]]:
+    """Two real vLLM workers, each announced in etcd by its own registrar, and one router."""
+    registrars: list[ManagedProcess] = []
+
+    def make(placement: Mapping[str, Any] | None = None) -> RealFleet:
+        root = tmp_path / "adapters"
+        root.mkdir()
+        key_file = tmp_path / "worker.key"
+        key_file.write_text(WORKER_KEY + "\n")
+        workers = start_vllm_workers(2, api_key=WORKER_KEY)
+        for worker in workers:
+            argv = python_cli("router", "register", "--etcd", etcd.endpoint,
+                              "--worker-url", worker_url(worker), "--api-key-file", str(key_file),
+                              "--max-lora-rank", "8", "--ttl", "3", "--health-interval", "0.5",
+                              "--health-failures", "1")
+            log = tmp_path / f"registrar-{len(registrars)}.log"
+            registrars.append(ManagedProcess(argv, log_path=log).start())
+        config: dict[str, Any] = {"security": {"allowed_path_prefixes": [str(root)]},
+                                  "control": CONTROL, "worker_api_key_file": str(key_file)}
+        if placement:
+            config["placement"] = placement
+        return RealFleet(start_router(config), workers, registrars, root)
+
+    yield make
+    for registrar in registrars:
+        registrar.stop()
+
+
+async def add_adapters(fleet: RealFleet, model: TinyModel, names: list[str]) -> None:
+    for name in names:
+        path = model.make_adapter(fleet.adapters_root, name)
+        reply = await call("POST", f"{fleet.router.url}/v1/load_lora_adapter",
+                           {"lora_name": name, "lora_path": str(path)})
+        assert reply.status == 200, reply.text
+    for name in names:
+        await until(lambda n=name: fleet.holders(n), f"{name} to be loaded on a worker")
+
+
+def assert_no_secret(replies: list[Reply], *logs: Path) -> None:
+    for reply in replies:
+        assert WORKER_KEY not in reply.text and WORKER_KEY not in str(reply.headers)
+    for log in logs:
+        assert WORKER_KEY not in log.read_text(errors="replace"), log
+
+
+async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_everywhere(
+        real_fleet: Callable[..., RealFleet], tiny_model: TinyModel) -> None:
+    fleet = real_fleet()
+    names = ["e2e-a", "e2e-b", "e2e-c"]
+    await add_adapters(fleet, tiny_model, names)
+    prompt = tiny_model.probe_prompt
+    replies: list[Reply] = []
+
+    outputs = {}
+    for name in names:
+        reply = await greedy(fleet.router.url, name, prompt)
+        replies.append(reply)
+        assert reply.status == 200, reply.text
+        text = reply.json()["choices"][0]["text"]
+        holders = await fleet.holders(name)
+        assert holders, name
+        for holder in holders:
+            assert await greedy_text(holder, name, prompt, AUTH) == text
+        assert text.split() == tiny_model.probe_outputs[name].split()
+        outputs[name] = text
+    base = await greedy_text(fleet.router.url, tiny_model.served_name, prompt)
+    assert len({*outputs.values(), base}) == len(names) + 1, outputs
+
+    chat = {"model": names[0], "messages": [{"role": "user", "content": "tell me a story"}],
+            "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    plain = await call("POST", f"{fleet.router.url}/v1/chat/completions", chat)
+    streamed = await call("POST", f"{fleet.router.url}/v1/chat/completions",
+                          {**chat, "stream": True})
+    replies += [plain, streamed]
+    assert plain.status == 200 and streamed.status == 200, (plain.text, streamed.text)
+    assert streamed.headers["Content-Type"].startswith("text/event-stream")
+    words = [d for d in chat_deltas(streamed.text) if d]
+    assert len(words) == 8
+    assert "".join(words) == plain.json()["choices"][0]["message"]["content"]
+
+    gone = names[1]
+    reply = await call("DELETE", f"{fleet.router.url}/v1/loras/{gone}")
+    replies.append(reply)
+    assert reply.status in (200, 204), reply.text
+    await until(lambda: _nowhere(fleet, gone), f"{gone} to be unloaded from every worker")
+    reply = await greedy(fleet.router.url, gone, prompt)
+    assert reply.status == 404, reply.text
+    for name in (names[0], names[2]):
+        assert await greedy_text(fleet.router.url, name, prompt) == outputs[name]
+    assert_no_secret(replies, *fleet.logs())
+
+
+async def _nowhere(fleet: RealFleet, name: str) -> bool:
+    return not await fleet.holders(name)
+
+
+async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
+        real_fleet: Callable[..., RealFleet], tiny_model: TinyModel) -> None:
+    fleet = real_fleet({"adapters": {"dual-*": {"min_replicas": 2}}})
+    dual = ["dual-x", "dual-y"]
+    await add_adapters(fleet, tiny_model, [*dual, "single-z"])
+    for name in dual:
+        await until(lambda n=name: _on_all(fleet, n), f"{name} on both workers")
+    expected = {n: await greedy_text(fleet.router.url, n, tiny_model.probe_prompt) for n in dual}
+
+    victim = fleet.workers[0]
+    victim.kill()
+    # Requests for adapters with another holder must all succeed while the victim is
+    # down and while it comes back.
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    served_while_down = 0
+
+    async def keep_asking() -> None:
+        nonlocal served_while_down
+        while not stop.is_set():
+            for name in dual:
+                victim_down = not victim.alive()
+                reply = await greedy(fleet.router.url, name, tiny_model.probe_prompt)
+                if reply.status != 200 or reply.json()["choices"][0]["text"] != expected[name]:
+                    failures.append(f"{name}: {reply.status} {reply.text[:200]}")
+                elif victim_down:
+                    served_while_down += 1
+
+    asker = asyncio.create_task(keep_asking())
+    try:
+        await asyncio.to_thread(victim.start, 180.0)
+        for name in dual:
+            await until(lambda n=name: _on_all(fleet, n), f"{name} re-loaded on the restarted worker")
+    finally:
+        stop.set()
+        await asker
+    assert not failures, failures[:5]
+    assert served_while_down > 0, "no request was served while the worker was down"
+    assert await greedy_text(victim_url := worker_url(victim), dual[0], tiny_model.probe_prompt,
+                             AUTH) == expected[dual[0]], victim_url
+    assert (await listed(victim_url, AUTH)).keys() >= set(dual)
+    assert_no_secret([], *fleet.logs())
+
+
+async def _on_all(fleet: RealFleet, name: str) -> bool:
+    return len(await fleet.holders(name)) == len(fleet.workers)
