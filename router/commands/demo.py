@@ -170,14 +170,12 @@ async def _one(session: aiohttp.ClientSession, base: str, adapter: str, stats: S
 async def _print_placement(session: aiohttp.ClientSession, base: str, final: bool = False) -> None:
     async with session.get(base + "/v1/loras") as r:
         loras = (await r.json())["data"]
-    hot = sorted(loras, key=lambda a: -a.get("demand", {}).get("rps", 0.0))[:8]
+    hot = sorted(loras, key=lambda a: (-a["demand_rps"], a["name"]))[:8]
     title = "final placement" if final else "placement"
     print(f"\n{title} (top {len(hot)} of {len(loras)} adapters by demand):")
     print(f"  {'adapter':<12} {'rps':>6} {'replicas':>8}  holders")
     for a in hot:
-        rs = a.get("replica_set") or {}
-        print(f"  {a['name']:<12} {a.get('demand', {}).get('rps', 0.0):>6.1f} {rs.get('replicas', 0):>8}  "
-              f"{', '.join(a.get('holders', []))}")
+        print(f"  {a['name']:<12} {a['demand_rps']:>6.1f} {a['replicas']:>8}  {', '.join(a['holders'])}")
 
 
 def _print_summary(stats: Stats, args: argparse.Namespace) -> None:

@@ -1,0 +1,1 @@
+"""The simulated vLLM worker: vLLM's client-visible contract over bench.perfmodel's timing."""

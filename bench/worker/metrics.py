@@ -1,0 +1,35 @@
+"""The worker's /metrics text: the three vLLM series a router reads, in vLLM's names and label sets."""
+
+from __future__ import annotations
+
+import time
+
+from bench.perfmodel import EngineModel
+
+
+class WorkerMetrics:
+    def __init__(self, model_name: str, max_loras: int) -> None:
+        self.model_name = model_name
+        self.max_loras = max_loras
+        self._lora_info: dict[tuple[str, str], float] = {}
+        """(running, waiting) label values -> last timestamp: vLLM keeps old label sets in the output."""
+
+    def render(self, engine: EngineModel) -> str:
+        running = ",".join(engine.running_adapters())
+        waiting = ",".join(engine.waiting_adapters())
+        self._lora_info[(running, waiting)] = time.time()
+        labels = f'engine="0",model_name="{self.model_name}"'
+        lines = [
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{labels}}} {float(len(engine.running))}",
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{{{labels}}} {float(len(engine.waiting))}",
+            "# HELP vllm:lora_requests_info Running stats on lora requests.",
+            "# TYPE vllm:lora_requests_info gauge",
+        ]
+        for (run, wait), stamp in self._lora_info.items():
+            lines.append(f'vllm:lora_requests_info{{max_lora="{self.max_loras}",running_lora_adapters="{run}",'
+                         f'waiting_lora_adapters="{wait}"}} {stamp}')
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,55 @@
+"""The worker's adapter registry, with vLLM's answers for every way a load or unload can go."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+
+class Registered(msgspec.Struct):
+    name: str
+    path: str
+    rank: int
+    created: int
+
+
+class RegistryError(Exception):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+
+
+class AdapterRegistry:
+    def __init__(self, max_lora_rank: int) -> None:
+        self.max_lora_rank = max_lora_rank
+        self.adapters: dict[str, Registered] = {}
+
+    def check(self, name: str, path: str, inplace: bool) -> int:
+        """Validate a load without changing anything; returns the adapter's rank."""
+        if name in self.adapters and not inplace:
+            raise RegistryError(
+                400, f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
+                "in place, set 'load_inplace' to True.", "InvalidUserInput")
+        config = Path(path) / "adapter_config.json"
+        try:
+            rank = int(json.loads(config.read_text()).get("r", 8))
+        except (OSError, ValueError):
+            raise RegistryError(404, f"Loading lora {name} failed: No adapter found for {path}",
+                                "NotFoundError") from None
+        if rank > self.max_lora_rank:
+            raise RegistryError(500, f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.",
+                                "InternalServerError")
+        return rank
+
+    def add(self, name: str, path: str, rank: int, created: int) -> None:
+        self.adapters[name] = Registered(name=name, path=path, rank=rank, created=created)
+
+    def remove(self, name: str) -> None:
+        if name not in self.adapters:
+            raise RegistryError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        del self.adapters[name]
