@@ -33,7 +33,9 @@ SKIP_REASON = (f"real vLLM not configured: set {PYTHON_ENV_VAR} to the python of
                "scripts/real-vllm-env prints")
 START_TIMEOUT_S = 180.0
 BUILD_TIMEOUT_S = 300.0
-DEFAULT_ADAPTERS = {"a": 8, "b": 8, "c": 8, "d": 8, "rank4": 4, "rank16": 16}
+# The session's pool: enough rank-8 adapters that the suites never wait for a second
+# build (one costs ~4 s, mostly importing torch), plus one each of ranks 4 and 16.
+DEFAULT_ADAPTERS = {**{f"pool-r8-{i}": 8 for i in range(16)}, "pool-r4-0": 4, "pool-r16-0": 16}
 TINYMODEL = Path(__file__).with_name("tinymodel.py")
 SERVER_ENV = {
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
