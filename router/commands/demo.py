@@ -1,7 +1,7 @@
 """`lora-router demo`: a complete system on this machine, driven by a short Zipf workload.
 
 Starts an embedded etcd, simulated vLLM workers each with its registrar
-sidecar, and one router; adds adapters through the admin API; sends Zipf
+sidecar, and one router whose config declares the adapters; sends Zipf
 traffic; prints the placement as it changes and a summary; stops everything.
 """
 
