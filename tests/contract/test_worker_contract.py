@@ -1,0 +1,233 @@
+"""vLLM's worker contract, as a router sees it (../shared/reference/vllm-lora-api.md).
+
+The same tests run against the simulated worker and, when its env exists,
+against real vLLM: every difference is a bug in the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+MODEL_FIELDS = ["id", "object", "created", "owned_by", "root", "parent", "max_model_len", "permission"]
+
+
+def _name() -> str:
+    return f"lora-{uuid.uuid4().hex[:8]}"
+
+
+def _load(worker, name: str, path, **extra: object):
+    return worker.call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path), **extra})
+
+
+def _error(body: bytes) -> dict:
+    return json.loads(body)["error"]
+
+
+def test_health_is_an_empty_200(worker) -> None:
+    status, _, body = worker.call("GET", "/health", key=False)
+    assert (status, body) == (200, b"")
+
+
+def test_models_lists_the_base_with_no_parent(worker) -> None:
+    status, headers, body = worker.call("GET", "/v1/models")
+    assert status == 200 and headers["content-type"] == "application/json"
+    listing = json.loads(body)
+    assert listing["object"] == "list"
+    base = listing["data"][0]
+    assert list(base) == MODEL_FIELDS
+    assert base["id"] == worker.backend.model and base["parent"] is None and base["owned_by"] == "vllm"
+
+
+def test_load_answers_plain_text_and_lists_the_adapter(worker) -> None:
+    name = _name()
+    path = worker.adapter(name)
+    status, headers, body = _load(worker, name, path)
+    assert status == 200
+    assert body == f"Success: LoRA adapter '{name}' added successfully.".encode()
+    assert "content-type" not in headers
+    card = next(m for m in json.loads(worker.call("GET", "/v1/models")[2])["data"] if m["id"] == name)
+    assert list(card) == MODEL_FIELDS
+    assert card["root"] == str(path) and card["parent"] == worker.backend.model
+    assert card["max_model_len"] is None
+
+
+def test_loading_twice_is_400_invalid_user_input_unless_in_place(worker) -> None:
+    name = _name()
+    path = worker.adapter(name)
+    assert _load(worker, name, path)[0] == 200
+    status, _, body = _load(worker, name, path)
+    assert status == 400
+    assert json.loads(body) == {"error": {
+        "message": f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in "
+                   "place, set 'load_inplace' to True.",
+        "type": "InvalidUserInput", "param": None, "code": 400}}
+    other = worker.adapter(_name())
+    status, _, body = _load(worker, name, other, load_inplace=True)
+    assert status == 200, body
+    card = next(m for m in json.loads(worker.call("GET", "/v1/models")[2])["data"] if m["id"] == name)
+    assert card["root"] == str(other)
+
+
+def test_a_path_without_an_adapter_is_404(worker, tmp_path) -> None:
+    name = _name()
+    status, _, body = _load(worker, name, tmp_path / "nothing-here")
+    assert status == 404
+    err = _error(body)
+    assert err["message"] == f"Loading lora {name} failed: No adapter found for {tmp_path / 'nothing-here'}"
+    assert err["code"] == 404
+
+
+def test_missing_lora_path_is_400_bad_request(worker) -> None:
+    status, _, body = worker.call("POST", "/v1/load_lora_adapter", {"lora_name": _name()})
+    assert status == 400
+    err = _error(body)
+    assert (err["type"], err["param"], err["code"]) == ("Bad Request", "body.lora_path", 400)
+
+
+def test_a_rank_above_max_lora_rank_is_500_and_the_worker_survives(worker) -> None:
+    name = _name()
+    status, _, body = _load(worker, name, worker.adapter(name, rank=16))
+    assert status == 500
+    assert "LoRA rank 16 is greater than max_lora_rank 8" in _error(body)["message"]
+    assert worker.call("GET", "/health", key=False)[0] == 200
+    assert name not in worker.held()
+
+
+def test_unload_answers_plain_text_then_404(worker) -> None:
+    name = _name()
+    assert _load(worker, name, worker.adapter(name))[0] == 200
+    status, headers, body = worker.call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+    assert status == 200 and "content-type" not in headers
+    assert body == f"Success: LoRA adapter '{name}' removed successfully.".encode()
+    assert name not in worker.held()
+    status, _, body = worker.call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+    assert status == 404
+    assert _error(body)["message"] == f"The lora adapter '{name}' cannot be found."
+
+
+def test_an_unknown_model_is_vllms_404(worker) -> None:
+    body = {"model": "nope", "prompt": "hello", "max_tokens": 2}
+    status, _, raw = worker.call("POST", "/v1/completions", body)
+    assert status == 404
+    assert json.loads(raw) == {"error": {
+        "message": f"The model `nope` does not exist. Valid aliases: {worker.backend.model}.",
+        "type": "NotFoundError", "param": "model", "code": 404}}
+
+
+@pytest.fixture(scope="module")
+def two_adapters(worker) -> list[str]:
+    names = [_name(), _name()]
+    for n in names:
+        assert _load(worker, n, worker.adapter(n))[0] == 200
+    return names
+
+
+def test_completions_echo_the_adapter_and_honour_max_tokens(worker, two_adapters) -> None:
+    texts = []
+    for name in two_adapters:
+        body = {"model": name, "prompt": "hello world", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+        status, headers, raw = worker.call("POST", "/v1/completions", body)
+        assert status == 200 and headers["content-type"] == "application/json"
+        out = json.loads(raw)
+        assert out["object"] == "text_completion" and out["model"] == name
+        assert out["choices"][0]["finish_reason"] == "length"
+        assert out["usage"]["completion_tokens"] == 5
+        texts.append(out["choices"][0]["text"])
+    assert texts[0] != texts[1], "two adapters answered the same text"
+
+
+def test_chat_completion_shape(worker, two_adapters) -> None:
+    body = {"model": two_adapters[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "temperature": 0, "ignore_eos": True}
+    status, _, raw = worker.call("POST", "/v1/chat/completions", body)
+    assert status == 200
+    out = json.loads(raw)
+    assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
+    message = out["choices"][0]["message"]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    assert out["usage"]["completion_tokens"] == 3
+
+
+def _events(raw: bytes) -> list[str]:
+    assert raw.endswith(b"\n\n")
+    events = [e for e in raw.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    return [e[len("data: "):] for e in events]
+
+
+def test_chat_stream_role_tokens_finish_usage_done(worker, two_adapters) -> None:
+    body = {"model": two_adapters[1], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    status, headers, raw = worker.call("POST", "/v1/chat/completions", body)
+    assert status == 200
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    events = _events(raw)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == two_adapters[1] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    token_chunks = [c for c in chunks[1:] if c["choices"]]
+    assert len(token_chunks) == 4
+    assert token_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["choices"][0]["finish_reason"] is None for c in token_chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_completion_stream_without_usage(worker, two_adapters) -> None:
+    body = {"model": two_adapters[0], "prompt": "hello", "max_tokens": 3, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    status, _, raw = worker.call("POST", "/v1/completions", body)
+    assert status == 200
+    events = _events(raw)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert len(chunks) == 3 and all("text" in c["choices"][0] for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_metrics_carry_the_lora_series(worker) -> None:
+    status, _, raw = worker.call("GET", "/metrics", key=False)
+    assert status == 200
+    text = raw.decode()
+    info = [line for line in text.splitlines() if line.startswith("vllm:lora_requests_info{")]
+    assert info and all('max_lora="2"' in line and "running_lora_adapters=" in line
+                        and "waiting_lora_adapters=" in line for line in info)
+    assert float(info[-1].rsplit(" ", 1)[1]) > 1e9, "the value is a unix timestamp"
+    for series in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+        line = next(line for line in text.splitlines() if line.startswith(series + "{"))
+        assert f'model_name="{worker.backend.model}"' in line
+
+
+def test_api_key_guards_v1_only(start_worker) -> None:
+    w = start_worker(api_key="sekrit-key")
+    assert w.call("GET", "/health", key=False)[0] == 200
+    assert w.call("GET", "/metrics", key=False)[0] == 200
+    status, _, body = w.call("GET", "/v1/models", key=False)
+    assert status == 401 and json.loads(body) == {"error": "Unauthorized"}
+    assert w.call("GET", "/v1/models", key="wrong")[0] == 401
+    assert w.call("GET", "/v1/models")[0] == 200
+    name = _name()
+    assert w.call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(w.adapter(name))},
+                  key=False)[0] == 401
+
+
+def test_without_runtime_updating_the_lora_routes_do_not_exist(start_worker) -> None:
+    w = start_worker(runtime_updates=False)
+    name = _name()
+    assert _load(w, name, w.adapter(name))[0] == 404
+    assert w.call("POST", "/v1/unload_lora_adapter", {"lora_name": name})[0] == 404
+
+
+def test_a_restart_forgets_runtime_adapters_but_keeps_startup_ones(backend, start_worker, tmp_path) -> None:
+    fixed = backend.adapter(tmp_path / "fixed", "startup-lora")
+    w = start_worker(lora_modules={"startup-lora": fixed})
+    name = _name()
+    assert _load(w, name, w.adapter(name))[0] == 200
+    assert {name, "startup-lora"} <= w.held()
+    w.proc.kill()
+    w.proc.start(timeout_s=300 if backend.slow else 30)
+    assert w.held() == {"startup-lora"}
