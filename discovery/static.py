@@ -31,12 +31,14 @@ class StaticDiscovery:
         self._configs = [RegistrarConfig(worker_url=u) for u in dict.fromkeys(urls)]
         self._api_key = api_key
         self._interval_s = interval_s
+        self.unanswered: set[str] = set()
+        """URLs whose last probe failed; a member among them gets a new instance when it answers again."""
 
     async def watch(self) -> AsyncIterator[Membership]:
         """Membership after the first round of probes and after every change seen since."""
         records: dict[str, WorkerRecord] = {}
         started: dict[str, float | None] = {}
-        down: set[str] = set()
+        down = self.unanswered
         revision = 0
         async with aiohttp.ClientSession() as session:
             probes = [WorkerProbe(session, c.worker_url, self._api_key) for c in self._configs]

@@ -1,10 +1,11 @@
 """Discovery test helpers: an async poll with a deadline, and stand-in vLLM workers.
 
-The stand-in answers /health, /v1/models, /metrics; it exists until `lora-bench worker` lands.
-
-One aiohttp server on a free port hosts any number of workers under path
-prefixes (http://127.0.0.1:P/w7), so fifty workers cost one socket. Each
-worker's health, start time and key can be changed by the test.
+Most tests run real `lora-bench worker` processes. The stand-in (/health,
+/v1/models, /metrics) is for what those cannot give: fifty workers behind one
+socket (path prefixes, http://127.0.0.1:P/w7) for the scale test, and a
+Prometheus `process_start_time_seconds` (real vLLM exports it, the simulator
+does not) for restart detection. Each worker's health and start time can be
+changed by the test.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ from discovery.ports import free_port
 
 
 class FakeWorker:
-    def __init__(self, base_model: str, max_lora: int, api_key: str | None) -> None:
+    def __init__(self, base_model: str, max_lora: int) -> None:
         self.base_model = base_model
         self.max_lora = max_lora
-        self.api_key = api_key
         self.healthy = True
         self.start_time = time.time()
-        self.auth_seen: list[str | None] = []
-        self.unhealthy_answers = 0
 
     def restart(self) -> None:
         self.start_time += 1.0
@@ -38,8 +36,8 @@ class FakeFleet:
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
-    def add(self, name: str, base_model: str = "sim-base", max_lora: int = 4, api_key: str | None = None) -> str:
-        self.workers[name] = FakeWorker(base_model, max_lora, api_key)
+    def add(self, name: str, base_model: str = "sim-base", max_lora: int = 4) -> str:
+        self.workers[name] = FakeWorker(base_model, max_lora)
         return self.url(name)
 
     def url(self, name: str) -> str:
@@ -63,16 +61,10 @@ class FakeFleet:
         worker = self.workers.get(request.match_info["name"])
         if worker is None:
             raise web.HTTPNotFound()
-        header = request.headers.get("Authorization")
-        worker.auth_seen.append(header)
-        if worker.api_key is not None and header != f"Bearer {worker.api_key}":
-            raise web.HTTPUnauthorized()
         return worker
 
     async def _health(self, request: web.Request) -> web.Response:
         worker = self._worker(request)
-        if not worker.healthy:
-            worker.unhealthy_answers += 1
         return web.Response(status=200 if worker.healthy else 503)
 
     async def _models(self, request: web.Request) -> web.Response:

@@ -1,15 +1,20 @@
-"""The registrar sidecar as a real process (`lora-router register`) against real etcd and HTTP workers."""
+"""The registrar sidecar as a real process (`lora-router register`) beside real simulated vLLM workers.
+
+Workers are `lora-bench worker` processes; a worker "fails" by being killed and
+"comes back" by starting again on the same port, as a restarted vLLM would.
+Only the restart-seen-by-start-time case uses the in-test stand-in, because the
+simulator does not export `process_start_time_seconds` (real vLLM's Prometheus
+client does).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from disco_helpers import FakeFleet, until
 
 from discovery.embedded import EmbeddedEtcd
@@ -19,6 +24,7 @@ from router.devfleet import sim_worker, worker_url
 from router.procs import ManagedProcess, python_cli
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
+StartWorkers = Callable[..., list[ManagedProcess]]
 
 
 class View:
@@ -35,6 +41,9 @@ class View:
     def workers(self) -> dict[str, object]:
         return dict(self.seen[-1].workers) if self.seen else {}
 
+    def only(self) -> object | None:
+        return next(iter(self.workers().values()), None)
+
     async def stop(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
@@ -43,19 +52,26 @@ class View:
 def registrar(etcd: EmbeddedEtcd, url: str, tmp_path: Path, *args: str, ttl: int = 2) -> ManagedProcess:
     argv = python_cli("router", "register", "--etcd", etcd.endpoint, "--etcd-prefix", "/t", "--worker-url", url,
                       "--ttl", str(ttl), "--health-interval", "0.1", "--health-failures", "2", *args)
-    return ManagedProcess(argv, log_path=tmp_path / f"registrar-{url.rsplit('/', 1)[1]}.log").start()
+    name = url.rstrip("/").rsplit("/", 1)[1].replace(":", "-")
+    return ManagedProcess(argv, log_path=tmp_path / f"registrar-{name}.log").start()
 
 
-async def test_sigkill_leaves_within_ttl_sigterm_at_once(etcd: EmbeddedEtcd, clients: MakeClient, fleet: FakeFleet,
-                                                         tmp_path: Path) -> None:
+def worker_on(tmp_path: Path, url: str, *extra: str) -> ManagedProcess:
+    """A worker process on the port of `url` (a restart, when one ran there before: a new instance)."""
+    return sim_worker(tmp_path, port=int(url.rsplit(":", 1)[1]), extra_args=extra).start()
+
+
+async def test_sigkill_leaves_within_ttl_sigterm_at_once(etcd: EmbeddedEtcd, clients: MakeClient,
+                                                         start_workers: StartWorkers, tmp_path: Path) -> None:
+    a, b = (worker_url(w) for w in start_workers(2, extra_args=("--max-loras", "3")))
     views = [View(await clients()) for _ in range(2)]
-    killed = registrar(etcd, fleet.add("a"), tmp_path, "--worker-id", "a", ttl=2)
-    stopped = registrar(etcd, fleet.add("b"), tmp_path, "--worker-id", "b", ttl=30)
+    killed = registrar(etcd, a, tmp_path, "--worker-id", "a", ttl=2)
+    stopped = registrar(etcd, b, tmp_path, "--worker-id", "b", ttl=30)
     try:
         await until(lambda: all(set(v.workers()) == {"a", "b"} for v in views), 20, "both workers registered")
         record = views[0].workers()["a"]
-        assert record.base_models == ("sim-base",) and record.max_loras == 4 and record.slots == 4
-        assert record.url == fleet.url("a") and record.instance
+        assert record.base_models == ("sim-base",) and record.max_loras == 3 and record.slots == 3
+        assert record.url == a and record.instance
 
         killed.kill()
         await until(lambda: all("a" not in v.workers() for v in views), 2 + 1.0, "SIGKILL: gone within TTL + 1 s")
@@ -70,40 +86,55 @@ async def test_sigkill_leaves_within_ttl_sigterm_at_once(etcd: EmbeddedEtcd, cli
             await v.stop()
 
 
-async def test_health_failures_withdraw_and_a_comeback_is_a_new_instance(etcd: EmbeddedEtcd, clients: MakeClient,
-                                                                         fleet: FakeFleet, tmp_path: Path) -> None:
-    secret = "sk-worker-secret-123"
+async def test_dead_worker_withdrawn_and_its_restart_is_a_new_instance(etcd: EmbeddedEtcd, clients: MakeClient,
+                                                                       start_workers: StartWorkers,
+                                                                       tmp_path: Path) -> None:
+    secret = "sk-worker-secret-123"  # the worker demands it on /v1/*: no key, no base model, no registration
     key_file = tmp_path / "worker.key"
     key_file.write_text(secret + "\n")
-    url = fleet.add("w", api_key=secret)
+    (worker,) = start_workers(1, extra_args=("--api-key", secret))
+    url = worker_url(worker)
     view = View(await clients())
     proc = registrar(etcd, url, tmp_path, "--api-key-file", str(key_file), "--api-key-ref", "/run/keys/w",
                      "--slots", "6", "--weight", "2", "--label", "zone=a", ttl=10)
     try:
-        first = await until(lambda: next(iter(view.workers().values()), None), 20, "registered")
+        first = await until(view.only, 20, "registered (the key was sent)")
         assert first.slots == 6 and first.weight == 2.0 and first.labels == {"zone": "a"}
         assert first.api_key_ref == "/run/keys/w" and secret not in repr(first)
 
-        fleet.workers["w"].healthy = False
+        worker.kill()
         await until(lambda: not view.workers(), 3, "withdrawn after 2 failed checks (well before the 10 s TTL)")
-        fleet.workers["w"].healthy = True
-        fleet.workers["w"].restart()
-        back = await until(lambda: next(iter(view.workers().values()), None), 5, "registered again")
-        assert back.id == first.id and back.instance != first.instance
-
-        fleet.workers["w"].restart()  # a restart between two checks: caught by the process start time
-        await until(lambda: view.workers()[first.id].instance != back.instance, 5, "a new instance announced")
-        assert set(fleet.workers["w"].auth_seen) == {f"Bearer {secret}"}
+        restarted = worker_on(tmp_path, url, "--api-key", secret)
+        try:
+            back = await until(view.only, 20, "registered again once the worker is back")
+            assert back.id == first.id and back.instance != first.instance
+        finally:
+            restarted.kill()
     finally:
         proc.stop()
         await view.stop()
-    assert secret not in (tmp_path / "registrar-w.log").read_text()
+    assert secret not in (tmp_path / f"registrar-{url.rsplit('/', 1)[1].replace(':', '-')}.log").read_text()
+
+
+async def test_restart_between_two_checks_is_caught_by_start_time(etcd: EmbeddedEtcd, clients: MakeClient,
+                                                                  fleet: FakeFleet, tmp_path: Path) -> None:
+    view = View(await clients())
+    proc = registrar(etcd, fleet.add("w"), tmp_path, ttl=10)
+    try:
+        first = await until(view.only, 20, "registered")
+        fleet.workers["w"].restart()  # never failed a health check; only its start time tells
+        await until(lambda: view.only() and view.only().instance != first.instance, 5, "a new instance announced")
+        assert view.only().id == first.id
+    finally:
+        proc.stop()
+        await view.stop()
 
 
 async def test_registrar_whose_lease_expired_registers_again(etcd: EmbeddedEtcd, clients: MakeClient,
-                                                             fleet: FakeFleet, tmp_path: Path) -> None:
+                                                             start_workers: StartWorkers, tmp_path: Path) -> None:
+    (worker,) = start_workers(1)
     view = View(await clients())
-    proc = registrar(etcd, fleet.add("p"), tmp_path, "--worker-id", "p", ttl=2)
+    proc = registrar(etcd, worker_url(worker), tmp_path, "--worker-id", "p", ttl=2)
     try:
         first = await until(lambda: view.workers().get("p"), 20, "registered")
         proc.signal(signal.SIGSTOP)  # frozen: no keepalives, the lease expires
@@ -118,27 +149,33 @@ async def test_registrar_whose_lease_expired_registers_again(etcd: EmbeddedEtcd,
 
 
 async def test_etcd_kill_and_restart_registrars_and_routers_converge(etcd: EmbeddedEtcd, clients: MakeClient,
-                                                                     fleet: FakeFleet, tmp_path: Path) -> None:
-    views = [View(await clients()) for _ in range(3)]
+                                                                     start_workers: StartWorkers,
+                                                                     tmp_path: Path) -> None:
+    workers = start_workers(3)
+    urls = [worker_url(w) for w in workers]
     names = [f"k{i}" for i in range(3)]
-    procs = [registrar(etcd, fleet.add(n), tmp_path, "--worker-id", n, ttl=2) for n in names]
+    views = [View(await clients()) for _ in range(3)]
+    procs = [registrar(etcd, u, tmp_path, "--worker-id", n, ttl=2) for u, n in zip(urls, names)]
     try:
         await until(lambda: all(set(v.workers()) == set(names) for v in views), 20, "all registered")
         before = views[0].workers()
-        fleet.workers["k0"].healthy = False  # activity: k0 leaves while etcd goes down
+        workers[0].kill()  # activity: k0's worker dies just as etcd goes down
         etcd.kill()
         down_at = time.monotonic()
         while time.monotonic() - down_at < 2 + 1.0:  # down longer than the TTL
             await asyncio.sleep(0.1)
         etcd.start()
-        fleet.workers["k0"].healthy = True
-        await until(lambda: all(set(v.workers()) == set(names) for v in views), 10, "everyone back in every view")
-        await until(lambda: len({repr(v.workers()) for v in views}) == 1, 5, "identical views")
+        back = worker_on(tmp_path, urls[0])
+        try:
+            await until(lambda: all(set(v.workers()) == set(names) for v in views), 15, "everyone in every view")
+            await until(lambda: all(v.workers()["k0"].instance != before["k0"].instance for v in views), 10,
+                        "k0 came back as a new instance (its old record expired with its lease)")
+            await until(lambda: len({repr(v.workers()) for v in views}) == 1, 5, "identical views")
+        finally:
+            back.kill()
         for v in views:
             revisions = [m.revision for m in v.seen]
             assert revisions == sorted(set(revisions)), "a membership change seen twice or out of order"
-        await until(lambda: all(v.workers()["k0"].instance != before["k0"].instance for v in views), 5,
-                    "k0 came back as a new instance (its old record expired with its lease)")
         after = views[0].workers()
         assert after["k1"].instance == before["k1"].instance, "a worker that stayed up keeps its instance"
     finally:
@@ -149,46 +186,25 @@ async def test_etcd_kill_and_restart_registrars_and_routers_converge(etcd: Embed
 
 
 async def test_registrar_started_before_etcd_and_worker_waits_for_both(etcd: EmbeddedEtcd, clients: MakeClient,
-                                                                       fleet: FakeFleet, tmp_path: Path) -> None:
+                                                                       tmp_path: Path) -> None:
+    from discovery.ports import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
     etcd.kill()
-    proc = registrar(etcd, fleet.url("early"), tmp_path, "--worker-id", "early", ttl=2)
-    log = tmp_path / "registrar-early.log"
+    proc = registrar(etcd, url, tmp_path, "--worker-id", "early", ttl=2)
+    log = tmp_path / f"registrar-{url.rsplit('/', 1)[1].replace(':', '-')}.log"
     try:
         await until(lambda: "waiting for worker" in log.read_text(), 20, "the registrar waits for its worker")
-        fleet.add("early")
-        await until(lambda: "cannot register early yet" in log.read_text(), 10, "then for etcd")
-        etcd.start()
-        view = View(await clients())
+        worker = worker_on(tmp_path, url)
         try:
-            await until(lambda: "early" in view.workers(), 10, "registered once etcd and the worker are up")
+            await until(lambda: "cannot register early yet" in log.read_text(), 20, "then for etcd")
+            etcd.start()
+            view = View(await clients())
+            try:
+                await until(lambda: "early" in view.workers(), 10, "registered once etcd and the worker are up")
+            finally:
+                await view.stop()
         finally:
-            await view.stop()
+            worker.kill()
     finally:
         proc.kill()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("bench.commands.worker") is None,
-                    reason="the simulated worker (lora-bench worker) is not there yet")
-async def test_registrar_with_simulated_vllm_worker_restart(etcd: EmbeddedEtcd, clients: MakeClient,
-                                                             start_workers: Callable[..., list[ManagedProcess]],
-                                                             tmp_path: Path) -> None:
-    (worker,) = start_workers(1, extra_args=("--max-loras", "3"))
-    url = worker_url(worker)
-    view = View(await clients())
-    proc = registrar(etcd, url, tmp_path, ttl=10)
-    try:
-        first = await until(lambda: next(iter(view.workers().values()), None), 20, "the sim worker registered")
-        assert first.base_models == ("sim-base",) and first.max_loras == 3 and first.url == url
-
-        worker.kill()  # the worker dies: withdrawn after 2 failed checks, long before the 10 s TTL
-        await until(lambda: not view.workers(), 5, "withdrawn")
-        port = int(url.rsplit(":", 1)[1])
-        restarted = sim_worker(tmp_path, port=port, extra_args=("--max-loras", "3")).start()
-        try:
-            back = await until(lambda: next(iter(view.workers().values()), None), 20, "back after the restart")
-            assert back.id == first.id and back.instance != first.instance
-        finally:
-            restarted.kill()
-    finally:
-        proc.stop()
-        await view.stop()

@@ -7,18 +7,22 @@ import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from disco_helpers import FakeFleet, until
+from disco_helpers import until
 
 from allocator.model import Placement, ReplicaSet
 from discovery.election import LeaderElection
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
+from discovery.ports import free_port
 from discovery.probe import parse_metrics
 from discovery.records import AdapterRecord, WorkerRecord, encode
 from discovery.registry import Membership, WorkerRegistry
 from discovery.static import StaticDiscovery
 from discovery.stores import CatalogStore
+from router.devfleet import sim_worker, worker_url
+from router.procs import ManagedProcess
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
 
@@ -30,33 +34,44 @@ def test_metrics_parsing_reads_max_lora_and_start_time_or_none() -> None:
     assert parse_metrics("vllm:num_requests_running 0\n") == (None, None)
 
 
-async def test_static_discovery_probes_workers_and_tracks_restarts(fleet: FakeFleet) -> None:
-    urls = [fleet.add("a", max_lora=3, api_key="k-a"), fleet.add("b", base_model="other"), fleet.url("late")]
-    discovery = StaticDiscovery(urls, api_key="k-a", interval_s=0.05)
-    fleet.workers["b"].api_key = "k-a"
+async def test_static_discovery_probes_workers_and_tracks_restarts(
+        start_workers: Callable[..., list[ManagedProcess]], tmp_path: Path) -> None:
+    procs = start_workers(2, extra_args=("--max-loras", "3", "--api-key", "k"))
+    a, b = (worker_url(w) for w in procs)
+    late = f"http://127.0.0.1:{free_port()}"
+    discovery = StaticDiscovery([a, b, late], api_key="k", interval_s=0.05)
     seen: list[Membership] = []
+
+    def instances() -> dict[str, str]:
+        return {r.url: r.instance for r in seen[-1].workers.values()} if seen else {}
 
     async def follow() -> None:
         async for m in discovery.watch():
             seen.append(m)
 
+    def on_port_of(url: str) -> ManagedProcess:
+        started.append(sim_worker(tmp_path, port=int(url.rsplit(":", 1)[1]),
+                                  extra_args=("--max-loras", "3", "--api-key", "k")).start())
+        return started[-1]
+
     task = asyncio.create_task(follow())
+    started: list[ManagedProcess] = []
     try:
-        await until(lambda: seen and len(seen[-1].workers) == 2, 5, "the two answering workers")
-        by_url = {r.url: r for r in seen[-1].workers.values()}
-        assert by_url[urls[0]].slots == 3 and by_url[urls[1]].base_models == ("other",)
-        fleet.add("late", api_key="k-a")
-        await until(lambda: len(seen[-1].workers) == 3, 5, "a worker that starts late joins")
-        instance = {r.url: r.instance for r in seen[-1].workers.values()}[urls[0]]
-        fleet.workers["a"].healthy = False
-        await until(lambda: fleet.workers["a"].unhealthy_answers > 0, 5, "a probe round sees it down")
-        fleet.workers["a"].healthy = True
-        await until(lambda: {r.url: r.instance for r in seen[-1].workers.values()}[urls[0]] != instance, 5,
-                    "a comeback is a new instance")
-        assert len(seen[-1].workers) == 3 and set(fleet.workers["a"].auth_seen) == {"Bearer k-a"}
+        await until(lambda: len(instances()) == 2, 10, "the two answering workers (the key was sent)")
+        assert all(r.slots == 3 and r.base_models == ("sim-base",) for r in seen[-1].workers.values())
+        on_port_of(late)
+        await until(lambda: len(instances()) == 3, 10, "a worker that starts late joins")
+        before = instances()
+        procs[0].kill()
+        await until(lambda: a in discovery.unanswered, 5, "a probe round sees the worker down")
+        on_port_of(a)
+        await until(lambda: instances()[a] != before[a], 10, "its comeback is a new instance")
+        assert instances()[b] == before[b] and len(instances()) == 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        for p in started:
+            p.kill()
 
 
 async def test_status_json_shape(etcd: EmbeddedEtcd, clients: MakeClient) -> None:
@@ -92,8 +107,6 @@ async def test_status_json_shape(etcd: EmbeddedEtcd, clients: MakeClient) -> Non
 
 
 def test_status_without_etcd_is_a_clear_error() -> None:
-    from discovery.ports import free_port
-
     done = subprocess.run([sys.executable, "-m", "router", "status", "--etcd", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1 and "EtcdUnavailable" in done.stderr and "Traceback" not in done.stderr
