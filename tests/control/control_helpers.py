@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 
 BASE = "sim-base"
+WORKER_ARGS = ("--max-loras", "4", "--speed", "0.01")
+"""Simulated workers with room for a few adapters each (the registrar reads slots from --max-loras), fast."""
 
 
 def router_config(adapter_root: Path, names: list[str] = (), **extra: Any) -> dict[str, Any]:
