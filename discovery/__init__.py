@@ -26,7 +26,7 @@ registry — discovery.registry / discovery.records
     reg = await registry.register(record, ttl) -> Registration; await reg.update(record); await reg.withdraw()
     registry.watch() -> AsyncIterator[Membership(revision, workers: dict[id, WorkerRecord])]
     await registry.read() -> Membership
-    StaticDiscovery(urls, api_key=None, interval_s=2.0).watch()  (same Membership stream, by probing)
+    StaticDiscovery(urls, api_key=None, interval_s=2.0, slots=8).watch()  (same Membership stream, by probing)
 
 election and stores — discovery.election / discovery.stores
     election = LeaderElection(client, candidate_id, ttl); task: await election.run()

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class RegistrarConfig(msgspec.Struct, frozen=True, kw_only=True):
     worker_url: str
     worker_id: str | None = None
-    slots: int | None = None
-    """None: the worker's max_lora from /metrics, else 8."""
+    slots: int = 8
+    """Adapters the placement may put on the worker; set it to the worker's --max-cpu-loras. Not taken from
+    max_lora (/metrics): that bounds adapters in one batch, not adapters held (1 by default in vLLM)."""
     weight: float = 1.0
     max_lora_rank: int = 16
     labels: dict[str, str] = {}
@@ -48,7 +49,7 @@ def worker_record(config: RegistrarConfig, facts: WorkerFacts, instance: str, no
     """The record to register for what the worker just told us (pure)."""
     return WorkerRecord(
         id=config.worker_id or worker_id_for(config.worker_url), url=config.worker_url.rstrip("/"),
-        base_models=facts.base_models, slots=config.slots or facts.max_loras or 8, weight=config.weight,
+        base_models=facts.base_models, slots=config.slots, weight=config.weight,
         max_lora_rank=config.max_lora_rank, max_loras=facts.max_loras, instance=instance,
         labels=dict(config.labels), api_key_ref=config.api_key_ref, registered_at=now)
 

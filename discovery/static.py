@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class StaticDiscovery:
-    def __init__(self, urls: Sequence[str], api_key: str | None = None, interval_s: float = 2.0) -> None:
-        self._configs = [RegistrarConfig(worker_url=u) for u in dict.fromkeys(urls)]
+    def __init__(self, urls: Sequence[str], api_key: str | None = None, interval_s: float = 2.0,
+                 slots: int = 8) -> None:
+        self._configs = [RegistrarConfig(worker_url=u, slots=slots) for u in dict.fromkeys(urls)]
         self._api_key = api_key
         self._interval_s = interval_s
         self.unanswered: set[str] = set()

@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="file whose first line is the worker's API key, sent when probing it (never logged)")
     p.add_argument("--api-key-ref", default=None, metavar="REF",
                    help="where routers find the worker's key (file path or env name); recorded, the key never is")
-    p.add_argument("--slots", type=int, default=None, metavar="N",
-                   help="adapters the placement may put here (default: the worker's max_lora, else 8)")
+    p.add_argument("--slots", type=int, default=8, metavar="N",
+                   help="adapters the placement may put here, e.g. the worker's --max-cpu-loras (default 8)")
     p.add_argument("--weight", type=float, default=1.0, metavar="W", help="relative capacity (default 1.0)")
     p.add_argument("--max-lora-rank", type=int, default=16, metavar="R",
                    help="the worker's --max-lora-rank (default 16)")
@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
             worker_url=args.worker_url, worker_id=args.worker_id, slots=args.slots, weight=args.weight,
             max_lora_rank=args.max_lora_rank, labels=_labels(args.label), api_key_ref=args.api_key_ref,
             ttl=args.ttl, health_failures=args.health_failures, health_interval_s=args.health_interval)
-        if args.ttl < 1 or args.health_failures < 1 or args.health_interval <= 0 or args.weight <= 0:
-            raise ValueError("--ttl and --health-failures must be >= 1, --health-interval and --weight > 0")
+        if args.slots < 0 or args.ttl < 1 or args.health_failures < 1 or args.health_interval <= 0 or args.weight <= 0:
+            raise ValueError("--slots must be >= 0, --ttl and --health-failures >= 1, "
+                             "--health-interval and --weight > 0")
         api_key = _api_key(args.api_key_file)
     except (OSError, ValueError) as exc:
         print(f"lora-router register: {exc}", file=sys.stderr)

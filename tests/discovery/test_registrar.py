@@ -70,7 +70,7 @@ async def test_sigkill_leaves_within_ttl_sigterm_at_once(etcd: EmbeddedEtcd, cli
     try:
         await until(lambda: all(set(v.workers()) == {"a", "b"} for v in views), 20, "both workers registered")
         record = views[0].workers()["a"]
-        assert record.base_models == ("sim-base",) and record.max_loras == 3 and record.slots == 3
+        assert record.base_models == ("sim-base",) and record.max_loras == 3 and record.slots == 8
         assert record.url == a and record.instance
 
         killed.kill()
