@@ -20,7 +20,7 @@ from helmchart import FULLNAME, NAMESPACE, container, find, render
 
 from discovery.embedded import find_etcd_binary
 from discovery.ports import free_port
-from router.procs import ManagedProcess
+from router.procs import ManagedProcess, ProcessStartFailed
 
 ETCD = f"{FULLNAME}-etcd"
 MEMBERS = 3
@@ -47,23 +47,40 @@ def call(url: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[dict[str, int]]]:
-    statefulset = find(render({"etcd": {"replicas": MEMBERS}}), "StatefulSet", ETCD)
-    etcd = container(statefulset, "etcd")
-    assert etcd["command"] == ["etcd"]
+def start_cluster(etcd: dict, data_dir: Path) -> tuple[list[ManagedProcess], list[dict[str, int]]]:
+    """Start every member at once (a new cluster needs a quorum), then wait for each to be ready."""
     ports = [{name: free_port() for name in ("client", "peer", "metrics")} for _ in range(MEMBERS)]
-    members = []
+    members: list[ManagedProcess] = []
+    data_dir.mkdir()
     try:
         for index in range(MEMBERS):
             args = [localise(a, index, ports) for a in etcd["args"]]
-            args = [a.replace("--data-dir=/var/lib/etcd", f"--data-dir={tmp_path}/m{index}") for a in args]
+            args = [a.replace("--data-dir=/var/lib/etcd", f"--data-dir={data_dir}/m{index}") for a in args]
             members.append(ManagedProcess([find_etcd_binary(), *args],
-                                          log_path=tmp_path / f"etcd-{index}.log").start())
+                                          log_path=data_dir / f"etcd-{index}.log").start())
         for index, member in enumerate(members):
-            readiness = etcd["readinessProbe"]["httpGet"]["path"]
-            member.health_url = f"http://127.0.0.1:{ports[index]['metrics']}{readiness}"
+            member.health_url = f"http://127.0.0.1:{ports[index]['metrics']}{etcd['readinessProbe']['httpGet']['path']}"
             member.wait_healthy(30.0)
+    except ProcessStartFailed:
+        for member in members:
+            member.kill()
+        raise
+    return members, ports
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[dict[str, int]]]:
+    etcd = container(find(render({"etcd": {"replicas": MEMBERS}}), "StatefulSet", ETCD), "etcd")
+    assert etcd["command"] == ["etcd"]
+    for attempt in range(3):
+        try:
+            members, ports = start_cluster(etcd, tmp_path / f"try{attempt}")
+            break
+        except ProcessStartFailed as exc:
+            # Free ports are picked before binding: another test may take one first. Nothing else is retried.
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
+    try:
         yield ports
     finally:
         for member in members:
