@@ -61,7 +61,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
         log.warning("no API keys configured: the router is open to anyone who can reach it")
     catalog = CatalogStore(client)
     placement_store = PlacementStore(client)
-    demand_store = DemandStore(client)
+    demand_store = DemandStore(client, ttl=loaded.config.control.lease_ttl_s)
     election = LeaderElection(client, options.router_id, ttl=loaded.config.control.lease_ttl_s)
     static_urls = options.workers or loaded.config.workers
     discovery = (StaticDiscovery(static_urls, api_key=loaded.secrets.worker_api_key) if static_urls
@@ -109,6 +109,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
         await _run_until_stopped(loops)
     finally:
         await runner.cleanup()
+        await demand_store.close()
         await election.resign()
         await client.close()
         await session.close()

@@ -8,8 +8,9 @@ from bench.perfmodel import EngineModel
 
 
 class WorkerMetrics:
-    def __init__(self, model_name: str, max_loras: int) -> None:
+    def __init__(self, model_name: str, max_loras: int, started: float) -> None:
         self.model_name = model_name
+        self.started = started
         self.max_loras = max_loras
         self._lora_info: dict[tuple[str, str], float] = {}
         """(running, waiting) label values -> last timestamp: vLLM keeps old label sets in the output."""
@@ -20,6 +21,9 @@ class WorkerMetrics:
         self._lora_info[(running, waiting)] = time.time()
         labels = f'engine="0",model_name="{self.model_name}"'
         lines = [
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.",
+            "# TYPE process_start_time_seconds gauge",
+            f"process_start_time_seconds {self.started}",
             "# HELP vllm:num_requests_running Number of requests in model execution batches.",
             "# TYPE vllm:num_requests_running gauge",
             f"vllm:num_requests_running{{{labels}}} {float(len(engine.running))}",

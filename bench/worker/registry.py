@@ -39,7 +39,7 @@ class AdapterRegistry:
         try:
             rank = int(json.loads(config.read_text()).get("r", 8))
         except (OSError, ValueError):
-            raise RegistryError(404, f"Loading lora {name} failed: No adapter found for {path}",
+            raise RegistryError(404, f"Loading lora {name} failed: No adapter found for <path>",
                                 "NotFoundError") from None
         if rank > self.max_lora_rank:
             raise RegistryError(500, f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.",

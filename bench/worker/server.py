@@ -95,8 +95,8 @@ class SimulatedWorker:
                                  max_cpu_loras=options.max_cpu_loras, speed=options.speed)
         self.engine = LiveEngine(self.params)
         self.registry = AdapterRegistry(options.max_lora_rank)
-        self.metrics = WorkerMetrics(options.model, options.max_loras)
         self.started = int(time.time())
+        self.metrics = WorkerMetrics(options.model, options.max_loras, time.time())
         self.rng = random.Random(options.seed)
         for name, path in options.lora_modules.items():
             self.registry.add(name, path, self.registry.check(name, path, False), self.started)

@@ -76,7 +76,7 @@ def test_a_path_without_an_adapter_is_404(worker, tmp_path) -> None:
     status, _, body = _load(worker, name, tmp_path / "nothing-here")
     assert status == 404
     err = _error(body)
-    assert err["message"] == f"Loading lora {name} failed: No adapter found for {tmp_path / 'nothing-here'}"
+    assert err["message"] == f"Loading lora {name} failed: No adapter found for <path>", "vLLM hides the path"
     assert err["code"] == 404
 
 
