@@ -197,6 +197,8 @@ def test_metrics_carry_the_lora_series(worker) -> None:
     assert info and all('max_lora="2"' in line and "running_lora_adapters=" in line
                         and "waiting_lora_adapters=" in line for line in info)
     assert float(info[-1].rsplit(" ", 1)[1]) > 1e9, "the value is a unix timestamp"
+    start = next(line for line in text.splitlines() if line.startswith("process_start_time_seconds "))
+    assert float(start.split()[1]) > 1e9, "registrars tell restarts apart by the process start time"
     for series in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
         line = next(line for line in text.splitlines() if line.startswith(series + "{"))
         assert f'model_name="{worker.backend.model}"' in line
