@@ -278,7 +278,8 @@ class Reconciler:
                 book.draining_since.pop(name, None)
                 continue
             now = self._clock()
-            if view.adapter_inflight.get(name, 0) and now - since < drain_timeout:
+            if now - since < drain_timeout and (view.adapter_inflight.get(name, 0)
+                                                or await self._busy_elsewhere(view, name)):
                 continue
             key = (name, self._rt.loaded.version)
             if not book.may_try(name, now, key):
@@ -296,6 +297,19 @@ class Reconciler:
             book.draining_since.pop(name, None)
             agent.loaded_from.pop(name, None)
             self._rt.fleet.remove_holding(agent.worker_id, name)
+
+    async def _busy_elsewhere(self, view: WorkerView, adapter: str) -> bool:
+        """Whether the worker still runs requests for `adapter` (other routers' included).
+
+        A worker whose metrics cannot be read counts as idle: the drain then
+        rests on this router's own count and the drain timeout, as before.
+        """
+        try:
+            return adapter in await self._rt.workers.active_adapters(view.url)
+        except WorkerCallFailed as exc:
+            log.info("drain of %s on %s: worker metrics unreadable (%s); using local counts", adapter,
+                     view.id, exc)
+            return False
 
     def _failed(self, view: WorkerView, book: WorkerBook, adapter: str, op: str, exc: Exception,
                 key: tuple[str, str], reason: str | None = None) -> None:

@@ -118,12 +118,52 @@ class WorkerClient:
             return
         raise _classify(status, error_message(raw))
 
+    async def active_adapters(self, base_url: str) -> set[str]:
+        """Adapters with requests running or waiting on the worker, from every router's traffic.
+
+        A drain waits on this, not only on this router's own in-flight count,
+        because other routers' requests on the same worker are invisible here.
+        """
+        status, body = await self._call("GET", base_url + "/metrics")
+        if status != 200:
+            raise WorkerCallFailed(f"GET {base_url}/metrics: HTTP {status}")
+        return lora_activity(body.decode(errors="replace"))
+
     async def healthy(self, base_url: str) -> bool:
         try:
             status, _ = await self._call("GET", base_url + "/health")
         except WorkerCallFailed:
             return False
         return status == 200
+
+
+_INFO = "vllm:lora_requests_info{"
+
+
+def lora_activity(metrics_text: str) -> set[str]:
+    """Running and waiting adapters from the newest `vllm:lora_requests_info` series.
+
+    vLLM keeps old label sets in the output and stamps the current one with the
+    largest value, so only that series counts.
+    """
+    newest: tuple[float, str] | None = None
+    for line in metrics_text.splitlines():
+        if line.startswith(_INFO):
+            labels, _, value = line[len(_INFO):].rpartition("} ")
+            try:
+                stamp = float(value)
+            except ValueError:
+                continue
+            if newest is None or stamp > newest[0]:
+                newest = (stamp, labels)
+    if newest is None:
+        return set()
+    active: set[str] = set()
+    for part in newest[1].split('",'):
+        key, _, raw = part.partition('="')
+        if key.strip() in ("running_lora_adapters", "waiting_lora_adapters"):
+            active.update(n for n in raw.rstrip('"').split(",") if n)
+    return active
 
 
 def _classify(status: int, message: str) -> Exception:
