@@ -10,19 +10,22 @@ it differs per adapter and is the same on every holder.
 from __future__ import annotations
 
 import asyncio
-import time
+import json
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from control.control_helpers import until
 from openai_calls import Reply, bearer, call, chat_deltas, greedy, greedy_text, listed
 from vllm_backend import TinyModel
 
 from discovery.embedded import EmbeddedEtcd
 from router.devfleet import worker_url
 from router.procs import ManagedProcess, python_cli
+from router.proxy import WORKER_HEADER
 
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(400)]
 
@@ -39,6 +42,24 @@ class RealFleet:
     workers: list[ManagedProcess]
     registrars: list[ManagedProcess]
     adapters_root: Path
+
+    def router_status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.router.url}/v1/router/status", timeout=10) as resp:
+            return dict(json.loads(resp.read()))
+
+    def known_workers(self) -> set[str]:
+        """URLs of the healthy workers the router knows (from etcd, via the registrars)."""
+        return {w["url"] for w in self.router_status()["workers"] if w["healthy"]}
+
+    async def direct_text(self, name: str, prompt: str) -> str:
+        """Greedy output of `name` asked straight from a worker that holds it."""
+        async def from_a_holder() -> str | None:
+            for url in await self.holders(name):
+                reply = await greedy(url, name, prompt, AUTH)
+                if reply.status == 200:
+                    return str(reply.json()["choices"][0]["text"])
+            return None
+        return await until(from_a_holder, SETTLE_S, f"a direct answer for {name}")
 
     def logs(self) -> list[Path]:
         procs = [self.router.proc, *self.workers, *self.registrars]
@@ -58,22 +79,10 @@ class RealFleet:
         return found
 
 
-async def until(check: Callable[[], Any], what: str, timeout_s: float = SETTLE_S) -> Any:
-    """Poll an async check with a deadline; returns its first truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 @pytest.fixture
 def real_fleet(start_vllm_workers: Callable[..., list[ManagedProcess]],
                start_router: Callable[..., Any], etcd: EmbeddedEtcd,
-               tmp_path: Path) -> Iterator[Callable[..., RealFleet]]:
+               poll_until: Callable[..., Any], tmp_path: Path) -> Iterator[Callable[..., RealFleet]]:
     """Two real vLLM workers, each announced in etcd by its own registrar, and one router."""
     registrars: list[ManagedProcess] = []
 
@@ -94,7 +103,12 @@ def real_fleet(start_vllm_workers: Callable[..., list[ManagedProcess]],
                                   "control": CONTROL, "worker_api_key_file": str(key_file)}
         if placement:
             config["placement"] = placement
-        return RealFleet(start_router(config), workers, registrars, root)
+        fleet = RealFleet(start_router(config), workers, registrars, root)
+        # Placement made while only one worker is known moves adapters when the other
+        # arrives; wait for both so that the tests see a settled placement.
+        poll_until(lambda: fleet.known_workers() == set(fleet.urls), SETTLE_S,
+                   what="both workers registered with the router")
+        return fleet
 
     yield make
     for registrar in registrars:
@@ -108,7 +122,7 @@ async def add_adapters(fleet: RealFleet, model: TinyModel, names: list[str]) -> 
                            {"lora_name": name, "lora_path": str(path)})
         assert reply.status == 200, reply.text
     for name in names:
-        await until(lambda n=name: fleet.holders(n), f"{name} to be loaded on a worker")
+        await until(lambda n=name: fleet.holders(n), SETTLE_S, f"{name} loaded on a worker")
 
 
 def assert_no_secret(replies: list[Reply], *logs: Path) -> None:
@@ -125,6 +139,7 @@ async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_ever
     await add_adapters(fleet, tiny_model, names)
     prompt = tiny_model.probe_prompt
     replies: list[Reply] = []
+    served_by = {w["id"] for w in fleet.router_status()["workers"]}
 
     outputs = {}
     for name in names:
@@ -132,11 +147,10 @@ async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_ever
         replies.append(reply)
         assert reply.status == 200, reply.text
         text = reply.json()["choices"][0]["text"]
-        holders = await fleet.holders(name)
-        assert holders, name
-        for holder in holders:
-            assert await greedy_text(holder, name, prompt, AUTH) == text
+        assert reply.headers[WORKER_HEADER] in served_by, reply.headers
+        # The adapter's own output, which only a worker holding it can give.
         assert text.split() == tiny_model.probe_outputs[name].split()
+        assert await fleet.direct_text(name, prompt) == text
         outputs[name] = text
     base = await greedy_text(fleet.router.url, tiny_model.served_name, prompt)
     assert len({*outputs.values(), base}) == len(names) + 1, outputs
@@ -157,7 +171,7 @@ async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_ever
     reply = await call("DELETE", f"{fleet.router.url}/v1/loras/{gone}")
     replies.append(reply)
     assert reply.status in (200, 204), reply.text
-    await until(lambda: _nowhere(fleet, gone), f"{gone} to be unloaded from every worker")
+    await until(lambda: _nowhere(fleet, gone), SETTLE_S, f"{gone} unloaded everywhere")
     reply = await greedy(fleet.router.url, gone, prompt)
     assert reply.status == 404, reply.text
     for name in (names[0], names[2]):
@@ -175,7 +189,7 @@ async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
     dual = ["dual-x", "dual-y"]
     await add_adapters(fleet, tiny_model, [*dual, "single-z"])
     for name in dual:
-        await until(lambda n=name: _on_all(fleet, n), f"{name} on both workers")
+        await until(lambda n=name: _on_all(fleet, n), SETTLE_S, f"{name} on both workers")
     expected = {n: await greedy_text(fleet.router.url, n, tiny_model.probe_prompt) for n in dual}
 
     victim = fleet.workers[0]
@@ -202,7 +216,8 @@ async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
     try:
         await asyncio.to_thread(victim.start, 180.0)
         for name in dual:
-            await until(lambda n=name: _on_all(fleet, n), f"{name} re-loaded on the restarted worker")
+            await until(lambda n=name: _on_all(fleet, n), SETTLE_S,
+                        f"{name} re-loaded on the restarted worker")
     finally:
         stop.set()
         await asker
