@@ -124,20 +124,18 @@ def _candidates(rt: RouterRuntime, target: Target, tried: set[str]) -> list[Work
     return [v for v in views if v.id not in tried] if tried else views
 
 
-def _forwarded_headers(request: web.Request, rt: RouterRuntime) -> str:
+def _forwarded_headers(request: web.Request) -> str:
     """End-to-end request headers as one pre-encoded block; the client's key never reaches a worker."""
     drop = HOP_BY_HOP
     connection = request.headers.get("Connection")
     if connection:
         drop = drop | {t.strip().lower() for t in connection.split(",")}
-    lines = [f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in drop]
-    lines.append(rt.worker_auth_line)
-    return "".join(lines)
+    return "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in drop)
 
 
 async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body: bytes) -> web.StreamResponse:
     started = time.monotonic()
-    headers = _forwarded_headers(request, rt)
+    headers = _forwarded_headers(request)
     tried: set[str] = set()
     last_reason = "no holder"
     for attempt in range(2):
@@ -167,7 +165,7 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view
                    headers: str, started: float, last_chance: bool) -> web.StreamResponse:
     origin = view.origin
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
-            f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1")
+            f"Content-Length: {len(body)}\r\n{headers}{rt.auth_line(view.id)}\r\n").encode("latin-1")
     view.begin(target.adapter)
     try:
         try:

@@ -12,6 +12,7 @@ from router.coldstart import ColdStarter
 from router.config import LoadedConfig
 from router.demand import DemandCounter
 from router.fleet import Fleet
+from router.keyrefs import WorkerKeys
 from router.metrics import RouterMetrics
 from router.retrybudget import RetryBudget
 from router.upstream import UpstreamPool
@@ -31,6 +32,8 @@ class RouterRuntime:
         self.leader_id: str | None = None
         self.is_leader = False
         self.placement_seen = False
+        self.worker_keys = WorkerKeys()
+        self.auth_lines: dict[str, str] = {}
         self.upstream = UpstreamPool(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)
         self.workers = WorkerClient(session, loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
         self.apply_config(loaded)
@@ -47,6 +50,21 @@ class RouterRuntime:
         key = loaded.secrets.worker_api_key
         self.worker_auth_line = f"Authorization: Bearer {key}\r\n" if key else ""
         self.workers.configure(loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
+
+    def refresh_worker_keys(self) -> None:
+        """Per-worker keys from the records' references; workers without one use the global key."""
+        by_url: dict[str, str] = {}
+        lines: dict[str, str] = {}
+        for view in self.fleet.workers.values():
+            key = self.worker_keys.resolve(view.record.api_key_ref)
+            if key is not None:
+                by_url[view.url] = key
+                lines[view.id] = f"Authorization: Bearer {key}\r\n"
+        self.workers.set_worker_keys(by_url)
+        self.auth_lines = lines
+
+    def auth_line(self, worker_id: str) -> str:
+        return self.auth_lines.get(worker_id, self.worker_auth_line)
 
     def ready(self) -> bool:
         return bool(self.fleet.workers) and self.placement_seen

@@ -74,6 +74,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
     async def follow_membership() -> None:
         async for membership in discovery.watch():
             change = runtime.fleet.set_membership(membership.workers)
+            runtime.refresh_worker_keys()
             if change:
                 reconciler.on_membership(change)
                 control.trigger()

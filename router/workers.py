@@ -48,6 +48,10 @@ class _ErrorEnvelope(msgspec.Struct):
     message: str | None = None
 
 
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def adapter_path(source: str) -> str:
     """What vLLM's lora_path receives: a local path for file sources, the repo id for hf://."""
     parts = urlsplit(source)
@@ -72,23 +76,31 @@ def error_message(body: bytes) -> str:
 class WorkerClient:
     def __init__(self, session: aiohttp.ClientSession, api_key: str | None, timeout_s: float) -> None:
         self._session = session
+        self._per_worker: dict[str, dict[str, str]] = {}
         self.configure(api_key, timeout_s)
 
     def configure(self, api_key: str | None, timeout_s: float) -> None:
         """Take a reloaded config's key and timeout; calls already running keep the old ones."""
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = _auth(api_key)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def _call(self, method: str, url: str, body: object | None = None) -> tuple[int, bytes]:
+    def set_worker_keys(self, keys: dict[str, str]) -> None:
+        """Keys for single workers (base URL -> key) that replace the global one for them."""
+        self._per_worker = {url: _auth(key) for url, key in keys.items()}
+
+    async def _call(self, method: str, base_url: str, path: str,
+                    body: object | None = None) -> tuple[int, bytes]:
+        url = base_url + path
+        headers = self._per_worker.get(base_url, self._headers)
         try:
-            async with self._session.request(method, url, json=body, headers=self._headers,
+            async with self._session.request(method, url, json=body, headers=headers,
                                              timeout=self._timeout) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise WorkerCallFailed(f"{method} {url}: {type(exc).__name__}") from exc
 
     async def list_adapters(self, base_url: str) -> set[str]:
-        status, body = await self._call("GET", base_url + "/v1/models")
+        status, body = await self._call("GET", base_url, "/v1/models")
         if status == 401:
             raise AdapterRejected("unauthorized", "the worker rejected the router's API key")
         if status != 200:
@@ -104,7 +116,7 @@ class WorkerClient:
         body: dict[str, object] = {"lora_name": adapter.name, "lora_path": adapter_path(adapter.source)}
         if inplace:
             body["load_inplace"] = True
-        status, raw = await self._call("POST", base_url + "/v1/load_lora_adapter", body)
+        status, raw = await self._call("POST", base_url, "/v1/load_lora_adapter", body)
         if status == 200:
             return
         message = error_message(raw)
@@ -113,7 +125,7 @@ class WorkerClient:
         raise _classify(status, message)
 
     async def unload(self, base_url: str, adapter: str) -> None:
-        status, raw = await self._call("POST", base_url + "/v1/unload_lora_adapter", {"lora_name": adapter})
+        status, raw = await self._call("POST", base_url, "/v1/unload_lora_adapter", {"lora_name": adapter})
         if status in (200, 404):
             return
         raise _classify(status, error_message(raw))
@@ -124,14 +136,14 @@ class WorkerClient:
         A drain waits on this, not only on this router's own in-flight count,
         because other routers' requests on the same worker are invisible here.
         """
-        status, body = await self._call("GET", base_url + "/metrics")
+        status, body = await self._call("GET", base_url, "/metrics")
         if status != 200:
             raise WorkerCallFailed(f"GET {base_url}/metrics: HTTP {status}")
         return lora_activity(body.decode(errors="replace"))
 
     async def healthy(self, base_url: str) -> bool:
         try:
-            status, _ = await self._call("GET", base_url + "/health")
+            status, _ = await self._call("GET", base_url, "/health")
         except WorkerCallFailed:
             return False
         return status == 200
