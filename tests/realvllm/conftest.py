@@ -12,7 +12,6 @@ from vllm_backend import (
     build_tiny_model,
     start_all,
     stop_all,
-    usable_cores,
     vllm_python,
     vllm_worker,
 )
@@ -37,18 +36,16 @@ def tiny_model(real_vllm_python: str, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def start_vllm_workers(tiny_model: TinyModel,
                        tmp_path: Path) -> Iterator[Callable[..., list[ManagedProcess]]]:
-    """Start N real vLLM servers side by side, each pinned to its own core; stopped by PID.
+    """Start N real vLLM servers side by side, pinned to the cores in turn; stopped by PID.
 
     Keyword arguments go to vllm_backend.vllm_worker (api_key, lora_modules,
     max_loras, max_lora_rank, extra_args, env).
     """
     started: list[ManagedProcess] = []
-    cores = usable_cores()
 
     def start(n: int = 1, **kwargs: object) -> list[ManagedProcess]:
-        procs = [vllm_worker(tiny_model, tmp_path, core=cores[(len(started) + i) % len(cores)],
-                             **kwargs)  # type: ignore[arg-type]
-                 for i in range(n)]
+        procs = [vllm_worker(tiny_model, tmp_path, **kwargs)  # type: ignore[arg-type]
+                 for _ in range(n)]
         started.extend(procs)
         start_all(procs)
         return procs

@@ -23,7 +23,7 @@ from openai_calls import (
     listed,
     sse_events,
 )
-from vllm_backend import TinyModel, running, usable_cores, vllm_worker
+from vllm_backend import TinyModel, running, vllm_worker
 
 from router.devfleet import worker_url
 from router.procs import ManagedProcess
@@ -43,8 +43,8 @@ def adapters_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def worker(tiny_model: TinyModel, adapters_root: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     preloaded = tiny_model.make_adapter(adapters_root, "preloaded")
-    proc = vllm_worker(tiny_model, tmp_path_factory.mktemp("logs"), core=usable_cores()[-1],
-                       api_key=API_KEY, lora_modules={"preloaded": preloaded})
+    proc = vllm_worker(tiny_model, tmp_path_factory.mktemp("logs"), api_key=API_KEY,
+                       lora_modules={"preloaded": preloaded})
     with running([proc]):
         yield worker_url(proc)
 

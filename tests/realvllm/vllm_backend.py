@@ -13,6 +13,7 @@ threads bound to its own core, since by default every server binds core 0.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -143,16 +144,21 @@ def usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def vllm_worker(model: TinyModel, log_dir: str | Path, *, port: int | None = None, core: int = 0,
-                api_key: str | None = None, lora_modules: Mapping[str, Path] | None = None,
+_next_core = itertools.cycle(usable_cores())
+
+
+def vllm_worker(model: TinyModel, log_dir: str | Path, *, port: int | None = None,
+                core: int | None = None, api_key: str | None = None, lora_modules: Mapping[str, Path] | None = None,
                 max_loras: int = 2, max_lora_rank: int = 8, extra_args: Sequence[str] = (),
                 env: Mapping[str, str] | None = None) -> ManagedProcess:
     """A real vLLM server process (not started), the real twin of devfleet.sim_worker.
 
     The API key goes through VLLM_API_KEY rather than --api-key so that it never
-    shows in the process table; vLLM treats both the same.
+    shows in the process table; vLLM treats both the same. With no `core`, servers
+    take the usable cores in turn (by default every vLLM server would bind core 0).
     """
     port = port or free_port()
+    core = next(_next_core) if core is None else core
     argv = [model.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model.model_dir), "--served-model-name", model.served_name,
             "--host", "127.0.0.1", "--port", str(port),
