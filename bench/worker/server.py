@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
@@ -19,6 +20,7 @@ from bench.worker.metrics import WorkerMetrics
 from bench.worker.registry import AdapterRegistry, RegistryError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class WorkerOptions(msgspec.Struct, kw_only=True):
@@ -61,6 +63,14 @@ class GenerateRequest(msgspec.Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
+
+
+class Reply(Exception):
+    """An early answer (a vLLM error body) raised from deep in a handler; the middleware sends it."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 def runtime_updates_allowed() -> bool:
@@ -130,6 +140,8 @@ class SimulatedWorker:
     async def _not_found_as_json(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except Reply as reply:
+            return reply.response
         except web.HTTPNotFound:
             return web.json_response({"detail": "Not Found"}, status=404)
         except web.HTTPMethodNotAllowed:
@@ -161,8 +173,6 @@ class SimulatedWorker:
     # -- runtime LoRA ------------------------------------------------------------------
     async def load(self, request: web.Request) -> web.Response:
         parsed = await self._decode(request, LoadRequest)
-        if isinstance(parsed, web.Response):
-            return parsed
         try:
             rank = self.registry.check(parsed.lora_name, parsed.lora_path, parsed.load_inplace)
         except RegistryError as exc:
@@ -173,8 +183,6 @@ class SimulatedWorker:
 
     async def unload(self, request: web.Request) -> web.Response:
         parsed = await self._decode(request, UnloadRequest)
-        if isinstance(parsed, web.Response):
-            return parsed
         try:
             self.registry.remove(parsed.lora_name)
         except RegistryError as exc:
@@ -182,7 +190,7 @@ class SimulatedWorker:
         self.engine.model.forget_host(parsed.lora_name)
         return plain(f"Success: LoRA adapter '{parsed.lora_name}' removed successfully.")
 
-    async def _decode(self, request: web.Request, type_: type) -> object:
+    async def _decode(self, request: web.Request, type_: type[T]) -> T:
         raw = await request.read()
         try:
             return msgspec.json.decode(raw, type=type_)
@@ -191,19 +199,20 @@ class SimulatedWorker:
             field = text.split("`$.", 1)[1].split("`", 1)[0] if "`$." in text else None
             if field is None and "missing required field" in text:
                 field = text.rsplit("`", 2)[-2]
-            return error_body(400, "Field required" if "missing" in text else text, "Bad Request",
-                              f"body.{field}" if field else None)
+            raise Reply(error_body(400, "Field required" if "missing" in text else text, "Bad Request",
+                                   f"body.{field}" if field else None)) from None
         except msgspec.DecodeError:
-            return error_body(400, "JSON decode error", "Bad Request", "body")
+            raise Reply(error_body(400, "JSON decode error", "Bad Request", "body")) from None
 
     # -- inference ---------------------------------------------------------------------
-    def _resolve(self, model: str) -> tuple[str | None, web.Response | None]:
+    def _resolve(self, model: str) -> str | None:
+        """The adapter a model name means (None for the base); unknown names answer vLLM's 404."""
         if model == self.options.model:
-            return None, None
+            return None
         if model in self.registry.adapters:
-            return model, None
-        return None, error_body(404, f"The model `{model}` does not exist. Valid aliases: {self.options.model}.",
-                                "NotFoundError", "model")
+            return model
+        raise Reply(error_body(404, f"The model `{model}` does not exist. Valid aliases: {self.options.model}.",
+                               "NotFoundError", "model"))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
@@ -212,13 +221,8 @@ class SimulatedWorker:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        parsed = await self._decode(request, GenerateRequest)
-        if isinstance(parsed, web.Response):
-            return parsed
-        req: GenerateRequest = parsed  # type: ignore[assignment]
-        adapter, missing = self._resolve(req.model)
-        if missing is not None:
-            return missing
+        req = await self._decode(request, GenerateRequest)
+        adapter = self._resolve(req.model)
         if self.options.slow_s:
             await asyncio.sleep(self.options.slow_s)
         if self.options.fail_rate and self.rng.random() < self.options.fail_rate:
@@ -270,13 +274,8 @@ class SimulatedWorker:
         return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        parsed = await self._decode(request, GenerateRequest)
-        if isinstance(parsed, web.Response):
-            return parsed
-        req: GenerateRequest = parsed  # type: ignore[assignment]
-        _, missing = self._resolve(req.model)
-        if missing is not None:
-            return missing
+        req = await self._decode(request, GenerateRequest)
+        self._resolve(req.model)
         inputs = req.input if isinstance(req.input, list) else [req.input or ""]
         data = [{"index": i, "object": "embedding",
                  "embedding": [((hash((req.model, text, j)) % 2000) - 1000) / 1000.0 for j in range(8)]}
@@ -290,9 +289,7 @@ class SimulatedWorker:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         parsed = await self._decode(request, GenerateRequest)
-        if isinstance(parsed, web.Response):
-            return parsed
-        text = _prompt_text(parsed, chat=parsed.messages is not None)  # type: ignore[arg-type]
+        text = _prompt_text(parsed, chat=parsed.messages is not None)
         ids = [hash(w) % 32000 for w in text.split()]
         return web.json_response({"count": len(ids), "max_model_len": self.options.max_model_len,
                                   "tokens": ids, "token_strs": None})
