@@ -51,7 +51,7 @@ class PerfParams(msgspec.Struct, frozen=True, kw_only=True):
 class Sequence:
     """One request inside the engine."""
 
-    __slots__ = ("rid", "adapter", "prompt_tokens", "output_tokens", "emitted", "arrived")
+    __slots__ = ("adapter", "arrived", "emitted", "output_tokens", "prompt_tokens", "rid")
 
     def __init__(self, rid: int, adapter: str | None, prompt_tokens: int, output_tokens: int,
                  arrived: float) -> None:

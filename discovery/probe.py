@@ -89,4 +89,20 @@ class WorkerProbe:
     async def facts(self) -> WorkerFacts:
         bases = await self.base_models()
         max_loras, start_time = await self.metrics()
+        if max_loras is None and await self._warm_up(bases[0]):
+            max_loras, start_time = await self.metrics()
         return WorkerFacts(base_models=bases, max_loras=max_loras, start_time=start_time)
+
+    async def _warm_up(self, base: str) -> bool:
+        """One 1-token request to the base model: vLLM publishes max_lora only once its engine has run.
+
+        Returns whether the worker answered; a worker that cannot is registered without max_lora.
+        """
+        body = {"model": base, "prompt": "ping", "max_tokens": 1}
+        try:
+            async with self._session.post(self.url + "/v1/completions", json=body, headers=self._headers,
+                                          timeout=self._timeout) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False

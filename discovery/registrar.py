@@ -20,6 +20,7 @@ import time
 
 import msgspec
 
+from discovery.aio import wait_event
 from discovery.errors import EtcdUnavailable, WorkerNotVllm, WorkerUnreachable
 from discovery.probe import WorkerFacts, WorkerProbe
 from discovery.records import WorkerRecord, new_instance, worker_id_for
@@ -89,7 +90,7 @@ class Registrar:
             if not reported:
                 log.info("waiting for worker %s: %s", self._probe.url, reason)
                 reported = True
-            await _wait(stop, self._config.health_interval_s)
+            await wait_event(stop, self._config.health_interval_s)
         return None
 
     async def _register(self, facts: WorkerFacts, stop: asyncio.Event) -> bool:
@@ -102,7 +103,7 @@ class Registrar:
                 if not reported:
                     log.warning("cannot register %s yet (retrying): %s", record.id, exc)
                     reported = True
-                await _wait(stop, 0.5)
+                await wait_event(stop, 0.5)
                 continue
             self.registrations += 1
             log.info("registered worker %s (%s) instance %s, bases %s, slots %d", record.id, record.url,
@@ -116,7 +117,7 @@ class Registrar:
         checks = 0
         start_time = facts.start_time
         every = self._config.restart_check_every
-        while not await _wait(stop, self._config.health_interval_s):
+        while not await wait_event(stop, self._config.health_interval_s):
             if not await self._probe.healthy():
                 failures += 1
                 log.warning("worker %s failed its health check (%d/%d)", self._probe.url, failures,
@@ -157,11 +158,3 @@ class Registrar:
             log.warning("could not withdraw %s (its record expires within %ds): %s", registration.record.id,
                         self._config.ttl, exc)
 
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`, waking early when stopped; True if stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

@@ -49,8 +49,9 @@ class ColdStarter:
         started = time.monotonic()
         timeout = self._timeout_s()
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(task)
+        except TimeoutError:
             self._metrics.cold_starts.labels(self._metrics.adapter(adapter), "timeout").inc()
             raise ColdStartTimeout(
                 f"Adapter '{adapter}' is being loaded; retry shortly.",

@@ -29,11 +29,11 @@ from allocator.estimator import update_all
 from allocator.measure import assignments
 from allocator.model import Adapter, Demand, Placement
 from allocator.placement import Planner
+from discovery.aio import wait_event
 from discovery.election import LeaderElection
 from discovery.errors import EtcdUnavailable, NotLeader
 from discovery.stores import CatalogStore, DemandStore, PlacementStore, sum_demand
 from router.catalog_sync import declare_config_adapters
-from router.reconciler import wait_for_event
 from router.runtime import RouterRuntime
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ControlLoop:
     async def run(self) -> None:
         next_tick = self._clock()
         while True:
-            await wait_for_event(self._wake, max(0.0, next_tick - self._clock()))
+            await wait_event(self._wake, max(0.0, next_tick - self._clock()))
             self._wake.clear()
             now = self._clock()
             if now >= next_tick:

@@ -18,7 +18,7 @@ from router.upstream import Origin, origin_of
 class WorkerView:
     """One worker as this router sees it; mutable, owned by the event loop."""
 
-    __slots__ = ("record", "healthy", "failures", "inflight", "adapter_inflight", "holds", "draining", "probe_at")
+    __slots__ = ("adapter_inflight", "draining", "failures", "healthy", "holds", "inflight", "probe_at", "record")
 
     def __init__(self, record: WorkerRecord) -> None:
         self.record = record

@@ -42,8 +42,8 @@ class ManagedProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout_s: float = 30.0) -> "ManagedProcess":
-        out = open(self.log_path, "ab") if self.log_path else None
+    def start(self, timeout_s: float = 30.0) -> ManagedProcess:
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 (closed below, once Popen holds it)
         try:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT if out else None,
                                          env=self.env, cwd=self.cwd, start_new_session=True)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from allocator.model import Placement
 from allocator.plan import plan_actions
+from discovery.aio import wait_event
 from discovery.records import AdapterRecord
 from router.fleet import MembershipChange, WorkerView
 from router.reconcile_plan import Failure, WorkerBook, backoff_delay, by_worker, stale, worker_work
@@ -96,7 +97,7 @@ class Reconciler:
                 for agent in self._agents.values():
                     if agent.task is not None and agent.task.done() and agent.task.exception() is not None:
                         raise agent.task.exception()  # type: ignore[misc]
-                await wait_for_event(self._wake, self._rt.config.control.reconcile_s)
+                await wait_event(self._wake, self._rt.config.control.reconcile_s)
         finally:
             tasks = [a.task for a in self._agents.values() if a.task is not None]
             for task in tasks:
@@ -166,7 +167,7 @@ class Reconciler:
         while True:
             agent.wake.clear()
             await self._pass(agent)
-            await wait_for_event(agent.wake, agent.book.next_wake(self._clock(), DRAIN_POLL_S))
+            await wait_event(agent.wake, agent.book.next_wake(self._clock(), DRAIN_POLL_S))
 
     def _current(self, agent: _Agent, view: WorkerView, book: WorkerBook) -> bool:
         """Is the worker this pass started on still the same instance? (Checked after every await.)"""
@@ -345,10 +346,3 @@ class Reconciler:
         self._unmet_since = unmet
         metrics.reconcile_lag.set(now - min(unmet.values(), default=now))
 
-
-async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
-    """Return when `event` is set or after `timeout` seconds, whichever comes first."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        pass

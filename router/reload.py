@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 from allocator.config import ConfigError
+from discovery.aio import wait_event
 from router.config import load_config
 from router.runtime import RouterRuntime
 
@@ -37,10 +38,7 @@ class ConfigReloader:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request)
         seen = self._stamp()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, POLL_S)
             forced = self._wake.is_set()
             self._wake.clear()
             stamp = self._stamp()

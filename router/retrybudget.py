@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class RetryBudget:
-    __slots__ = ("ratio", "cap", "tokens")
+    __slots__ = ("cap", "ratio", "tokens")
 
     def __init__(self, ratio: float, cap: float = 20.0) -> None:
         self.ratio = ratio

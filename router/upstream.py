@@ -55,7 +55,7 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamResponse:
-    __slots__ = ("status", "headers", "content_type", "content_length", "_conn")
+    __slots__ = ("_conn", "content_length", "content_type", "headers", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn

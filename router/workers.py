@@ -8,7 +8,6 @@ too high, unauthorized), or a transient failure worth retrying.
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -96,7 +95,7 @@ class WorkerClient:
             async with self._session.request(method, url, json=body, headers=headers,
                                              timeout=self._timeout) as resp:
                 return resp.status, await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise WorkerCallFailed(f"{method} {url}: {type(exc).__name__}") from exc
 
     async def list_adapters(self, base_url: str) -> set[str]:

@@ -14,11 +14,14 @@ class WorkerMetrics:
         self.max_loras = max_loras
         self._lora_info: dict[tuple[str, str], float] = {}
         """(running, waiting) label values -> last timestamp: vLLM keeps old label sets in the output."""
+        self.served_once = False
+        """vLLM shows no lora_requests_info series at all before its engine has run a request."""
 
     def render(self, engine: EngineModel) -> str:
-        running = ",".join(engine.running_adapters())
-        waiting = ",".join(engine.waiting_adapters())
-        self._lora_info[(running, waiting)] = time.time()
+        if self.served_once:
+            running = ",".join(engine.running_adapters())
+            waiting = ",".join(engine.waiting_adapters())
+            self._lora_info[(running, waiting)] = time.time()
         labels = f'engine="0",model_name="{self.model_name}"'
         lines = [
             "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.",
@@ -30,9 +33,10 @@ class WorkerMetrics:
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
             "# TYPE vllm:num_requests_waiting gauge",
             f"vllm:num_requests_waiting{{{labels}}} {float(len(engine.waiting))}",
-            "# HELP vllm:lora_requests_info Running stats on lora requests.",
-            "# TYPE vllm:lora_requests_info gauge",
         ]
+        if self._lora_info:
+            lines += ["# HELP vllm:lora_requests_info Running stats on lora requests.",
+                      "# TYPE vllm:lora_requests_info gauge"]
         for (run, wait), stamp in self._lora_info.items():
             lines.append(f'vllm:lora_requests_info{{max_lora="{self.max_loras}",running_lora_adapters="{run}",'
                          f'waiting_lora_adapters="{wait}"}} {stamp}')

@@ -25,12 +25,16 @@ class RegistryError(Exception):
 
 
 class AdapterRegistry:
-    def __init__(self, max_lora_rank: int) -> None:
+    def __init__(self, max_lora_rank: int, base_model: str) -> None:
         self.max_lora_rank = max_lora_rank
+        self.base_model = base_model
         self.adapters: dict[str, Registered] = {}
 
     def check(self, name: str, path: str, inplace: bool) -> int:
         """Validate a load without changing anything; returns the adapter's rank."""
+        if name == self.base_model:
+            raise RegistryError(400, f"The lora adapter name '{name}' conflicts with a served base model.",
+                                "InvalidUserInput")
         if name in self.adapters and not inplace:
             raise RegistryError(
                 400, f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "

@@ -104,7 +104,7 @@ class SimulatedWorker:
         self.params = PerfParams(max_num_seqs=options.max_num_seqs, max_loras=options.max_loras,
                                  max_cpu_loras=options.max_cpu_loras, speed=options.speed)
         self.engine = LiveEngine(self.params)
-        self.registry = AdapterRegistry(options.max_lora_rank)
+        self.registry = AdapterRegistry(options.max_lora_rank, options.model)
         self.started = int(time.time())
         self.metrics = WorkerMetrics(options.model, options.max_loras, time.time())
         self.rng = random.Random(options.seed)
@@ -237,6 +237,7 @@ class SimulatedWorker:
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         tokens = self.engine.generate(adapter, usage["prompt_tokens"], n_out)  # type: ignore[arg-type]
+        self.metrics.served_once = True
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return await self._stream(request, tokens, chat, req.model, prompt, ident, created, finish, n_out,

@@ -96,6 +96,12 @@ def test_a_rank_above_max_lora_rank_is_500_and_the_worker_survives(worker) -> No
     assert name not in worker.held()
 
 
+def test_an_adapter_named_like_the_base_model_is_400(worker) -> None:
+    status, _, body = _load(worker, worker.backend.model, worker.adapter(_name()))
+    assert status == 400
+    assert "conflicts with a served base model" in _error(body)["message"]
+
+
 def test_unload_answers_plain_text_then_404(worker) -> None:
     name = _name()
     assert _load(worker, name, worker.adapter(name))[0] == 200
@@ -190,6 +196,8 @@ def test_completion_stream_without_usage(worker, two_adapters) -> None:
 
 
 def test_metrics_carry_the_lora_series(worker) -> None:
+    body = {"model": worker.backend.model, "prompt": "hello", "max_tokens": 1}
+    assert worker.call("POST", "/v1/completions", body)[0] == 200, "the series appears after a first request"
     status, _, raw = worker.call("GET", "/metrics", key=False)
     assert status == 200
     text = raw.decode()
@@ -227,6 +235,8 @@ def test_without_runtime_updating_the_lora_routes_do_not_exist(start_worker) -> 
 def test_a_restart_forgets_runtime_adapters_but_keeps_startup_ones(backend, start_worker, tmp_path) -> None:
     fixed = backend.adapter(tmp_path / "fixed", "startup-lora")
     w = start_worker(lora_modules={"startup-lora": fixed})
+    fresh = w.call("GET", "/metrics", key=False)[2].decode()
+    assert "vllm:lora_requests_info{" not in fresh, "no LoRA series before the engine ran a request"
     name = _name()
     assert _load(w, name, w.adapter(name))[0] == 200
     assert {name, "startup-lora"} <= w.held()
