@@ -14,13 +14,14 @@ COMMANDS: dict[str, str] = {
     "live": "bench.commands.live",
     "proxy": "bench.commands.proxy",
     "chaos": "bench.commands.chaos",
+    "scale": "bench.commands.scale",
 }
 
 DESCRIPTION = (
     "lora-bench: worker runs a simulated vLLM worker (the real contract, a GPU performance "
     "model); worker-profile measures it; allocator benchmarks placement; sim runs the "
     "discrete-event fleet simulator; live drives real processes; proxy compares proxy "
-    "overhead; chaos injects faults and counts what was lost."
+    "overhead; chaos injects faults and counts what was lost; scale measures a router's memory with a large fleet."
 )
 
 
