@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import msgspec
 
 from allocator.hrw import pick_weighted
+from discovery.records import AdapterRecord
 from router.auth import Caller
 from router.errors import ModelNotFound
 
@@ -24,45 +25,33 @@ def resolve(
     *,
     caller: Caller,
     bases: set[str],
-    adapter_owner: Callable[[str], tuple[bool, str | None, str | None]],
+    catalog: Mapping[str, AdapterRecord],
     aliases: Mapping[str, Mapping[str, float]],
     sticky_key: str,
 ) -> Target:
     """Resolve `ADAPTER`, `BASE@ADAPTER`, an alias, or the base model's name.
 
-    `adapter_owner(name)` answers (known, owner tenant, base model). A name the
-    caller may not use raises the same 404 as an unknown one, so tenants cannot
-    probe each other's adapters.
+    A name the caller may not use raises the same 404 as an unknown one, so
+    tenants cannot probe each other's adapters. An alias picks its variant by
+    HRW over `sticky_key`, so one user keeps landing on the same variant.
     """
+    base_hint: str | None
     base_hint, sep, name = requested.partition("@")
     if not sep:
-        name, base_hint = requested, ""
+        name, base_hint = requested, None
     elif base_hint not in bases:
         raise ModelNotFound(requested, _valid(bases))
-    if not base_hint and name in bases:
-        if caller.default_adapter:
-            return _adapter(caller.default_adapter, caller, adapter_owner, aliases, sticky_key, requested, bases)
-        return Target(base=name, adapter=None, model=name)
-    return _adapter(name, caller, adapter_owner, aliases, sticky_key, requested, bases, base_hint or None)
-
-
-def _adapter(
-    name: str,
-    caller: Caller,
-    adapter_owner: Callable[[str], tuple[bool, str | None, str | None]],
-    aliases: Mapping[str, Mapping[str, float]],
-    sticky_key: str,
-    requested: str,
-    bases: set[str],
-    base_hint: str | None = None,
-) -> Target:
+    if base_hint is None and name in bases:
+        if not caller.default_adapter:
+            return Target(base=name, adapter=None, model=name)
+        name = caller.default_adapter
     variants = aliases.get(name)
     if variants is not None and caller.may_use(name, None):
         name = pick_weighted(sticky_key, variants)
-    known, owner, base = adapter_owner(name)
-    if not known or not caller.may_use(name, owner) or (base_hint and base and base != base_hint):
+    record = catalog.get(name)
+    if record is None or not caller.may_use(name, record.tenant) or (base_hint and record.base_model != base_hint):
         raise ModelNotFound(requested, _valid(bases))
-    return Target(base=base, adapter=name, model=name)
+    return Target(base=record.base_model, adapter=name, model=name)
 
 
 def _valid(bases: set[str]) -> str:

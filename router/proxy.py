@@ -59,7 +59,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     fields = _parse_fields(body)
     target = resolve(
         fields.model, caller=caller, bases=rt.fleet.bases() or _configured_base(rt),
-        adapter_owner=lambda name: _owner(rt, name), aliases=rt.config.aliases,
+        catalog=rt.fleet.catalog, aliases=rt.config.aliases,
         sticky_key=fields.user or request.headers.get(rt.config.sticky_header, "") or "",
     )
     if target.model != fields.model:
@@ -77,13 +77,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 def _configured_base(rt: RouterRuntime) -> set[str]:
     return {rt.config.base_model} if rt.config.base_model else set()
-
-
-def _owner(rt: RouterRuntime, name: str) -> tuple[bool, str | None, str | None]:
-    record = rt.fleet.catalog.get(name)
-    if record is None:
-        return False, None, None
-    return True, record.tenant, record.base_model
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
