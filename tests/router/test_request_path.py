@@ -149,3 +149,23 @@ def _wait_held_everywhere(urls: list[str], names: list[str], timeout_s: float = 
     while not all(set(names) <= _held(u) for u in urls):
         assert time.monotonic() < deadline, "placement never loaded the adapters on every worker"
         time.sleep(0.1)
+
+
+def _running(url: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    line = next(line for line in text.splitlines() if line.startswith("vllm:num_requests_running{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_client_that_goes_away_cancels_the_upstream_stream(fleet, poll_until) -> None:
+    router, _, urls, names = fleet(n_workers=1, n_adapters=1)
+    body = {"model": names[0], "prompt": "x", "max_tokens": 500_000, "ignore_eos": True, "stream": True}
+
+    async def read_a_little_then_leave() -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(router.url + "/v1/completions", json=body) as r:
+                assert r.status == 200
+                await r.content.readline()
+
+    asyncio.run(read_a_little_then_leave())
+    poll_until(lambda: _running(urls[0]) == 0.0, timeout_s=10, what="the worker to drop the abandoned stream")
