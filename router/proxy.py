@@ -82,14 +82,10 @@ def _configured_base(rt: RouterRuntime) -> set[str]:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
 
 
 def _parse_fields(body: bytes) -> RequestFields:
