@@ -15,12 +15,14 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
 from discovery.election import LeaderElection
+from discovery.errors import EtcdUnavailable
 from discovery.etcd import EtcdClient
 from discovery.registry import WorkerRegistry
 from discovery.static import StaticDiscovery
@@ -37,6 +39,7 @@ from router.reload import ConfigReloader
 from router.runtime import RouterRuntime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ServeOptions(msgspec.Struct, kw_only=True):
@@ -52,10 +55,11 @@ class ServeOptions(msgspec.Struct, kw_only=True):
 
 async def serve(options: ServeOptions, started: Callable[[int], None] | None = None) -> None:
     loaded = load_config(options.config)
+    client = await _until_etcd_answers("connect to etcd",
+                                       lambda: EtcdClient.connect(options.etcd, prefix=options.etcd_prefix))
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
         auto_decompress=False, skip_auto_headers=("User-Agent",))
-    client = await EtcdClient.connect(options.etcd, prefix=options.etcd_prefix)
     runtime = RouterRuntime(loaded, session, options.router_id)
     if not runtime.auth.enabled:
         log.warning("no API keys configured: the router is open to anyone who can reach it")
@@ -69,7 +73,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
     reconciler = Reconciler(runtime)
     control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog)
     reloader = ConfigReloader(runtime, options.config)
-    await declare_config_adapters(catalog, runtime)
+    await _until_etcd_answers("declare the config's adapters", lambda: declare_config_adapters(catalog, runtime))
 
     async def follow_membership() -> None:
         async for membership in discovery.watch():
@@ -114,6 +118,18 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
         await election.resign()
         await client.close()
         await session.close()
+
+
+async def _until_etcd_answers(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Start-up steps wait for etcd instead of exiting: etcd may start later or be busy (backoff to 5 s)."""
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except EtcdUnavailable as exc:
+            log.warning("cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 def _bound_port(runner: web.AppRunner, fallback: int) -> int:

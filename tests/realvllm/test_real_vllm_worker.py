@@ -104,7 +104,9 @@ async def test_streamed_chat_deltas_are_whole_words_that_add_up_to_the_plain_ans
                        {**body, "stream": True, "stream_options": {"include_usage": True}}, AUTH)
     assert reply.status == 200, reply.text
     words = [d for d in chat_deltas(reply.text) if d]
-    assert len(words) == GREEDY_TOKENS and all(w.strip() for w in words), words
+    # A token the word-level tokenizer decodes to nothing (a special token the random model may pick)
+    # yields no delta, so there may be fewer non-empty deltas than tokens, never more.
+    assert 0 < len(words) <= GREEDY_TOKENS and all(w.strip() for w in words), words
     assert "".join(words) == plain
     usage = json.loads(sse_events(reply.text)[-2])
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == GREEDY_TOKENS

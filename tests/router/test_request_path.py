@@ -169,3 +169,25 @@ def test_a_client_that_goes_away_cancels_the_upstream_stream(fleet, poll_until) 
 
     asyncio.run(read_a_little_then_leave())
     poll_until(lambda: _running(urls[0]) == 0.0, timeout_s=10, what="the worker to drop the abandoned stream")
+
+
+def test_a_router_started_before_etcd_waits_for_it(tmp_path, poll_until) -> None:
+    from discovery.embedded import EmbeddedEtcd
+    from discovery.ports import free_port
+    from router.procs import ManagedProcess, python_cli
+
+    etcd = EmbeddedEtcd(tmp_path / "late-etcd")
+    port = free_port()
+    router = ManagedProcess(python_cli("router", "serve", "--port", str(port), "--etcd", etcd.endpoint),
+                            log_path=tmp_path / "router.log")
+    router.start()
+    try:
+        poll_until(lambda: "cannot connect to etcd yet" in router.log_path.read_text(), timeout_s=30,
+                   what="the router to report that etcd is not there yet")
+        assert router.alive()
+        etcd.start()
+        router.health_url = f"http://127.0.0.1:{port}/health"
+        router.wait_healthy(30)
+    finally:
+        router.kill()
+        etcd.kill()
