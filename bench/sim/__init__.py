@@ -1,0 +1,1 @@
+"""The discrete-event fleet simulator: workloads in, per-strategy metrics out."""

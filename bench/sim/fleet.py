@@ -1,0 +1,215 @@
+"""The fleet over virtual time: one `bench.perfmodel.EngineModel` per worker, driven by an event heap.
+
+The engine is the very model the simulated vLLM worker runs, so batching,
+per-adapter decode costs, GPU slot swaps and the host LRU are the worker's own;
+this module only decides WHEN things happen. A worker steps back to back while
+it has work: a step starting at t admits and decodes, and its first tokens and
+finishes land at t + duration. Routing and placement decisions belong to the
+strategy (bench/sim/strategies.py), which calls `submit`, `wait`, `load` and
+`unload` here.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import msgspec
+import numpy as np
+
+from bench.perfmodel import EngineModel, PerfParams, Sequence
+from bench.workloads import Requests
+
+_STEP_END, _LOAD_DONE, _TIMER = 0, 1, 2
+
+
+class WorkerState:
+    """One worker as the router and the strategies see it; `inflight` feeds router.picking.power_of_two."""
+
+    __slots__ = ("busy", "busy_s", "engine", "held", "index", "inflight", "loading", "running", "served",
+                 "waiting")
+
+    def __init__(self, index: int, params: PerfParams) -> None:
+        self.index = index
+        self.engine = EngineModel(params)
+        self.busy = False
+        self.busy_s = 0.0
+        self.inflight = 0
+        self.served = 0
+        self.held: set[int] = set()
+        """Adapters a placement load made resident (the router's holdings)."""
+        self.loading: dict[int, list[int]] = {}
+        """Adapter -> requests waiting for its load to finish here."""
+        self.running: dict[int, int] = {}
+        self.waiting: dict[int, int] = {}
+        """Per adapter: requests in the batch / queued here (the signals vLLM's metrics expose)."""
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """Everything metrics need from one run."""
+
+    arrival: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+    worker: np.ndarray
+    busy_s: np.ndarray
+    served: np.ndarray
+    slot_swaps: int
+    adapter_loads: int
+    placement_loads: int
+    placement_unloads: int
+    load_times: np.ndarray
+    """Virtual time of every adapter load (host reads by the engines and placement loads)."""
+
+
+def _inc(counts: dict[int, int], key: int) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _dec(counts: dict[int, int], key: int) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+class Fleet:
+    def __init__(self, n_workers: int, names: list[str], params: PerfParams, load_s: float) -> None:
+        self.params = params
+        self.names = names
+        self.load_s = load_s
+        self.workers = [WorkerState(i, params) for i in range(n_workers)]
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._pending = 0
+        self._placement_loads = 0
+        self._placement_unloads = 0
+        self._load_times: list[float] = []
+        self._adapter = np.zeros(0, dtype=np.int32)
+
+    def _push(self, at: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        if kind != _TIMER:
+            self._pending += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, payload))
+
+    def every(self, period_s: float, first_s: float, action: Callable[[float], None]) -> None:
+        """Call `action(now)` at `first_s` and every `period_s` after, while requests remain."""
+        self._push(first_s, _TIMER, (period_s, action))
+
+    def at(self, when_s: float, action: Callable[[float], None]) -> None:
+        """Call `action(now)` once at `when_s`."""
+        self._push(when_s, _TIMER, (None, action))
+
+    def submit(self, w: int, rid: int) -> None:
+        ws = self.workers[w]
+        a = int(self._adapter[rid])
+        ws.engine.submit(Sequence(rid, self.names[a], int(self._prompt[rid]), int(self._output[rid]),
+                                  self.now))
+        self._worker[rid] = w
+        ws.inflight += 1
+        _inc(ws.waiting, a)
+        if not ws.busy:
+            self._step(ws)
+
+    def wait(self, w: int, rid: int, adapter: int) -> None:
+        """Hold a request until `adapter` finishes loading on worker `w` (cold start)."""
+        self.load(w, adapter)
+        self.workers[w].loading[adapter].append(rid)
+        self.workers[w].inflight += 1
+
+    def load(self, w: int, adapter: int) -> None:
+        ws = self.workers[w]
+        if adapter in ws.held or adapter in ws.loading:
+            return
+        ws.loading[adapter] = []
+        self._push(self.now + self.load_s, _LOAD_DONE, (w, adapter))
+
+    def unload(self, w: int, adapter: int) -> bool:
+        """Drop a placement-held adapter once nothing of it is queued or running there."""
+        ws = self.workers[w]
+        if adapter not in ws.held or adapter in ws.running or adapter in ws.waiting:
+            return False
+        ws.held.discard(adapter)
+        ws.engine.forget_host(self.names[adapter])
+        self._placement_unloads += 1
+        return True
+
+    def _loaded(self, w: int, adapter: int) -> None:
+        ws = self.workers[w]
+        ws.held.add(adapter)
+        ws.engine.host[self.names[adapter]] = None
+        self._placement_loads += 1
+        self._load_times.append(self.now)
+        for rid in ws.loading.pop(adapter):
+            ws.inflight -= 1
+            self.submit(w, rid)
+
+    def _step(self, ws: WorkerState) -> None:
+        result = ws.engine.step()
+        ws.busy = True
+        ws.busy_s += result.duration_s
+        self._push(self.now + result.duration_s, _STEP_END, (ws, result))
+
+    def _step_end(self, ws: WorkerState, result: object) -> None:
+        now = self.now
+        adapter = self._adapter
+        for rid in result.started:  # type: ignore[attr-defined]
+            self._first[rid] = now
+            a = int(adapter[rid])
+            _dec(ws.waiting, a)
+            _inc(ws.running, a)
+        for rid in result.finished:  # type: ignore[attr-defined]
+            self._finish[rid] = now
+            _dec(ws.running, int(adapter[rid]))
+        done = len(result.finished)  # type: ignore[attr-defined]
+        ws.inflight -= done
+        ws.served += done
+        self._load_times.extend([now] * result.host_loads)  # type: ignore[attr-defined]
+        ws.busy = False
+        if not ws.engine.idle:
+            self._step(ws)
+
+    def run(self, requests: Requests, route: Callable[[int, int], None],
+            progress: Callable[[int], None] | None = None) -> Outcome:
+        """Feed every request to `route(rid, adapter)` at its arrival and run until all finish."""
+        n = len(requests)
+        self._adapter, self._prompt, self._output = requests.adapter, requests.prompt_tokens, requests.output_tokens
+        self._first = np.full(n, np.nan)
+        self._finish = np.full(n, np.nan)
+        self._worker = np.full(n, -1, dtype=np.int32)
+        times = requests.time.tolist()
+        adapters = requests.adapter.tolist()
+        heap = self._heap
+        i = 0
+        while i < n or self._pending:
+            if i < n and (not heap or times[i] <= heap[0][0]):
+                self.now = times[i]
+                route(i, adapters[i])
+                i += 1
+                if progress is not None and i % 4096 == 0:
+                    progress(i)
+                continue
+            at, _, kind, payload = heapq.heappop(heap)
+            self.now = at
+            if kind != _TIMER:
+                self._pending -= 1
+            if kind == _STEP_END:
+                self._step_end(*payload)  # type: ignore[misc]
+            elif kind == _LOAD_DONE:
+                self._loaded(*payload)  # type: ignore[misc]
+            else:
+                period, action = payload  # type: ignore[misc]
+                action(at)
+                if period is not None:
+                    self._push(at + period, _TIMER, payload)
+        engines = [ws.engine for ws in self.workers]
+        return Outcome(arrival=requests.time, first_token=self._first, finish=self._finish, worker=self._worker,
+                       busy_s=np.array([ws.busy_s for ws in self.workers]),
+                       served=np.array([ws.served for ws in self.workers]),
+                       slot_swaps=sum(e.slot_swaps for e in engines),
+                       adapter_loads=sum(e.host_loads for e in engines) + self._placement_loads,
+                       placement_loads=self._placement_loads, placement_unloads=self._placement_unloads,
+                       load_times=np.sort(np.array(self._load_times)))

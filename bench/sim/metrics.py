@@ -1,0 +1,59 @@
+"""One run's figures, computed the same way for every strategy from the fleet's `Outcome`."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from bench.sim.fleet import Outcome
+
+
+class RunMetrics(msgspec.Struct, kw_only=True):
+    """The JSON shape of `lora-bench sim` per strategy (issue 7), plus a few more figures."""
+
+    requests: int
+    throughput_rps: float
+    """Completed requests over the span from the first arrival to the last finish."""
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttft_p99_ms: float
+    e2e_p50_ms: float
+    e2e_p95_ms: float
+    e2e_p99_ms: float
+    slo_attainment: float
+    """Share of requests whose TTFT met the SLO."""
+    adapter_loads: float
+    """Adapter loads (reads from disk into a worker) per 1,000 requests."""
+    slot_swaps: float
+    """GPU slot swaps (host -> GPU) per 1,000 requests."""
+    imbalance: float
+    """Busiest worker's busy time over the mean busy time (1.0 = perfectly even)."""
+    placement_churn: int
+    """Adapter moves the placement made (workers newly assigned after the first placement)."""
+    ttft_slo_ms: float
+
+
+def _ms(values: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000.0, 3) if values.size else 0.0
+
+
+def compute(outcome: Outcome, ttft_slo_ms: float, churn: int) -> RunMetrics:
+    done = ~np.isnan(outcome.finish)
+    n = int(done.sum())
+    ttft = (outcome.first_token - outcome.arrival)[done]
+    e2e = (outcome.finish - outcome.arrival)[done]
+    span = float(outcome.finish[done].max() - outcome.arrival.min()) if n else 0.0
+    per_k = 1000.0 / max(1, len(outcome.arrival))
+    mean_busy = float(outcome.busy_s.mean()) if outcome.busy_s.size else 0.0
+    return RunMetrics(
+        requests=n,
+        throughput_rps=round(n / span, 3) if span > 0 else 0.0,
+        ttft_p50_ms=_ms(ttft, 50), ttft_p95_ms=_ms(ttft, 95), ttft_p99_ms=_ms(ttft, 99),
+        e2e_p50_ms=_ms(e2e, 50), e2e_p95_ms=_ms(e2e, 95), e2e_p99_ms=_ms(e2e, 99),
+        slo_attainment=round(float((ttft * 1000.0 <= ttft_slo_ms).mean()), 4) if n else 0.0,
+        adapter_loads=round(outcome.adapter_loads * per_k, 3),
+        slot_swaps=round(outcome.slot_swaps * per_k, 3),
+        imbalance=round(float(outcome.busy_s.max()) / mean_busy, 3) if mean_busy > 0 else 1.0,
+        placement_churn=churn,
+        ttft_slo_ms=ttft_slo_ms,
+    )

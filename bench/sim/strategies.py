@@ -1,0 +1,239 @@
+"""Routing strategies side by side, each a `route(rid, adapter)` over a `Fleet`.
+
+Strategies without placement submit wherever they pick; the engine then reads
+the adapter from disk into its host LRU and swaps it into a GPU slot, evicting
+least recently used ones — what vLLM's filesystem resolver does. `dynamo-hrw`
+narrows routing to Dynamo's replica sets (bench/baselines_placement.py) but,
+like Dynamo, loads nothing itself. `lora-router` runs the allocator's
+placement on the control loop's clock (tick, reconcile, load latency), picks
+among holders with the router's own `power_of_two`, and cold-starts an adapter
+held nowhere on its first HRW worker, the request waiting for the load.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+
+from allocator import hrw, plan
+from allocator.config import ReplicaConfig
+from allocator.model import Adapter, Placement, Worker
+from bench.baselines_placement import DynamoStrategy, OursStrategy
+from bench.sim.fleet import Fleet, WorkerState
+from router.picking import power_of_two
+
+BASE = "base"
+
+
+class ControlLoop:
+    """The router's control-loop timing: placement every `tick_s`, actions started `reconcile_s` later,
+    every adapter load taking the engine's load cost (runtime load + read from disk)."""
+
+    def __init__(self, tick_s: float = 2.0, reconcile_s: float = 0.5) -> None:
+        self.tick_s, self.reconcile_s = tick_s, reconcile_s
+
+
+class Strategy:
+    """Base: a seeded RNG, the fleet, and per-tick arrival counts for placement strategies."""
+
+    name = ""
+
+    def __init__(self, fleet: Fleet, seed: int) -> None:
+        self.fleet = fleet
+        self.rng = random.Random(seed)
+        self.n = len(fleet.workers)
+
+    def route(self, rid: int, adapter: int) -> None:
+        self.fleet.submit(self.pick(adapter), rid)
+
+    def pick(self, adapter: int) -> int:
+        raise NotImplementedError
+
+
+class RandomRouting(Strategy):
+    name = "random"
+
+    def pick(self, adapter: int) -> int:
+        return self.rng.randrange(self.n)
+
+
+class RoundRobin(Strategy):
+    name = "round-robin"
+
+    def __init__(self, fleet: Fleet, seed: int) -> None:
+        super().__init__(fleet, seed)
+        self.next = 0
+
+    def pick(self, adapter: int) -> int:
+        w = self.next
+        self.next = (w + 1) % self.n
+        return w
+
+
+def _least(workers: list[WorkerState]) -> int:
+    return min(workers, key=lambda ws: ws.inflight).index
+
+
+class LeastOutstanding(Strategy):
+    name = "least-outstanding"
+
+    def pick(self, adapter: int) -> int:
+        return _least(self.fleet.workers)
+
+
+class LoraAffinity(Strategy):
+    """GIE / llm-d: score 1.0 where the adapter runs, 0.8 with a free slot, 0.6 where it waits, else 0;
+    the best score wins, least queue among equals."""
+
+    name = "lora-affinity"
+
+    def pick(self, adapter: int) -> int:
+        max_loras = self.fleet.params.max_loras
+        best, best_key = 0, (-1.0, 0)
+        for ws in self.fleet.workers:
+            if adapter in ws.running:
+                score = 1.0
+            elif len(ws.running) + len(ws.waiting) < max_loras:
+                score = 0.8
+            elif adapter in ws.waiting:
+                score = 0.6
+            else:
+                score = 0.0
+            key = (score, -ws.inflight)
+            if key > best_key:
+                best, best_key = ws.index, key
+        return best
+
+
+class _Ranked(Strategy):
+    """Strategies that need each adapter's HRW ranking, computed once per adapter on first use."""
+
+    def __init__(self, fleet: Fleet, seed: int) -> None:
+        super().__init__(fleet, seed)
+        self.pool = [Worker(id=f"w{i}", base_model=BASE, slots=fleet.params.max_loras) for i in range(self.n)]
+        self.index = {w.id: i for i, w in enumerate(self.pool)}
+        self.catalog = [Adapter(name=a, base_model=BASE) for a in fleet.names]
+        self._first: dict[int, int] = {}
+
+    def first_hrw(self, adapter: int) -> int:
+        w = self._first.get(adapter)
+        if w is None:
+            w = self._first[adapter] = self.index[hrw.rank_workers(self.fleet.names[adapter], self.pool)[0].id]
+        return w
+
+
+class ConsistentHash(_Ranked):
+    """One replica per adapter: its first rendezvous-hash worker (vllm-router's session hashing, keyed on the model)."""
+
+    name = "consistent-hash"
+
+    def pick(self, adapter: int) -> int:
+        return self.first_hrw(adapter)
+
+
+class _Placed(_Ranked):
+    """Strategies that re-place every tick from the arrival rates measured over the last tick."""
+
+    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop) -> None:
+        super().__init__(fleet, seed)
+        self.control = control
+        self.arrivals = np.zeros(len(fleet.names), dtype=np.int64)
+        self.sets: list[list[WorkerState]] = [[] for _ in fleet.names]
+        self.placement = Placement()
+        self.churn = 0
+        fleet.every(control.tick_s, control.tick_s, self.tick)
+
+    def tick(self, now: float) -> None:
+        measured = {self.fleet.names[a]: float(c) / self.control.tick_s for a in np.flatnonzero(self.arrivals)
+                    for c in (self.arrivals[a],)}
+        self.arrivals[:] = 0
+        placement = self.place(measured)
+        workers = self.fleet.workers
+        for name, rs in placement.replica_sets.items():
+            old = self.placement.replica_sets.get(name)
+            if old is not None:
+                self.churn += len(set(rs.workers) - set(old.workers))
+        self.placement = placement
+        index = {a: i for i, a in enumerate(self.fleet.names)}
+        for name, rs in placement.replica_sets.items():
+            self.sets[index[name]] = [workers[self.index[w]] for w in rs.workers]
+
+    def place(self, measured: dict[str, float]) -> Placement:
+        raise NotImplementedError
+
+
+class DynamoHrw(_Placed):
+    """Dynamo's relative sizing + slot-aware HRW + scale-down cooldown; routes within the set, loads nothing."""
+
+    name = "dynamo-hrw"
+
+    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop) -> None:
+        super().__init__(fleet, seed, control)
+        self.dynamo = DynamoStrategy()
+
+    def place(self, measured: dict[str, float]) -> Placement:
+        return self.dynamo.step(self.pool, self.catalog, measured)
+
+    def pick(self, adapter: int) -> int:
+        self.arrivals[adapter] += 1
+        candidates = self.sets[adapter]
+        if not candidates:
+            return _least(self.fleet.workers)
+        return power_of_two(candidates, self.rng).index
+
+
+class LoraRouter(_Placed):
+    """The allocator's placement, the reconciler's make-before-break actions, power of two among holders."""
+
+    name = "lora-router"
+
+    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop, config: ReplicaConfig) -> None:
+        super().__init__(fleet, seed, control)
+        self.config = config
+        self.ours = OursStrategy(config, control.tick_s)
+
+    def place(self, measured: dict[str, float]) -> Placement:
+        placement = self.ours.step(self.pool, self.catalog, measured)
+        self.fleet.at(self.fleet.now + self.control.reconcile_s, self.reconcile)
+        return placement
+
+    def reconcile(self, now: float) -> None:
+        fleet = self.fleet
+        names = fleet.names
+        index = {a: i for i, a in enumerate(names)}
+        holdings = {w.id: frozenset(names[a] for a in fleet.workers[i].held) for i, w in enumerate(self.pool)}
+        loading = {w.id: frozenset(names[a] for a in fleet.workers[i].loading) for i, w in enumerate(self.pool)}
+        for action in plan.plan_actions(self.placement, holdings, loading, self.config.plan):
+            w, a = self.index[action.worker], index[action.adapter]
+            if action.kind == "load":
+                fleet.load(w, a)
+            else:
+                fleet.unload(w, a)
+
+    def route(self, rid: int, adapter: int) -> None:
+        self.arrivals[adapter] += 1
+        fleet = self.fleet
+        holders = [ws for ws in self.sets[adapter] if adapter in ws.held]
+        if holders:
+            fleet.submit(power_of_two(holders, self.rng).index, rid)
+            return
+        first = self.first_hrw(adapter)
+        if adapter in fleet.workers[first].held:
+            fleet.submit(first, rid)
+        else:
+            fleet.wait(first, rid, adapter)
+
+
+Factory = Callable[[Fleet, int, ControlLoop, ReplicaConfig], Strategy]
+
+STRATEGIES: dict[str, Factory] = {
+    "random": lambda f, s, c, r: RandomRouting(f, s),
+    "round-robin": lambda f, s, c, r: RoundRobin(f, s),
+    "least-outstanding": lambda f, s, c, r: LeastOutstanding(f, s),
+    "lora-affinity": lambda f, s, c, r: LoraAffinity(f, s),
+    "consistent-hash": lambda f, s, c, r: ConsistentHash(f, s),
+    "dynamo-hrw": lambda f, s, c, r: DynamoHrw(f, s, c),
+    "lora-router": lambda f, s, c, r: LoraRouter(f, s, c, r),
+}
