@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router import proxy
-from router.errors import RouterError
+from router.errors import HttpStatusError, RouterError
 from router.proxy import RUNTIME
 from router.runtime import RouterRuntime
 
@@ -53,10 +53,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = RouterError(exc.reason)
-        kind.status = exc.status  # type: ignore[misc]
-        kind.type = "NotFoundError" if exc.status == 404 else "BadRequestError"  # type: ignore[misc]
-        return _error_response(kind)
+        return _error_response(HttpStatusError(exc.status, exc.reason))
 
 
 async def health(_request: web.Request) -> web.Response:

@@ -96,3 +96,11 @@ class UpstreamFailed(RouterError):
     status = 502
     type = "BadGatewayError"
 
+
+class HttpStatusError(RouterError):
+    """An HTTP-level refusal from aiohttp itself (no route, wrong method), in OpenAI shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]
+        self.type = "NotFoundError" if status == 404 else "BadRequestError"  # type: ignore[misc]

@@ -124,3 +124,10 @@ def test_no_secret_reaches_the_log(router) -> None:
     log = router.proc.log_path.read_text()
     for key in (ADMIN, ACME, GLOBEX, "wrong-key-000"):
         assert key not in log
+
+
+@pytest.mark.parametrize("method,path,status", [("GET", "/v1/completions", 405), ("GET", "/v1/nothing", 404),
+                                                ("POST", "/admin/../v1/loras", 404)])
+def test_unknown_routes_and_methods_answer_in_openai_shape(router, method: str, path: str, status: int) -> None:
+    got_status, got = _send(router, method, path, None, _auth(ACME))
+    _assert_openai_error(got_status, got, status)
