@@ -1,0 +1,78 @@
+"""Tables, JSON and plots of simulator results; the same numbers feed all three."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from bench.sim.fleet import Outcome
+from bench.sim.metrics import RunMetrics
+
+COLUMNS = (
+    ("throughput_rps", "req/s", "{:.1f}"),
+    ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"),
+    ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}"),
+    ("e2e_p99_ms", "e2e p99 ms", "{:.0f}"),
+    ("slo_attainment", "SLO", "{:.1%}"),
+    ("adapter_loads", "loads/1k", "{:.1f}"),
+    ("slot_swaps", "swaps/1k", "{:.1f}"),
+    ("imbalance", "imbalance", "{:.2f}"),
+    ("placement_churn", "churn", "{:d}"),
+)
+
+
+def document(scenario: str, results: Mapping[str, RunMetrics], extra: Mapping[str, object]) -> dict[str, object]:
+    """The JSON document: `{"scenario", "results": {strategy: metrics}}` plus the run's settings."""
+    return {"scenario": scenario, **extra, "results": {s: msgspec.to_builtins(m) for s, m in results.items()}}
+
+
+def _cells(m: RunMetrics) -> list[str]:
+    return [fmt.format(getattr(m, key)) for key, _, fmt in COLUMNS]
+
+
+def table(results: Mapping[str, RunMetrics]) -> str:
+    """A plain-text table for the terminal."""
+    head = ["strategy", *(title for _, title, _ in COLUMNS)]
+    rows = [head] + [[s, *_cells(m)] for s, m in results.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def markdown(results: Mapping[str, RunMetrics]) -> str:
+    head = ["strategy", *(title for _, title, _ in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s, m in results.items():
+        name = f"**{s}**" if s == "lora-router" else s
+        lines.append("| " + " | ".join([name, *_cells(m)]) + " |")
+    return "\n".join(lines)
+
+
+def plot(path: Path, title: str, outcomes: Mapping[str, Outcome]) -> None:
+    """Three panels: TTFT CDF per strategy, cumulative adapter loads over time, per-worker utilisation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cdf, loads, util) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=72)
+    for name, o in outcomes.items():
+        done = ~np.isnan(o.finish)
+        ttft = np.sort((o.first_token - o.arrival)[done]) * 1000.0
+        style = {"linewidth": 2.4 if name == "lora-router" else 1.2}
+        cdf.plot(ttft, np.linspace(0, 1, ttft.size, endpoint=False), label=name, **style)
+        loads.plot(o.load_times, np.arange(1, o.load_times.size + 1), **style)
+        span = float(np.nanmax(o.finish) - o.arrival.min()) if done.any() else 1.0
+        util.plot(np.sort(o.busy_s / span)[::-1], marker=".", **style)
+    cdf.set(xscale="log", xlabel="TTFT (ms)", ylabel="fraction of requests", title="TTFT CDF")
+    loads.set(xlabel="virtual time (s)", ylabel="adapter loads (cumulative)", title="adapter loads")
+    util.set(xlabel="worker (busiest first)", ylabel="busy fraction", title="per-worker utilisation", ylim=(0, 1.05))
+    fig.legend(loc="lower center", ncol=len(outcomes), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
