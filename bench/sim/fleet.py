@@ -88,6 +88,8 @@ class Fleet:
         self._placement_unloads = 0
         self._load_times: list[float] = []
         self._adapter = np.zeros(0, dtype=np.int32)
+        self.on_loaded: Callable[[], None] | None = None
+        """Called after every finished load: the holdings changed (the reconciler re-plans)."""
 
     def _push(self, at: float, kind: int, payload: object) -> None:
         self._seq += 1
@@ -146,6 +148,8 @@ class Fleet:
         for rid in ws.loading.pop(adapter):
             ws.inflight -= 1
             self.submit(w, rid)
+        if self.on_loaded is not None:
+            self.on_loaded()
 
     def _step(self, ws: WorkerState) -> None:
         result = ws.engine.step()

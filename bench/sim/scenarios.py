@@ -27,8 +27,9 @@ class Shape(msgspec.Struct, frozen=True, kw_only=True):
     adapters: int = 1000
     max_loras: int = 8
     requests: int = 40000
-    rps_per_worker: float = 9.0
-    """Offered load per worker; ~70% of one engine's capacity at the default lengths and max_loras 8."""
+    rps_per_worker: float = 6.0
+    """Offered load per worker: what a worker serves when placement keeps its adapters resident, well
+    beyond what it serves when every request may need a load (the on-demand baselines saturate)."""
     zipf_s: float = 1.1
 
     @property

@@ -28,11 +28,12 @@ BASE = "base"
 
 
 class ControlLoop:
-    """The router's control-loop timing: placement every `tick_s`, actions started `reconcile_s` later,
-    every adapter load taking the engine's load cost (runtime load + read from disk)."""
+    """The router's control-loop timing (router/reconciler.py): a placement every `tick_s`; a plan round
+    `reconcile_s` after each placement (propagation through etcd) and `listing_s` after each finished load
+    (the worker's /v1/models shows it, the holdings changed); every load takes the engine's load cost."""
 
-    def __init__(self, tick_s: float = 2.0, reconcile_s: float = 0.5) -> None:
-        self.tick_s, self.reconcile_s = tick_s, reconcile_s
+    def __init__(self, tick_s: float = 2.0, reconcile_s: float = 0.5, listing_s: float = 0.05) -> None:
+        self.tick_s, self.reconcile_s, self.listing_s = tick_s, reconcile_s, listing_s
 
 
 class Strategy:
@@ -110,9 +111,9 @@ class LoraAffinity(Strategy):
 class _Ranked(Strategy):
     """Strategies that need each adapter's HRW ranking, computed once per adapter on first use."""
 
-    def __init__(self, fleet: Fleet, seed: int) -> None:
+    def __init__(self, fleet: Fleet, seed: int, slots: int) -> None:
         super().__init__(fleet, seed)
-        self.pool = [Worker(id=f"w{i}", base_model=BASE, slots=fleet.params.max_loras) for i in range(self.n)]
+        self.pool = [Worker(id=f"w{i}", base_model=BASE, slots=slots) for i in range(self.n)]
         self.index = {w.id: i for i, w in enumerate(self.pool)}
         self.catalog = [Adapter(name=a, base_model=BASE) for a in fleet.names]
         self._first: dict[int, int] = {}
@@ -136,8 +137,8 @@ class ConsistentHash(_Ranked):
 class _Placed(_Ranked):
     """Strategies that re-place every tick from the arrival rates measured over the last tick."""
 
-    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop) -> None:
-        super().__init__(fleet, seed)
+    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop, slots: int) -> None:
+        super().__init__(fleet, seed, slots)
         self.control = control
         self.arrivals = np.zeros(len(fleet.names), dtype=np.int64)
         self.sets: list[list[WorkerState]] = [[] for _ in fleet.names]
@@ -165,12 +166,13 @@ class _Placed(_Ranked):
 
 
 class DynamoHrw(_Placed):
-    """Dynamo's relative sizing + slot-aware HRW + scale-down cooldown; routes within the set, loads nothing."""
+    """Dynamo's relative sizing + slot-aware HRW + scale-down cooldown; routes within the set, loads nothing.
+    Its slots are `max_loras`, as Dynamo counts them."""
 
     name = "dynamo-hrw"
 
     def __init__(self, fleet: Fleet, seed: int, control: ControlLoop) -> None:
-        super().__init__(fleet, seed, control)
+        super().__init__(fleet, seed, control, fleet.params.max_loras)
         self.dynamo = DynamoStrategy()
 
     def place(self, measured: dict[str, float]) -> Placement:
@@ -185,14 +187,23 @@ class DynamoHrw(_Placed):
 
 
 class LoraRouter(_Placed):
-    """The allocator's placement, the reconciler's make-before-break actions, power of two among holders."""
+    """The allocator's placement, the reconciler's make-before-break actions, power of two among holders.
+    A worker's placement slots are the adapters it keeps loaded (vLLM's host LRU, `max_cpu_loras`); the
+    engine swaps the held ones through its `max_loras` GPU slots."""
 
     name = "lora-router"
 
     def __init__(self, fleet: Fleet, seed: int, control: ControlLoop, config: ReplicaConfig) -> None:
-        super().__init__(fleet, seed, control)
+        super().__init__(fleet, seed, control, fleet.params.host_slots)
         self.config = config
         self.ours = OursStrategy(config, control.tick_s)
+        self.round_due = False
+        fleet.on_loaded = self.holdings_changed
+
+    def holdings_changed(self) -> None:
+        if not self.round_due:
+            self.round_due = True
+            self.fleet.at(self.fleet.now + self.control.listing_s, self.reconcile)
 
     def place(self, measured: dict[str, float]) -> Placement:
         placement = self.ours.step(self.pool, self.catalog, measured)
@@ -200,6 +211,7 @@ class LoraRouter(_Placed):
         return placement
 
     def reconcile(self, now: float) -> None:
+        self.round_due = False
         fleet = self.fleet
         names = fleet.names
         index = {a: i for i, a in enumerate(names)}
@@ -233,7 +245,7 @@ STRATEGIES: dict[str, Factory] = {
     "round-robin": lambda f, s, c, r: RoundRobin(f, s),
     "least-outstanding": lambda f, s, c, r: LeastOutstanding(f, s),
     "lora-affinity": lambda f, s, c, r: LoraAffinity(f, s),
-    "consistent-hash": lambda f, s, c, r: ConsistentHash(f, s),
+    "consistent-hash": lambda f, s, c, r: ConsistentHash(f, s, 1),
     "dynamo-hrw": lambda f, s, c, r: DynamoHrw(f, s, c),
     "lora-router": lambda f, s, c, r: LoraRouter(f, s, c, r),
 }
