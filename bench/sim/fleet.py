@@ -56,10 +56,12 @@ class Outcome(msgspec.Struct, kw_only=True):
     served: np.ndarray
     slot_swaps: int
     adapter_loads: int
+    """Adapter weights read from disk into a worker (the engines' host-cache misses)."""
     placement_loads: int
+    """/v1/load_lora_adapter calls the placement made (registrations; the read happens on first use)."""
     placement_unloads: int
     load_times: np.ndarray
-    """Virtual time of every adapter load (host reads by the engines and placement loads)."""
+    """Virtual time of every adapter read from disk."""
 
 
 def _inc(counts: dict[int, int], key: int) -> None:
@@ -75,10 +77,9 @@ def _dec(counts: dict[int, int], key: int) -> None:
 
 
 class Fleet:
-    def __init__(self, n_workers: int, names: list[str], params: PerfParams, load_s: float) -> None:
+    def __init__(self, n_workers: int, names: list[str], params: PerfParams) -> None:
         self.params = params
         self.names = names
-        self.load_s = load_s
         self.workers = [WorkerState(i, params) for i in range(n_workers)]
         self.now = 0.0
         self._heap: list[tuple[float, int, int, object]] = []
@@ -127,7 +128,7 @@ class Fleet:
         if adapter in ws.held or adapter in ws.loading:
             return
         ws.loading[adapter] = []
-        self._push(self.now + self.load_s, _LOAD_DONE, (w, adapter))
+        self._push(self.now + ws.engine.load_cost_s(), _LOAD_DONE, (w, adapter))
 
     def unload(self, w: int, adapter: int) -> bool:
         """Drop a placement-held adapter once nothing of it is queued or running there."""
@@ -140,11 +141,11 @@ class Fleet:
         return True
 
     def _loaded(self, w: int, adapter: int) -> None:
+        """Registered, as the simulated worker's /v1/load_lora_adapter does: the weights reach the host
+        cache and a GPU slot with the first request's step, which pays for them."""
         ws = self.workers[w]
         ws.held.add(adapter)
-        ws.engine.host[self.names[adapter]] = None
         self._placement_loads += 1
-        self._load_times.append(self.now)
         for rid in ws.loading.pop(adapter):
             ws.inflight -= 1
             self.submit(w, rid)
@@ -214,6 +215,6 @@ class Fleet:
                        busy_s=np.array([ws.busy_s for ws in self.workers]),
                        served=np.array([ws.served for ws in self.workers]),
                        slot_swaps=sum(e.slot_swaps for e in engines),
-                       adapter_loads=sum(e.host_loads for e in engines) + self._placement_loads,
+                       adapter_loads=sum(e.host_loads for e in engines),
                        placement_loads=self._placement_loads, placement_unloads=self._placement_unloads,
                        load_times=np.sort(np.array(self._load_times)))

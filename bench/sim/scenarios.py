@@ -98,9 +98,7 @@ def names(n: int) -> list[str]:
 
 def run_strategy(strategy: str, requests: Requests, adapter_names: list[str], setup: Setup, seed: int,
                  progress: Callable[[int], None] | None = None) -> tuple[RunMetrics, Outcome]:
-    params = setup.params()
-    load_s = (params.runtime_load_ms + params.host_load_ms) * params.speed / 1000.0
-    fleet = Fleet(setup.workers, adapter_names, params, load_s)
+    fleet = Fleet(setup.workers, adapter_names, setup.params())
     chosen = STRATEGIES[strategy](fleet, seed, ControlLoop(setup.tick_s, setup.reconcile_s), setup.config)
     outcome = fleet.run(requests, chosen.route, progress)
     return compute(outcome, setup.ttft_slo_ms, getattr(chosen, "churn", 0)), outcome

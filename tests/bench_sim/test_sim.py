@@ -72,7 +72,7 @@ def test_metrics_of_a_hand_checked_run() -> None:
     one step of 13.65 ms."""
     requests = Requests(np.array([0.0, 1.0]), np.array([0, 0], dtype=np.int32),
                         np.array([100, 0], dtype=np.int32), np.array([2, 1], dtype=np.int32))
-    fleet = Fleet(1, ["a0"], PerfParams(max_loras=1), load_s=0.145)
+    fleet = Fleet(1, ["a0"], PerfParams(max_loras=1))
     outcome = fleet.run(requests, RoundRobin(fleet, 0).route)
     assert outcome.first_token - outcome.arrival == pytest.approx([0.145658, 0.01365])
     assert outcome.finish - outcome.arrival == pytest.approx([0.159308, 0.01365])
