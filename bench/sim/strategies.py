@@ -172,7 +172,7 @@ class DynamoHrw(_Placed):
     name = "dynamo-hrw"
 
     def __init__(self, fleet: Fleet, seed: int, control: ControlLoop) -> None:
-        super().__init__(fleet, seed, control, fleet.params.host_slots)
+        super().__init__(fleet, seed, control, fleet.params.max_loras)
         self.dynamo = DynamoStrategy()
 
     def place(self, measured: dict[str, float]) -> Placement:
