@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -17,6 +18,8 @@ from router.runtime import RouterRuntime
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
+"""The API's OpenAPI document, served as is; tests/hostile checks it lists every route."""
 
 
 class ModelCard(msgspec.Struct):
@@ -40,13 +43,19 @@ def _error_response(error: RouterError) -> web.Response:
                         headers=error.headers)
 
 
+def _route(request: web.Request) -> str:
+    """The route's template (/v1/loras/{name}): a label per client-chosen path would grow without bound."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RouterError as error:
         rt = request.app[RUNTIME]
-        rt.metrics.requests.labels(request.path, "", str(error.status)).inc()
+        rt.metrics.requests.labels(_route(request), "", str(error.status)).inc()
         if error.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, error.status, error.message)
         return _error_response(error)
@@ -71,6 +80,10 @@ async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     return web.Response(body=generate_latest(rt.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI, content_type="application/json")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -100,6 +113,7 @@ def build_app(runtime: RouterRuntime, extra_routes: Callable[[web.Application], 
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     if extra_routes is not None:
         extra_routes(app)
     return app
