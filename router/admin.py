@@ -29,6 +29,7 @@ from router.errors import BadRequest, NotFound, RouterError
 from router.reconcile_plan import Failure
 from router.reconciler import Reconciler
 from router.runtime import RouterRuntime
+from router.validation import NAME_MAX
 
 
 class AdapterExists(BadRequest):
@@ -177,9 +178,13 @@ class _Admin:
         self._rt.auth.require_admin(request.headers.get("Authorization"))
 
     async def _lookup(self, name: str) -> AdapterRecord | None:
-        """The fleet's view first; etcd for what this router's watch has not delivered yet."""
+        """The fleet's view first; etcd for what this router's watch has not delivered yet.
+
+        A name longer than any valid one cannot be in the catalog; asking etcd for it
+        would fail on etcd's request size limit and answer a 503 to a client error.
+        """
         record = self._rt.fleet.catalog.get(name)
-        if record is None:
+        if record is None and len(name) <= NAME_MAX:
             with _catalog_call("reading"):
                 record = await self._catalog.get(name)
         return record

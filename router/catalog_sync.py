@@ -25,7 +25,7 @@ from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
 from router.errors import InvalidAdapter
 from router.runtime import RouterRuntime
-from router.validation import validate_name, validate_source
+from router.validation import SOURCE_MAX, validate_name, validate_source
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,9 @@ def make_record(rt: RouterRuntime, name: object, source: object, *, base_model: 
 
 def _base_model(rt: RouterRuntime, given: object) -> str:
     if given is not None:
-        if not isinstance(given, str) or not given:
-            raise InvalidAdapter("base_model must be a non-empty string.", param="base_model")
+        if not isinstance(given, str) or not given or len(given) > SOURCE_MAX or not given.isprintable():
+            raise InvalidAdapter(f"base_model must be a non-empty printable string of at most {SOURCE_MAX} "
+                                 "characters.", param="base_model")
         return given
     if rt.config.base_model:
         return rt.config.base_model

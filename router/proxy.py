@@ -153,8 +153,11 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
 async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,
                    headers: str, started: float, last_chance: bool) -> web.StreamResponse:
     origin = view.origin
+    # aiohttp decodes header bytes as utf-8 with surrogateescape; encoding back the same way
+    # forwards them byte for byte (latin-1 raised on any non-ASCII header byte: a 500).
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
-            f"Content-Length: {len(body)}\r\n{headers}{rt.auth_line(view.id)}\r\n").encode("latin-1")
+            f"Content-Length: {len(body)}\r\n{headers}{rt.auth_line(view.id)}\r\n"
+            ).encode("utf-8", "surrogateescape")
     view.begin(target.adapter)
     try:
         try:
