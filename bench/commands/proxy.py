@@ -3,76 +3,88 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import statistics
+import sys
+import tempfile
 from pathlib import Path
 
 import msgspec
 
-from bench.proxybench import Bench, Sample
+from bench.proxybench.measure import Sample, load_tool, measure
+from bench.proxybench.pinning import choose_cores
+from bench.proxybench.report import medians, table
+from bench.proxybench.targets import TARGETS, Targets
 
-HELP = ("Same wrk load direct to a simulated worker, through lora-router, nginx and vllm-router (when "
-        "installed); proxy pinned to core 0; prints req/s, p50/p99 and the proxy's CPU per request.")
+HELP = ("Same load direct to a simulated worker, through lora-router, nginx and vllm-router (when "
+        "installed); proxy pinned to one core; prints req/s, p50/p99 and the proxy's CPU per request.")
+
+MODES = ("plain", "stream")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=int, default=5, help="length of one measurement (default 5)")
-    p.add_argument("--reps", type=int, default=3, help="alternating repetitions; medians reported (default 3)")
+    p.add_argument("--seconds", type=int, default=3, help="length of one measurement in seconds (default 3)")
+    p.add_argument("--reps", type=int, default=3,
+                   help="repetitions, target order rotated each time; medians reported (default 3)")
     p.add_argument("--concurrency", default="64,1", help="comma-separated connection counts (default 64,1)")
-    p.add_argument("--targets", default="direct,lora-router,nginx,vllm-router",
-                   help="which targets to measure (default all that are installed)")
+    p.add_argument("--modes", default="plain,stream", help="plain (non-streaming), stream, or both (default both)")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)}; missing proxies are skipped (default all)")
+    p.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
+                   help="wrk, or the built-in Python generator (auto: wrk when installed)")
+    p.add_argument("--quick", action="store_true", help="1-second runs, one repetition: a smoke test")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", dest="json_out", default=None, help="write every sample and the medians here")
 
 
 def run(args: argparse.Namespace) -> int:
-    if shutil.which("wrk") is None or shutil.which("taskset") is None:
-        print("lora-bench proxy needs wrk and taskset (Debian packages wrk, util-linux)")
+    seconds, reps = (1, 1) if args.quick else (args.seconds, args.reps)
+    wanted, modes = _csv(args.targets), _csv(args.modes)
+    concurrency = [int(c) for c in _csv(args.concurrency)]
+    bad = [t for t in wanted if t not in TARGETS] + [m for m in modes if m not in MODES]
+    if bad or seconds < 1 or reps < 1 or not concurrency or min(concurrency) < 1:
+        print(f"lora-bench proxy: bad arguments {bad or ''} (targets {TARGETS}, modes {MODES}, "
+              "seconds/reps/concurrency >= 1)", file=sys.stderr)
         return 2
-    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
-    bench = Bench()
+    tool = load_tool() if args.load_generator == "auto" else args.load_generator
+    cores = choose_cores()
+    workdir = Path(tempfile.mkdtemp(prefix="lora-bench-proxy-"))
+    targets = Targets(workdir, cores)
     samples: list[Sample] = []
     try:
-        bench.start(wanted)
-        for note in bench.notes:
-            print(note)
-        targets = [t for t in wanted if t in bench.targets]
-        for rep in range(args.reps):
-            order = targets[rep % len(targets):] + targets[:rep % len(targets)]
-            for stream in (False, True):
-                for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    for target in order:
-                        samples.append(bench.measure(target, stream, concurrency, args.seconds))
+        targets.start(wanted)
+        order = [t for t in wanted if t in targets.started]
+        _preamble(targets.notes, tool, cores.proxy, cores.load, len(order) * len(modes) * len(concurrency) * reps,
+                  seconds)
+        for rep in range(reps):
+            rotated = order[rep % len(order):] + order[:rep % len(order)]
+            for mode in modes:
+                for conc in concurrency:
+                    for name in rotated:
+                        sample = measure(targets.started[name], mode == "stream", conc, seconds, tool=tool,
+                                         core=cores.load, workdir=workdir)
+                        samples.append(sample)
+                        print(f"  rep {rep + 1}/{reps} {mode:<6} c={conc:<3} {name:<12} "
+                              f"{sample.load.rps:8.0f} req/s", file=sys.stderr)
     finally:
-        bench.stop()
-    medians = _medians(samples)
-    _print(medians)
+        targets.stop()
+    rows = medians(samples)
+    print(table(rows, markdown=args.markdown))
+    if any(r.errors for r in rows):
+        print("warning: some targets answered errors (see the errors column); their figures are suspect")
     if args.json_out:
         Path(args.json_out).write_bytes(msgspec.json.format(msgspec.json.encode(
-            {"samples": samples, "medians": medians}), indent=2))
+            {"load_generator": tool, "seconds": seconds, "reps": reps, "proxy_core": cores.proxy,
+             "load_core": cores.load, "notes": targets.notes, "samples": samples, "medians": rows}), indent=2))
     return 0
 
 
-def _medians(samples: list[Sample]) -> list[Sample]:
-    groups: dict[tuple[str, str, int], list[Sample]] = {}
-    for s in samples:
-        groups.setdefault((s.target, s.mode, s.concurrency), []).append(s)
-    return [Sample(target=t, mode=m, concurrency=c, requests=int(statistics.median(x.requests for x in g)),
-                   rps=statistics.median(x.rps for x in g), p50_ms=statistics.median(x.p50_ms for x in g),
-                   p99_ms=statistics.median(x.p99_ms for x in g),
-                   cpu_us_per_request=statistics.median(x.cpu_us_per_request for x in g))
-            for (t, m, c), g in groups.items()]
-
-
-def _print(medians: list[Sample]) -> None:
-    by_key = {(s.target, s.mode, s.concurrency): s for s in medians}
-    print(f"{'mode':<7}{'conc':>5} {'target':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}"
-          f"{'x nginx':>9}{'x vllm-r':>9}")
-    for s in sorted(medians, key=lambda s: (s.mode, -s.concurrency, s.target)):
-        ratios = []
-        for ref in ("nginx", "vllm-router"):
-            other = by_key.get((ref, s.mode, s.concurrency))
-            ok = other is not None and s.target != "direct" and other.cpu_us_per_request > 0
-            ratios.append(f"{s.cpu_us_per_request / other.cpu_us_per_request:.2f}" if ok else "-")
-        cpu = f"{s.cpu_us_per_request:.0f}" if s.target != "direct" else "-"
-        print(f"{s.mode:<7}{s.concurrency:>5} {s.target:<12}{s.rps:>9.0f}{s.p50_ms:>9.2f}{s.p99_ms:>9.2f}"
-              f"{cpu:>12}{ratios[0]:>9}{ratios[1]:>9}")
+def _preamble(notes: list[str], tool: str, proxy_core: int | None, load_core: int | None, runs: int,
+              seconds: int) -> None:
+    for note in notes:
+        print(note)
+    pinning = (f"proxy on core {proxy_core}, worker and {tool} on core {load_core}" if proxy_core is not None
+               else "fewer than two usable cores: nothing pinned")
+    print(f"load generator {tool}; {pinning}; {runs} runs of {seconds}s", file=sys.stderr)

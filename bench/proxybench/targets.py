@@ -1,0 +1,165 @@
+"""The things measured: one simulated worker, and each proxy in front of it as a real process.
+
+Every target is started once and kept for the whole run, so repetitions
+alternate between warm proxies. A proxy's CPU is read from its process tree;
+lora-router's etcd runs outside that tree (a shared service in production,
+not per-request work), pinned with the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgspec
+
+from bench.proxybench.load import ADAPTER, PATH, request_body
+from bench.proxybench.pinning import Cores, pin_running, pinned
+from discovery.embedded import EmbeddedEtcd
+from discovery.ports import free_port
+from router.devfleet import make_adapter_dir, sim_worker, worker_url
+from router.procs import ManagedProcess, python_cli
+
+TARGETS = ("direct", "lora-router", "nginx", "vllm-router")
+
+
+class Target(msgspec.Struct, frozen=True):
+    name: str
+    url: str
+    """Base URL the load is sent to."""
+    pid: int | None
+    """Root of the proxy's process tree; None for the worker itself (direct)."""
+
+
+class TargetNeverServed(RuntimeError):
+    """A proxy started but never answered a completion for the adapter."""
+
+
+def nginx_conf(root: Path, port: int, upstream: str) -> Path:
+    """A plain reverse proxy as nginx is usually deployed in front of vLLM: upstream keep-alive, no buffering."""
+    conf = root / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+  upstream worker {{ server {upstream.removeprefix("http://")}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://worker; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def vllm_router_binary() -> str | None:
+    return os.environ.get("VLLM_ROUTER_BIN") or shutil.which("vllm-router")
+
+
+class Targets:
+    """Starts what `wanted` names (skipping what is not installed, with a note) and stops it all."""
+
+    def __init__(self, root: Path, cores: Cores) -> None:
+        self.root = root
+        self.cores = cores
+        self.procs: list[ManagedProcess] = []
+        self.etcd: EmbeddedEtcd | None = None
+        self.started: dict[str, Target] = {}
+        self.notes: list[str] = []
+
+    def start(self, wanted: list[str]) -> None:
+        adapter = make_adapter_dir(self.root / "adapters", ADAPTER)
+        worker = sim_worker(self.root, extra_args=("--speed", "0", "--lora-modules", f"{ADAPTER}={adapter}"))
+        worker.argv = pinned(worker.argv, self.cores.load)
+        url = worker_url(self._started(worker))
+        self.started["direct"] = Target("direct", url, None)
+        launchers = {"lora-router": lambda: self._lora_router(url, adapter), "nginx": lambda: self._nginx(url),
+                     "vllm-router": lambda: self._vllm_router(url)}
+        for name in wanted:
+            if name in launchers:
+                launchers[name]()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(timeout_s=5)
+        if self.etcd is not None:
+            self.etcd.stop()
+
+    def _started(self, proc: ManagedProcess, timeout_s: float = 60) -> ManagedProcess:
+        self.procs.append(proc)
+        return proc.start(timeout_s)
+
+    def _proxy(self, name: str, argv: list[str], port: int, health: str, timeout_s: float = 60) -> None:
+        base = f"http://127.0.0.1:{port}"
+        proc = self._started(ManagedProcess(pinned(argv, self.cores.proxy), health_url=base + health,
+                                            log_path=self.root / f"{name}.log"), timeout_s)
+        _wait_served(base)
+        self.started[name] = Target(name, base, proc.pid)
+
+    def _lora_router(self, url: str, adapter: Path) -> None:
+        self.etcd = EmbeddedEtcd(self.root / "etcd")
+        self.etcd.start()
+        if self.etcd.proc is not None:
+            pin_running(self.etcd.proc.pid, self.cores.load)
+        config = self.root / "router.json"
+        config.write_text(json.dumps({
+            "security": {"allowed_path_prefixes": [str(adapter.parent)]},
+            "adapters": [{"name": ADAPTER, "source": str(adapter), "base_model": "sim-base"}]}))
+        port = free_port()
+        self._proxy("lora-router", python_cli("router", "serve", "--config", str(config), "--port", str(port),
+                                              "--etcd", self.etcd.endpoint, "--worker", url,
+                                              "--log-level", "WARNING"), port, "/ready")
+
+    def _nginx(self, url: str) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            self.notes.append("nginx not installed (Debian package nginx-light): skipped")
+            return
+        port = free_port()
+        conf = nginx_conf(self.root, port, url)
+        self._proxy("nginx", [binary, "-c", str(conf), "-g", "daemon off;"], port, "/health")
+
+    def _vllm_router(self, url: str) -> None:
+        binary = vllm_router_binary()
+        if binary is None:
+            self.notes.append("vllm-router not installed (pip install vllm-router, or set VLLM_ROUTER_BIN): skipped")
+            return
+        port = free_port()
+        self._proxy("vllm-router", [binary, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", url,
+                                    "--policy", "round_robin", "--log-level", "warning"], port, "/health",
+                    timeout_s=120)
+
+
+def _wait_served(base: str, timeout_s: float = 60) -> None:
+    """Ready is not enough: lora-router answers /ready before it has seen the worker hold the adapter."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(base + PATH, data=request_body(False),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = type(exc).__name__
+        time.sleep(0.1)
+    raise TargetNeverServed(f"{base} never served {ADAPTER} within {timeout_s}s (last: {last})")
