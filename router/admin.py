@@ -162,7 +162,7 @@ async def _body(request: web.Request, type_: type[Any]) -> Any:
         if param is None and "missing required field" in text:
             param = text.split("`")[1] if "`" in text else None
         raise BadRequest(f"Invalid request body: {text}", param=f"body.{param}" if param else None) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
 
 

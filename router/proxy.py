@@ -95,7 +95,7 @@ def _parse_fields(body: bytes) -> RequestFields:
         text = str(exc)
         param = "model" if "model" in text else ("stream" if "stream" in text else None)
         raise BadRequest(f"Invalid request body: {text}", param=param) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
 
 
