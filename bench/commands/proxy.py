@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -68,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
                         samples.append(sample)
                         print(f"  rep {rep + 1}/{reps} {mode:<6} c={conc:<3} {name:<12} "
                               f"{sample.load.rps:8.0f} req/s", file=sys.stderr)
+    except BaseException:
+        print(f"lora-bench proxy failed; logs kept in {workdir}", file=sys.stderr)
+        raise
     finally:
         targets.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
     rows = medians(samples)
     print(table(rows, markdown=args.markdown))
     if any(r.errors for r in rows):

@@ -89,11 +89,18 @@ class Targets:
         worker.argv = pinned(worker.argv, self.cores.load)
         url = worker_url(self._started(worker))
         self.started["direct"] = Target("direct", url, None)
-        launchers = {"lora-router": lambda: self._lora_router(url, adapter), "nginx": lambda: self._nginx(url),
-                     "vllm-router": lambda: self._vllm_router(url)}
+        optional = {"nginx": (nginx_binary(), "Debian package nginx-light", self._nginx),
+                    "vllm-router": (vllm_router_binary(), "pip install vllm-router, or set VLLM_ROUTER_BIN",
+                                    self._vllm_router)}
         for name in wanted:
-            if name in launchers:
-                launchers[name]()
+            if name == "lora-router":
+                self._lora_router(url, adapter)
+            elif name in optional:
+                binary, hint, launch = optional[name]
+                if binary is None:
+                    self.notes.append(f"{name} not installed ({hint}): skipped")
+                else:
+                    launch(binary, url, free_port())
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -126,21 +133,11 @@ class Targets:
                                               "--etcd", self.etcd.endpoint, "--worker", url,
                                               "--log-level", "WARNING"), port, "/ready")
 
-    def _nginx(self, url: str) -> None:
-        binary = nginx_binary()
-        if binary is None:
-            self.notes.append("nginx not installed (Debian package nginx-light): skipped")
-            return
-        port = free_port()
+    def _nginx(self, binary: str, url: str, port: int) -> None:
         conf = nginx_conf(self.root, port, url)
         self._proxy("nginx", [binary, "-c", str(conf), "-g", "daemon off;"], port, "/health")
 
-    def _vllm_router(self, url: str) -> None:
-        binary = vllm_router_binary()
-        if binary is None:
-            self.notes.append("vllm-router not installed (pip install vllm-router, or set VLLM_ROUTER_BIN): skipped")
-            return
-        port = free_port()
+    def _vllm_router(self, binary: str, url: str, port: int) -> None:
         self._proxy("vllm-router", [binary, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", url,
                                     "--policy", "round_robin", "--log-level", "warning"], port, "/health",
                     timeout_s=120)
