@@ -25,7 +25,7 @@ from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
 from router.catalog_sync import make_record
 from router.control import ControlLoop
-from router.errors import BadRequest, NotFound, RouterError
+from router.errors import NOT_JSON, BadRequest, NotFound, RouterError
 from router.reconcile_plan import Failure
 from router.reconciler import Reconciler
 from router.runtime import RouterRuntime
@@ -162,7 +162,7 @@ async def _body(request: web.Request, type_: type[Any]) -> Any:
         if param is None and "missing required field" in text:
             param = text.split("`")[1] if "`" in text else None
         raise BadRequest(f"Invalid request body: {text}", param=f"body.{param}" if param else None) from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
+    except NOT_JSON as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
 
 

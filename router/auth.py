@@ -48,7 +48,9 @@ class Authenticator:
         if not self.enabled:
             return OPEN
         key = _bearer(authorization)
-        digest = hashlib.sha256(key.encode()).digest()
+        # aiohttp decodes header bytes as utf-8 with surrogateescape: hash the bytes the client sent
+        # (a plain encode() raised on any non-UTF-8 byte in the header: a 500).
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
         admin = False
         for stored in self._admin:
             admin |= hmac.compare_digest(stored, digest)

@@ -10,6 +10,9 @@ from typing import ClassVar
 
 import msgspec
 
+NOT_JSON = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+"""What msgspec raises for a body that is not JSON: malformed, nested too deeply, or not UTF-8."""
+
 
 class ErrorDetail(msgspec.Struct, omit_defaults=False):
     message: str

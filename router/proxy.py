@@ -16,7 +16,7 @@ import time
 import msgspec
 from aiohttp import web
 
-from router.errors import BadRequest, NoWorkerAvailable, PayloadTooLarge, UpstreamFailed
+from router.errors import NOT_JSON, BadRequest, NoWorkerAvailable, PayloadTooLarge, UpstreamFailed
 from router.fleet import WorkerView
 from router.names import Target, resolve
 from router.picking import power_of_two
@@ -60,7 +60,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     target = resolve(
         fields.model, caller=caller, bases=rt.fleet.bases() or _configured_base(rt),
         catalog=rt.fleet.catalog, aliases=rt.config.aliases,
-        sticky_key=fields.user or request.headers.get(rt.config.sticky_header, "") or "",
+        sticky_key=fields.user or _header_text(request, rt.config.sticky_header),
     )
     if target.model != fields.model:
         body = _rewrite_model(body, target.model)
@@ -73,6 +73,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _forward(request, rt, target, body)
     finally:
         rt.demand.finished(adapter)
+
+
+def _header_text(request: web.Request, name: str) -> str:
+    """A header as valid text: aiohttp keeps undecodable bytes as lone surrogates, which no encoder accepts."""
+    return request.headers.get(name, "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _configured_base(rt: RouterRuntime) -> set[str]:
@@ -95,12 +100,15 @@ def _parse_fields(body: bytes) -> RequestFields:
         text = str(exc)
         param = "model" if "model" in text else ("stream" if "stream" in text else None)
         raise BadRequest(f"Invalid request body: {text}", param=param) from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
+    except NOT_JSON as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
 
 
 def _rewrite_model(body: bytes, model: str) -> bytes:
-    top = _decode_top(body)
+    try:
+        top = _decode_top(body)
+    except NOT_JSON as exc:  # keys are decoded here, skipped in _parse_fields
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     top["model"] = msgspec.Raw(msgspec.json.encode(model))
     return msgspec.json.encode(top)
 

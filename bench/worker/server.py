@@ -201,7 +201,7 @@ class SimulatedWorker:
                 field = text.rsplit("`", 2)[-2]
             raise Reply(error_body(400, "Field required" if "missing" in text else text, "Bad Request",
                                    f"body.{field}" if field else None)) from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # not UTF-8, or nested too deeply
             raise Reply(error_body(400, "JSON decode error", "Bad Request", "body")) from None
 
     # -- inference ---------------------------------------------------------------------
