@@ -1,4 +1,4 @@
-"""A router with auth, two tenants, two adapters and one fast simulated worker, for hostile clients."""
+"""A router with auth, two tenants, two adapters, an alias and one fast simulated worker, for hostile clients."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def hostile_router(start_workers: Callable, start_router: Callable, adapter_dirs
                 {"name": "globex-chat", "source": str(root / "globex-chat"), "base_model": BASE,
                  "tenant": "globex"},
             ],
+            "aliases": {"shared-chat": {"acme-chat": 1.0, "globex-chat": 1.0}},
             "control": {"tick_s": 0.5, "reconcile_s": 1.0},
         }
         for section, values in sections.items():

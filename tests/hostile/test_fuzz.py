@@ -50,9 +50,10 @@ OTHER_EXAMPLES = 250
 AUTH = {"admin": f"Bearer {ADMIN}", "acme": f"Bearer {ACME}", "globex": f"Bearer {GLOBEX}", "none": None,
         "wrong": "Bearer not-a-key", "basic": "Basic YWRtaW46YWRtaW4=", "lower": f"bearer {ADMIN}",
         "bare": ADMIN}
-CALLERS = ["admin"] * 4 + sorted(AUTH)
-"""Mostly the admin, so most requests get past auth to the code behind it."""
-MODELS = [None, BASE, "acme-chat", "globex-chat", f"{BASE}@acme-chat", f"{BASE}@globex-chat", "nope@acme-chat"]
+CALLERS = ["admin"] * 4 + sorted(AUTH) + ["noise"]
+"""Mostly the admin, so most requests get past auth to the code behind it; "noise" is a random bearer value."""
+MODELS = [None, BASE, "acme-chat", "globex-chat", f"{BASE}@acme-chat", f"{BASE}@globex-chat", "nope@acme-chat",
+          "shared-chat"]
 TOKEN = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=':()<>@,;\\"/[]?={}'),
                 min_size=1, max_size=12)
 LATIN1 = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
@@ -60,7 +61,20 @@ EXTRA_HEADERS = st.dictionaries(TOKEN.filter(lambda n: n.lower() not in {"author
                                                                         "transfer-encoding", "host"}),
                                 LATIN1.map(str.strip), max_size=3)
 EXTRA_QUERY = st.dictionaries(st.text(max_size=8), st.text(max_size=16), max_size=2)
-RAW_BODY = st.one_of(st.none(), st.binary(max_size=200))
+
+
+def _replace(data: bytes) -> Callable[[bytes], bytes]:
+    return lambda _body: data
+
+
+def _splice(at_data: tuple[int, bytes]) -> Callable[[bytes], bytes]:
+    at, data = at_data
+    return lambda body: body[:at % (len(body) + 1)] + data + body[at % (len(body) + 1):]
+
+
+BODY_MUTATION = st.one_of(st.none(), st.binary(max_size=200).map(_replace),
+                          st.tuples(st.integers(0, 1 << 12), st.binary(min_size=1, max_size=3)).map(_splice))
+"""Keep the generated JSON, replace it with raw bytes, or splice bytes into it (invalid UTF-8 and JSON)."""
 LENGTHS, MAX_TOKENS = ("max_tokens", "max_completion_tokens"), 64
 """The simulated worker, unlike vLLM, does not refuse lengths beyond its context: it would generate them."""
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -114,11 +128,12 @@ def _fuzz_operation(op: Any, base_url: str, session: requests.Session, tally: Ta
 
     @settings(max_examples=EXAMPLES.get(label, OTHER_EXAMPLES), derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck), print_blob=True)
-    @given(case=_strategy(op), auth=st.sampled_from(CALLERS), model=st.sampled_from(MODELS),
-           source=st.sampled_from(sources), raw=RAW_BODY if op.method == "post" else st.none(),
-           extra_headers=EXTRA_HEADERS, extra_query=EXTRA_QUERY)
-    def run(case: Any, auth: str, model: str | None, source: str | None, raw: bytes | None,
-            extra_headers: dict[str, str], extra_query: dict[str, str]) -> None:
+    @given(case=_strategy(op), auth=st.sampled_from(CALLERS), noise=LATIN1, model=st.sampled_from(MODELS),
+           source=st.sampled_from(sources), mutate=BODY_MUTATION if op.method == "post" else st.none(),
+           sticky=st.one_of(st.none(), LATIN1.map(str.strip)), extra_headers=EXTRA_HEADERS, extra_query=EXTRA_QUERY)
+    def run(case: Any, auth: str, noise: str, model: str | None, source: str | None,
+            mutate: Callable[[bytes], bytes] | None, sticky: str | None, extra_headers: dict[str, str],
+            extra_query: dict[str, str]) -> None:
         if isinstance(case.body, dict):
             case.body = {k: min(v, MAX_TOKENS) if k in LENGTHS and type(v) is int else v for k, v in case.body.items()}
             if proxy and model is not None:
@@ -129,11 +144,14 @@ def _fuzz_operation(op: Any, base_url: str, session: requests.Session, tally: Ta
         kwargs = case.as_transport_kwargs(base_url=base_url)
         headers = {k: v for k, v in kwargs.pop("headers", {}).items() if k.lower() != "authorization"}
         headers.update(extra_headers)
-        if AUTH[auth] is not None:
-            headers["Authorization"] = AUTH[auth]
-        if raw is not None:
-            kwargs.pop("json", None)
-            kwargs["data"] = raw
+        authorization = f"Bearer {noise}" if auth == "noise" else AUTH[auth]
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        if sticky is not None:
+            headers["x-lora-router-user"] = sticky
+        if mutate is not None:
+            body = json.dumps(kwargs.pop("json")).encode() if "json" in kwargs else kwargs.get("data") or b""
+            kwargs["data"] = mutate(body if isinstance(body, bytes) else str(body).encode())
         kwargs["params"] = {**(kwargs.get("params") or {}), **extra_query}
         response = session.request(headers=headers, timeout=30, **kwargs)
         tally.record(label, response)
