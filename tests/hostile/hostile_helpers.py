@@ -84,3 +84,10 @@ def assert_no_secret(*texts: str | bytes) -> None:
         blob = text.decode("latin-1") if isinstance(text, bytes) else text
         for key in SECRETS:
             assert key not in blob, "a key was echoed"
+
+
+def catalog_names(port: int) -> set[str]:
+    """The adapters in the catalog, as the admin sees them."""
+    status, _, raw = send(port, "GET", "/v1/loras", headers=bearer(ADMIN))
+    assert status == 200, raw
+    return {a["name"] for a in json.loads(raw)["data"]}

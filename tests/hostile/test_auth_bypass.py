@@ -23,6 +23,7 @@ from hostile_helpers import (
     assert_no_secret,
     assert_openai_error,
     bearer,
+    catalog_names,
     send,
 )
 
@@ -77,12 +78,6 @@ def _attempt(port: int, method: str, path: str, body: bytes | None, headers: dic
     return status, raw
 
 
-def _catalog(port: int) -> set[str]:
-    status, _, raw = send(port, "GET", "/v1/loras", headers=bearer(ADMIN))
-    assert status == 200, raw
-    return {a["name"] for a in json.loads(raw)["data"]}
-
-
 def test_nothing_but_a_key_in_the_authorization_header_gets_in(hostile_router: Callable) -> None:
     env = hostile_router()
     operations = _operations()
@@ -97,7 +92,7 @@ def test_nothing_but_a_key_in_the_authorization_header_gets_in(hostile_router: C
             for value in (ADMIN, f"Bearer {ADMIN}"):
                 status, raw = _attempt(env.port, method, f"{path}?{name}={quote(value)}", body, {})
                 assert_openai_error(status, raw, 401)
-    assert _catalog(env.port) == {"acme-chat", "globex-chat"}
+    assert catalog_names(env.port) == {"acme-chat", "globex-chat"}
 
 
 def test_tenant_keys_never_reach_admin_operations(hostile_router: Callable) -> None:
@@ -111,7 +106,7 @@ def test_tenant_keys_never_reach_admin_operations(hostile_router: Callable) -> N
             assert_openai_error(status, raw, 403)
             status, raw = _attempt(env.port, method, f"{path}?api_key={ADMIN}", body, bearer(key))
             assert_openai_error(status, raw, 403)
-    assert _catalog(env.port) == {"acme-chat", "globex-chat"}
+    assert catalog_names(env.port) == {"acme-chat", "globex-chat"}
 
 
 def test_duplicate_authorization_headers_never_raise_privilege(hostile_router: Callable) -> None:
