@@ -85,6 +85,8 @@ class EngineModel:
         self.host: OrderedDict[str, None] = OrderedDict()
         self.slot_swaps = 0
         self.host_loads = 0
+        self.busy_s = 0.0
+        """Modelled step time so far (speed applied): the worker's busy time, for imbalance."""
         self._step_swaps = 0
         self._step_loads = 0
 
@@ -137,6 +139,7 @@ class EngineModel:
                 still.append(seq)
         self.running = still
         swaps, loads = self._step_swaps, self._step_loads
+        self.busy_s += ms * p.speed / 1000.0
         return StepResult(duration_s=ms * p.speed / 1000.0, started=started, advanced=advanced,
                           finished=finished, slot_swaps=swaps, host_loads=loads)
 

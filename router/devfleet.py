@@ -38,6 +38,28 @@ def sim_worker(log_dir: str | Path, *, model: str = "sim-base", port: int | None
     )
 
 
-def worker_url(proc: ManagedProcess) -> str:
+def base_url(proc: ManagedProcess) -> str:
+    """Where a child made here (worker or router) serves: its health URL less `/health`."""
     assert proc.health_url is not None
     return proc.health_url.removesuffix("/health")
+
+
+worker_url = base_url
+
+
+def registrar(log_dir: str | Path, etcd: str, url: str, *, slots: int, ttl: int = 3) -> ManagedProcess:
+    """The registrar sidecar for a worker (not started): it has no health URL, its record in etcd is its sign."""
+    return ManagedProcess(
+        python_cli("router", "register", "--etcd", etcd, "--worker-url", url, "--slots", str(slots),
+                   "--ttl", str(ttl)),
+        log_path=Path(log_dir) / f"registrar-{url.rsplit(':', 1)[1]}.log")
+
+
+def router_server(log_dir: str | Path, config: str | Path, etcd: str, router_id: str, *,
+                  port: int | None = None, extra_args: Sequence[str] = ()) -> ManagedProcess:
+    """A `lora-router serve` process on etcd discovery (not started); healthy once it answers /health."""
+    port = port or free_port()
+    return ManagedProcess(
+        python_cli("router", "serve", "--config", str(config), "--port", str(port), "--etcd", etcd,
+                   "--router-id", router_id, *extra_args),
+        health_url=f"http://127.0.0.1:{port}/health", log_path=Path(log_dir) / f"{router_id}.log")

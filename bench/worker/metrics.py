@@ -1,4 +1,5 @@
-"""The worker's /metrics text: the three vLLM series a router reads, in vLLM's names and label sets."""
+"""The worker's /metrics text: the three vLLM series a router reads, in vLLM's names and label sets, and
+the simulator's own counters (slot swaps, disk reads, busy time) that `lora-bench live` reads back."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ class WorkerMetrics:
             "# TYPE vllm:num_requests_waiting gauge",
             f"vllm:num_requests_waiting{{{labels}}} {float(len(engine.waiting))}",
         ]
+        lines += _counter("lora_sim_slot_swaps_total", "GPU LoRA slot swaps (host -> GPU); simulator only.",
+                          engine.slot_swaps)
+        lines += _counter("lora_sim_adapter_loads_total", "Adapter weights read from disk into the host cache; "
+                          "simulator only.", engine.host_loads)
+        lines += _counter("lora_sim_busy_seconds_total", "Modelled engine step time; simulator only.",
+                          engine.busy_s)
         if self._lora_info:
             lines += ["# HELP vllm:lora_requests_info Running stats on lora requests.",
                       "# TYPE vllm:lora_requests_info gauge"]
@@ -41,3 +48,8 @@ class WorkerMetrics:
             lines.append(f'vllm:lora_requests_info{{max_lora="{self.max_loras}",running_lora_adapters="{run}",'
                          f'waiting_lora_adapters="{wait}"}} {stamp}')
         return "\n".join(lines) + "\n"
+
+
+def _counter(name: str, help_: str, value: float) -> list[str]:
+    """A counter vLLM does not have, prefixed lora_sim_ so no client mistakes it for a vLLM series."""
+    return [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {float(value)}"]

@@ -19,9 +19,8 @@ import aiohttp
 import uvloop
 
 from discovery.embedded import EmbeddedEtcd
-from discovery.ports import free_port
-from router.devfleet import make_adapter_dir, sim_worker, worker_url
-from router.procs import ManagedProcess, python_cli
+from router.devfleet import base_url, make_adapter_dir, registrar, router_server, sim_worker, worker_url
+from router.procs import ManagedProcess
 
 HELP = "Run embedded etcd, simulated workers and a router, send a Zipf workload, print placement and a summary."
 
@@ -78,18 +77,10 @@ async def _demo(args: argparse.Namespace) -> int:
         for _ in range(args.workers):
             worker = sim_worker(root, extra_args=("--max-loras", "4", "--max-cpu-loras", "8", "--speed", "0.2"))
             fleet.procs.append(worker.start())
-            url = worker_url(worker)
-            fleet.procs.append(ManagedProcess(
-                python_cli("router", "register", "--etcd", fleet.etcd.endpoint, "--worker-url", url,
-                           "--slots", "12", "--ttl", "3"),
-                log_path=root / f"registrar-{url.rsplit(':', 1)[1]}.log").start())
-        port = free_port()
-        router = ManagedProcess(
-            python_cli("router", "serve", "--config", str(config), "--port", str(port),
-                       "--etcd", fleet.etcd.endpoint, "--router-id", "demo-router"),
-            health_url=f"http://127.0.0.1:{port}/health", log_path=root / "router.log")
+            fleet.procs.append(registrar(root, fleet.etcd.endpoint, worker_url(worker), slots=12).start())
+        router = router_server(root, config, fleet.etcd.endpoint, "demo-router")
         fleet.procs.append(router.start())
-        base = f"http://127.0.0.1:{port}"
+        base = base_url(router)
         print(f"demo: etcd {fleet.etcd.endpoint}, {args.workers} workers, router {base}")
         async with aiohttp.ClientSession() as session:
             await _wait_ready(session, base, args.workers)
