@@ -7,6 +7,8 @@ capped: the first `cap` adapters seen get their own series, the rest share
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OVERFLOW = "__overflow__"
@@ -68,3 +70,15 @@ class RouterMetrics:
         self.etcd_up = Gauge("lora_router_etcd_connected", "1 while etcd answers.", registry=r)
         self.placement_epoch = Gauge("lora_router_placement_epoch", "Epoch of the placement in use.",
                                      registry=r)
+        self.asyncio_tasks = Gauge("lora_router_asyncio_tasks",
+                                   "Tasks alive on the event loop at scrape time: flat under steady load, "
+                                   "or something leaks them.", registry=r)
+        self.asyncio_tasks.set_function(_loop_tasks)
+
+
+def _loop_tasks() -> int:
+    """Counted when scraped, which happens on the loop; 0 if collected from elsewhere."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0

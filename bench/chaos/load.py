@@ -1,0 +1,160 @@
+"""An open-loop client: requests at a fixed rate whatever the answers, every answer counted.
+
+Open loop on purpose: a closed loop slows down when the router does and hides
+exactly the failures a fault causes. Each request is bounded by `timeout_s`,
+so a hang is counted as one (HUNG) instead of stalling the run; sending stops
+at `duration_s` or `max_requests`, whichever comes first, and stragglers are
+awaited at most `timeout_s`.
+
+A stream counts as OK only if it ends with `data: [DONE]`; one that ends with
+an SSE error event is CUT (the router's promise for a worker lost mid-stream);
+one that just stops is FAILED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import aiohttp
+import msgspec
+
+FAILURE_SAMPLES = 8
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    CUT = "cut"
+    FAILED = "failed"
+    HUNG = "hung"
+
+
+class Request(msgspec.Struct, frozen=True):
+    """One request to send; `group` is what the scenario reports it under (e.g. placed vs cold)."""
+
+    model: str
+    stream: bool = False
+    max_tokens: int = 8
+    group: str = "all"
+
+
+class Tally:
+    """Counts and latencies per outcome and group; the first few failures kept verbatim."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[tuple[str, Outcome]] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self.latencies: dict[str, list[float]] = {}
+        self.failures: list[str] = []
+
+    def add(self, request: Request, outcome: Outcome, status: int, latency_s: float, detail: str = "") -> None:
+        self.outcomes[(request.group, outcome)] += 1
+        self.statuses[status] += 1
+        if outcome is Outcome.OK:
+            self.latencies.setdefault(request.group, []).append(latency_s)
+        elif len(self.failures) < FAILURE_SAMPLES:
+            self.failures.append(f"{outcome.value} {request.model} stream={request.stream} {status}: {detail[:200]}")
+
+    def count(self, outcome: Outcome, group: str | None = None) -> int:
+        return sum(n for (g, o), n in self.outcomes.items() if o is outcome and group in (None, g))
+
+    @property
+    def sent(self) -> int:
+        return sum(self.outcomes.values())
+
+    def percentile(self, q: float, group: str | None = None) -> float | None:
+        values = sorted(v for g, vs in self.latencies.items() if group in (None, g) for v in vs)
+        return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+class OpenLoop:
+    """Send `pick(i)` to the routers in `targets` (round robin) at `rate` per second.
+
+    `targets` and `rate` may be changed while it runs (a scenario stops sending
+    to a router it killed, or raises demand); `stop()` ends sending early.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, targets: Sequence[str], pick: Callable[[int], Request],
+                 rate: float, timeout_s: float = 30.0) -> None:
+        self.session = session
+        self.targets = list(targets)
+        self.pick = pick
+        self.rate = rate
+        self.timeout_s = timeout_s
+        self.tally = Tally()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, duration_s: float, max_requests: int) -> OpenLoop:
+        self._task = asyncio.create_task(self._run(duration_s, max_requests), name="chaos-load")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def finish(self) -> Tally:
+        """Wait for sending to end and every answer (or its timeout)."""
+        assert self._task is not None
+        await self._task
+        return self.tally
+
+    async def _run(self, duration_s: float, max_requests: int) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        end = time.monotonic() + duration_s
+        next_at = time.monotonic()
+        for i in range(max_requests):
+            if self._stop.is_set() or next_at >= end:
+                break
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                    break
+                except TimeoutError:
+                    pass
+            task = asyncio.create_task(self._one(self.targets[i % len(self.targets)], self.pick(i)))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            next_at += 1.0 / self.rate
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _one(self, router: str, request: Request) -> None:
+        body = {"model": request.model, "prompt": "chaos", "max_tokens": request.max_tokens,
+                "ignore_eos": True, "stream": request.stream}
+        started = time.monotonic()
+        status = 0
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.session.post(router + "/v1/completions", json=body) as r:
+                    status = r.status
+                    if status != 200:
+                        self.tally.add(request, Outcome.FAILED, status, 0.0, await r.text())
+                        return
+                    if not request.stream:
+                        await r.read()
+                        self.tally.add(request, Outcome.OK, status, time.monotonic() - started)
+                        return
+                    outcome, detail = await _read_stream(r)
+                    self.tally.add(request, outcome, status, time.monotonic() - started, detail)
+        except TimeoutError:
+            self.tally.add(request, Outcome.HUNG, status, self.timeout_s, f"no end within {self.timeout_s}s")
+        except aiohttp.ClientError as exc:
+            self.tally.add(request, Outcome.FAILED, status, 0.0, repr(exc))
+
+
+async def _read_stream(response: aiohttp.ClientResponse) -> tuple[Outcome, str]:
+    last = b""
+    async for line in response.content:
+        line = line.strip()
+        if not line:
+            continue
+        if line == b"data: [DONE]":
+            return Outcome.OK, ""
+        if line.startswith(b'data: {"error"'):
+            return Outcome.CUT, line.decode(errors="replace")
+        last = line
+    return Outcome.FAILED, f"stream ended without [DONE] or an error event after {last[:80]!r}"

@@ -1,0 +1,17 @@
+"""The scenarios, by name, in the order the table lists them; `soak` is the long one, not in the default set."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from bench.chaos.report import ScenarioResult
+from bench.chaos.scenarios import worker_kill
+from bench.chaos.scenarios.common import Context
+
+Scenario = Callable[[Context], Awaitable[ScenarioResult]]
+
+SCENARIOS: dict[str, Scenario] = {
+    worker_kill.NAME: worker_kill.run,
+}
+LONG = frozenset({"soak"})
+DEFAULT = tuple(n for n in SCENARIOS if n not in LONG)
