@@ -16,6 +16,8 @@ class LiveEngine:
         self._wake = asyncio.Event()
         self._queues: dict[int, asyncio.Queue[bool]] = {}
         self._ids = itertools.count(1)
+        self.busy_s = 0.0
+        """Modelled step time so far (speed applied): what a GPU would have been busy for."""
 
     async def run(self) -> None:
         while True:
@@ -23,6 +25,7 @@ class LiveEngine:
                 self._wake.clear()
                 await self._wake.wait()
             result = self.model.step()
+            self.busy_s += result.duration_s
             await asyncio.sleep(result.duration_s)
             finished = set(result.finished)
             for rid in result.advanced:

@@ -18,7 +18,7 @@ class WorkerMetrics:
         self.served_once = False
         """vLLM shows no lora_requests_info series at all before its engine has run a request."""
 
-    def render(self, engine: EngineModel) -> str:
+    def render(self, engine: EngineModel, busy_s: float) -> str:
         if self.served_once:
             running = ",".join(engine.running_adapters())
             waiting = ",".join(engine.waiting_adapters())
@@ -39,8 +39,7 @@ class WorkerMetrics:
                           engine.slot_swaps)
         lines += _counter("lora_sim_adapter_loads_total", "Adapter weights read from disk into the host cache; "
                           "simulator only.", engine.host_loads)
-        lines += _counter("lora_sim_busy_seconds_total", "Modelled engine step time; simulator only.",
-                          engine.busy_s)
+        lines += _counter("lora_sim_busy_seconds_total", "Modelled engine step time; simulator only.", busy_s)
         if self._lora_info:
             lines += ["# HELP vllm:lora_requests_info Running stats on lora requests.",
                       "# TYPE vllm:lora_requests_info gauge"]

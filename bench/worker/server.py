@@ -152,8 +152,8 @@ class SimulatedWorker:
         return web.Response(status=200)
 
     async def prometheus(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(self.engine.model), content_type="text/plain",
-                            charset="utf-8")
+        return web.Response(text=self.metrics.render(self.engine.model, self.engine.busy_s),
+                            content_type="text/plain", charset="utf-8")
 
     async def models(self, _request: web.Request) -> web.Response:
         cards = [self._card(self.options.model, self.options.model, None, self.started, self.options.max_model_len)]
