@@ -17,12 +17,14 @@ The model is vLLM's continuous batching reduced to what placement changes:
 Defaults are loosely those of a 7-8B model on one data-centre GPU. Every cost
 is multiplied by `speed` (0.01 makes tests fast, 0 makes the model free). Time
 is always passed in: the live worker sleeps for a step's duration, the
-discrete-event simulator advances a virtual clock by it.
+discrete-event simulator advances a virtual clock by it, and runs the identical
+decode steps between two admissions in one call (`EngineModel.coast`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -74,8 +76,19 @@ class StepResult(msgspec.Struct, kw_only=True):
     host_loads: int = 0
 
 
+def _count(adapters: Iterable[str | None]) -> dict[str | None, int]:
+    return dict(Counter(adapters))
+
+
 class EngineModel:
-    """One worker's scheduler state; `step()` runs one batch iteration and says how long it took."""
+    """One worker's scheduler state; `step()` runs one batch iteration and says how long it took.
+
+    Between admissions a batch repeats the same decode step until a sequence
+    finishes, so `coast_steps` / `decode_s` / `coast` let a caller that keeps
+    its own clock (the simulator) run those steps in one call; the results
+    equal stepping one by one. Per-adapter counts of the batch and the queue
+    are kept so that neither a step nor that check rescans the sequences.
+    """
 
     def __init__(self, params: PerfParams) -> None:
         self.params = params
@@ -85,27 +98,32 @@ class EngineModel:
         self.host: OrderedDict[str, None] = OrderedDict()
         self.slot_swaps = 0
         self.host_loads = 0
-        self.busy_s = 0.0
-        """Modelled step time so far (speed applied): the worker's busy time, for imbalance."""
         self._step_swaps = 0
         self._step_loads = 0
+        self._batch: dict[str, int] = {}
+        """Adapter -> sequences of it in the batch (its keys are the batch's distinct adapters)."""
+        self._queued: dict[str | None, int] = {}
+        """Adapter (None = base model) -> sequences of it waiting."""
 
     def submit(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        self._queued[seq.adapter] = self._queued.get(seq.adapter, 0) + 1
 
     def cancel(self, rid: int) -> None:
         self.waiting = deque(s for s in self.waiting if s.rid != rid)
         self.running = [s for s in self.running if s.rid != rid]
+        self._batch = _count(s.adapter for s in self.running if s.adapter is not None)
+        self._queued = _count(s.adapter for s in self.waiting)
 
     @property
     def idle(self) -> bool:
         return not self.waiting and not self.running
 
     def running_adapters(self) -> list[str]:
-        return sorted({s.adapter for s in self.running if s.adapter is not None})
+        return sorted(self._batch)
 
     def waiting_adapters(self) -> list[str]:
-        return sorted({s.adapter for s in self.waiting if s.adapter is not None})
+        return sorted(a for a in self._queued if a is not None)
 
     def forget_host(self, adapter: str) -> None:
         """An unloaded adapter leaves the host cache (vLLM may keep it until eviction; we are strict)."""
@@ -114,61 +132,113 @@ class EngineModel:
     def load_cost_s(self) -> float:
         return self.params.runtime_load_ms * self.params.speed / 1000.0
 
+    def can_admit(self) -> bool:
+        """Whether the next step would take a waiting request into the batch."""
+        p = self.params
+        if not self.waiting or len(self.running) >= p.max_num_seqs:
+            return False
+        queued = self._queued
+        if None in queued or len(self._batch) < p.max_loras:
+            return True
+        return any(a in queued for a in self._batch)
+
+    def coast_steps(self) -> int:
+        """How many identical decode-only steps come next if nothing is submitted meanwhile: up to and
+        including the step in which the first running sequence finishes; 0 when the next step admits."""
+        if not self.running or self.can_admit():
+            return 0
+        return min(s.output_tokens - s.emitted for s in self.running)
+
+    def decode_s(self) -> float:
+        """Duration of one decode-only step of the current batch (what `step` returns when it admits nothing)."""
+        p = self.params
+        ms = p.decode_base_ms + p.decode_ms_per_seq * len(self.running) + p.decode_ms_per_adapter * len(self._batch)
+        return ms * p.speed / 1000.0
+
+    def coast(self, steps: int) -> list[int]:
+        """Run `steps` (<= `coast_steps()`) decode-only steps at once; the requests finished in the last one."""
+        return self._emit(steps)
+
     def step(self) -> StepResult:
         p = self.params
-        swap_ms, started = self._admit()
-        prefill_tokens = 0
-        for seq in self.running:
-            if seq.emitted == 0:
-                prefill_tokens += seq.prompt_tokens
+        swap_ms, started, prefill_tokens = self._admit()
         n = len(self.running)
-        adapters = len({s.adapter for s in self.running if s.adapter is not None})
         ms = swap_ms
         if n:
-            ms += p.decode_base_ms + p.decode_ms_per_seq * n + p.decode_ms_per_adapter * adapters
+            ms += p.decode_base_ms + p.decode_ms_per_seq * n + p.decode_ms_per_adapter * len(self._batch)
             ms += prefill_tokens * p.prefill_ms_per_token * (1.0 + p.prefill_batch_factor * n)
-        advanced: list[int] = []
+        advanced = [s.rid for s in self.running]
+        finished = self._emit(1)
+        return StepResult(duration_s=ms * p.speed / 1000.0, started=started, advanced=advanced,
+                          finished=finished, slot_swaps=self._step_swaps, host_loads=self._step_loads)
+
+    def _emit(self, tokens: int) -> list[int]:
+        """Every running sequence emits `tokens` tokens; those that reach their output leave the batch."""
         finished: list[int] = []
         still: list[Sequence] = []
         for seq in self.running:
-            seq.emitted += 1
-            advanced.append(seq.rid)
+            seq.emitted += tokens
             if seq.emitted >= seq.output_tokens:
                 finished.append(seq.rid)
+                adapter = seq.adapter
+                if adapter is not None:
+                    left = self._batch[adapter] - 1
+                    if left:
+                        self._batch[adapter] = left
+                    else:
+                        del self._batch[adapter]
             else:
                 still.append(seq)
-        self.running = still
-        swaps, loads = self._step_swaps, self._step_loads
-        self.busy_s += ms * p.speed / 1000.0
-        return StepResult(duration_s=ms * p.speed / 1000.0, started=started, advanced=advanced,
-                          finished=finished, slot_swaps=swaps, host_loads=loads)
+        if finished:
+            self.running = still
+        return finished
 
-    def _admit(self) -> tuple[float, list[int]]:
-        """Move waiting requests into the batch, FCFS, skipping those whose adapter cannot get a slot."""
+    def _admit(self) -> tuple[float, list[int], int]:
+        """Move waiting requests into the batch, FCFS, skipping those whose adapter cannot get a slot.
+
+        Returns the slot cost (ms), the admitted requests and their prompt tokens. Once the batch's
+        adapters fill every slot, only requests of those adapters (or of none) can join: the scan stops
+        when the per-adapter counts say none of them is left, instead of walking the whole queue.
+        """
         p = self.params
         self._step_swaps = self._step_loads = 0
-        in_batch = {s.adapter for s in self.running if s.adapter is not None}
+        batch, queued, waiting, running = self._batch, self._queued, self.waiting, self.running
         cost_ms = 0.0
+        prefill = 0
         started: list[int] = []
-        skipped: deque[Sequence] = deque()
-        while self.waiting and len(self.running) < p.max_num_seqs:
-            seq = self.waiting.popleft()
+        skipped: list[Sequence] = []
+        admissible = -1
+        """Waiting requests that may still join once the slots are full; -1 = not full yet."""
+        while waiting and len(running) < p.max_num_seqs:
+            if admissible < 0 and len(batch) >= p.max_loras:
+                admissible = queued.get(None, 0) + sum(queued.get(a, 0) for a in batch)
+            if admissible == 0:
+                break
+            seq = waiting.popleft()
             adapter = seq.adapter
-            if adapter is not None and adapter not in in_batch:
-                if len(in_batch) >= p.max_loras:
-                    skipped.append(seq)
-                    continue
-                cost_ms += self._slot_in(adapter, in_batch)
-                in_batch.add(adapter)
             if adapter is not None:
+                if adapter not in batch:
+                    if admissible >= 0:
+                        skipped.append(seq)
+                        continue
+                    cost_ms += self._slot_in(adapter, batch)
+                    batch[adapter] = 0
+                batch[adapter] += 1
                 self.gpu.move_to_end(adapter)
-            self.running.append(seq)
+            if admissible > 0:
+                admissible -= 1
+            left = queued[adapter] - 1
+            if left:
+                queued[adapter] = left
+            else:
+                del queued[adapter]
+            running.append(seq)
             started.append(seq.rid)
-        skipped.extend(self.waiting)
-        self.waiting = skipped
-        return cost_ms, started
+            prefill += seq.prompt_tokens
+        waiting.extendleft(reversed(skipped))
+        return cost_ms, started, prefill
 
-    def _slot_in(self, adapter: str, in_batch: set[str]) -> float:
+    def _slot_in(self, adapter: str, in_batch: Mapping[str, int]) -> float:
         p = self.params
         if adapter in self.gpu:
             return 0.0

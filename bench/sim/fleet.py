@@ -4,7 +4,15 @@ The engine is the very model the simulated vLLM worker runs, so batching,
 per-adapter decode costs, GPU slot swaps and the host LRU are the worker's own;
 this module only decides WHEN things happen. A worker steps back to back while
 it has work: a step starting at t admits and decodes, and its first tokens and
-finishes land at t + duration. Routing and placement decisions belong to the
+finishes land at t + duration.
+
+Fast-forward: when the next step would admit nothing, the batch repeats one
+decode step until its first sequence finishes, so the worker "coasts" through
+those k steps as ONE event. Only a request routed to it that could join the
+batch interrupts the coast: it is cut at the first step boundary at or after
+the arrival, where a normal step admits it, exactly when step-by-step
+simulation would (boundaries are summed step by step, so times are equal, not
+just close). `Fleet(fast_forward=False)` steps one by one, for the tests. Routing and placement decisions belong to the
 strategy (bench/sim/strategies.py), which calls `submit`, `wait`, `load` and
 `unload` here.
 """
@@ -20,14 +28,14 @@ import numpy as np
 from bench.perfmodel import EngineModel, PerfParams, Sequence
 from bench.workloads import Requests
 
-_STEP_END, _LOAD_DONE, _TIMER = 0, 1, 2
+_STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
 
 
 class WorkerState:
     """One worker as the router and the strategies see it; `inflight` feeds router.picking.power_of_two."""
 
-    __slots__ = ("busy", "busy_s", "engine", "held", "index", "inflight", "loading", "running", "served",
-                 "waiting")
+    __slots__ = ("busy", "busy_s", "coast", "coast_id", "engine", "held", "index", "inflight", "loading",
+                 "running", "served", "waiting")
 
     def __init__(self, index: int, params: PerfParams) -> None:
         self.index = index
@@ -43,6 +51,10 @@ class WorkerState:
         self.running: dict[int, int] = {}
         self.waiting: dict[int, int] = {}
         """Per adapter: requests in the batch / queued here (the signals vLLM's metrics expose)."""
+        self.coast: tuple[float, float, int] | None = None
+        """While coasting: (start, step duration, steps), the coast ending after the last step."""
+        self.coast_id = 0
+        """Bumped when a coast is cut short, so that its superseded end event is ignored."""
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -76,9 +88,22 @@ def _dec(counts: dict[int, int], key: int) -> None:
         del counts[key]
 
 
+def _boundary(start: float, step_s: float, steps: int, at_or_after: float = float("inf")) -> tuple[float, int]:
+    """The end of the `steps`-th step from `start`, or of the first one ending at or after `at_or_after`,
+    and how many steps that is; summed step by step as stepping one at a time sums them."""
+    end, n = start, 0
+    while n < steps:
+        end += step_s
+        n += 1
+        if end >= at_or_after:
+            break
+    return end, n
+
+
 class Fleet:
-    def __init__(self, n_workers: int, names: list[str], params: PerfParams) -> None:
+    def __init__(self, n_workers: int, names: list[str], params: PerfParams, fast_forward: bool = True) -> None:
         self.params = params
+        self.fast_forward = fast_forward
         self.names = names
         self.workers = [WorkerState(i, params) for i in range(n_workers)]
         self.now = 0.0
@@ -116,6 +141,8 @@ class Fleet:
         _inc(ws.waiting, a)
         if not ws.busy:
             self._step(ws)
+        elif ws.coast is not None and ws.engine.can_admit():
+            self._cut(ws)
 
     def wait(self, w: int, rid: int, adapter: int) -> None:
         """Hold a request until `adapter` finishes loading on worker `w` (cold start)."""
@@ -153,10 +180,47 @@ class Fleet:
             self.on_loaded()
 
     def _step(self, ws: WorkerState) -> None:
-        result = ws.engine.step()
+        """Start the worker's next step now: a coast through identical decode steps, or one step."""
         ws.busy = True
+        engine = ws.engine
+        steps = engine.coast_steps() if self.fast_forward else 0
+        if steps:
+            step_s = engine.decode_s()
+            ws.coast = (self.now, step_s, steps)
+            self._push(_boundary(self.now, step_s, steps)[0], _COAST_END, (ws, ws.coast_id))
+            return
+        result = engine.step()
         ws.busy_s += result.duration_s
         self._push(self.now + result.duration_s, _STEP_END, (ws, result))
+
+    def _cut(self, ws: WorkerState) -> None:
+        """A request that can join the batch arrived: end the coast at the step boundary it waits for."""
+        start, step_s, steps = ws.coast  # type: ignore[misc]
+        end, n = _boundary(start, step_s, steps, self.now)
+        if n < steps:
+            ws.coast = (start, step_s, n)
+            ws.coast_id += 1
+            self._push(end, _COAST_END, (ws, ws.coast_id))
+
+    def _coast_end(self, ws: WorkerState, coast_id: int) -> None:
+        if coast_id != ws.coast_id:
+            return
+        start, step_s, steps = ws.coast  # type: ignore[misc]
+        ws.coast = None
+        for _ in range(steps):
+            ws.busy_s += step_s
+        self._finished(ws, ws.engine.coast(steps))
+        ws.busy = False
+        if not ws.engine.idle:
+            self._step(ws)
+
+    def _finished(self, ws: WorkerState, rids: list[int]) -> None:
+        now, adapter = self.now, self._adapter
+        for rid in rids:
+            self._finish[rid] = now
+            _dec(ws.running, int(adapter[rid]))
+        ws.inflight -= len(rids)
+        ws.served += len(rids)
 
     def _step_end(self, ws: WorkerState, result: object) -> None:
         now = self.now
@@ -166,12 +230,7 @@ class Fleet:
             a = int(adapter[rid])
             _dec(ws.waiting, a)
             _inc(ws.running, a)
-        for rid in result.finished:  # type: ignore[attr-defined]
-            self._finish[rid] = now
-            _dec(ws.running, int(adapter[rid]))
-        done = len(result.finished)  # type: ignore[attr-defined]
-        ws.inflight -= done
-        ws.served += done
+        self._finished(ws, result.finished)  # type: ignore[attr-defined]
         self._load_times.extend([now] * result.host_loads)  # type: ignore[attr-defined]
         ws.busy = False
         if not ws.engine.idle:
@@ -203,6 +262,8 @@ class Fleet:
                 self._pending -= 1
             if kind == _STEP_END:
                 self._step_end(*payload)  # type: ignore[misc]
+            elif kind == _COAST_END:
+                self._coast_end(*payload)  # type: ignore[misc]
             elif kind == _LOAD_DONE:
                 self._loaded(*payload)  # type: ignore[misc]
             else:

@@ -87,6 +87,8 @@ class Setup(msgspec.Struct, frozen=True, kw_only=True):
     tick_s: float = 2.0
     reconcile_s: float = 0.5
     config: ReplicaConfig = msgspec.field(default_factory=ReplicaConfig)
+    fast_forward: bool = True
+    """Coast through identical decode steps (the same results; False steps one by one, for the tests)."""
 
     def params(self) -> PerfParams:
         return PerfParams(max_loras=self.max_loras, max_cpu_loras=2 * self.max_loras)
@@ -98,7 +100,7 @@ def names(n: int) -> list[str]:
 
 def run_strategy(strategy: str, requests: Requests, adapter_names: list[str], setup: Setup, seed: int,
                  progress: Callable[[int], None] | None = None) -> tuple[RunMetrics, Outcome]:
-    fleet = Fleet(setup.workers, adapter_names, setup.params())
+    fleet = Fleet(setup.workers, adapter_names, setup.params(), setup.fast_forward)
     chosen = STRATEGIES[strategy](fleet, seed, ControlLoop(setup.tick_s, setup.reconcile_s), setup.config)
     outcome = fleet.run(requests, chosen.route, progress)
     return compute(outcome, setup.ttft_slo_ms, getattr(chosen, "churn", 0)), outcome

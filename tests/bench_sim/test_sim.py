@@ -108,3 +108,33 @@ def test_plot_and_unknown_strategy(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "requests/s" in capsys.readouterr().out
     assert main(["sim", "--scenario", "zipf", "--strategies", "nope"]) == 2
     assert "unknown strategy nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_fast_forward_equals_stepping_one_by_one(strategy: str) -> None:
+    """Coasting through identical decode steps must not move a single first token or finish."""
+    shape = Shape(workers=4, adapters=50, max_loras=2, requests=1200, rps_per_worker=5.0)
+    requests = SCENARIOS["flash-crowd"](np.random.default_rng(11), shape, Lengths())
+    outcomes = [run_strategy(strategy, requests, names(50), Setup(workers=4, max_loras=2, tick_s=1.0,
+                                                                    fast_forward=fast), 11)[1]
+                for fast in (True, False)]
+    fast, slow = outcomes
+    assert np.array_equal(fast.first_token, slow.first_token)
+    assert np.array_equal(fast.finish, slow.finish)
+    assert np.array_equal(fast.worker, slow.worker)
+    assert fast.busy_s == pytest.approx(slow.busy_s, rel=1e-12)
+    assert (fast.slot_swaps, fast.adapter_loads) == (slow.slot_swaps, slow.adapter_loads)
+
+
+def test_a_coast_is_cut_where_the_arrival_is_admitted() -> None:
+    """One long request coasts; a second one arriving mid-coast starts at the next step boundary, as
+    stepping would start it: both ways give the same times, and the arrival does not wait for the finish."""
+    requests = Requests(np.array([0.0, 0.1]), np.array([0, 0], dtype=np.int32),
+                        np.array([10, 10], dtype=np.int32), np.array([200, 5], dtype=np.int32))
+    runs = []
+    for fast in (True, False):
+        fleet = Fleet(1, ["a0"], PerfParams(max_loras=1), fast_forward=fast)
+        runs.append(fleet.run(requests, RoundRobin(fleet, 0).route))
+    assert np.array_equal(runs[0].first_token, runs[1].first_token)
+    assert np.array_equal(runs[0].finish, runs[1].finish)
+    assert runs[0].first_token[1] < 0.2 < runs[0].finish[0]
