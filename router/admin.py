@@ -23,6 +23,7 @@ from aiohttp import web
 from discovery.errors import EtcdUnavailable
 from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
+from router.bodies import read_body
 from router.catalog_sync import make_record
 from router.control import ControlLoop
 from router.errors import NOT_JSON, BadRequest, NotFound, RouterError
@@ -151,9 +152,9 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=msgspec.json.encode(value), content_type="application/json")
 
 
-async def _body(request: web.Request, type_: type[Any]) -> Any:
+async def _body(request: web.Request, type_: type[Any], rt: RouterRuntime) -> Any:
     """Decode an admin body; a bad one is vLLM's 400 with the offending field as `param`."""
-    raw = await request.read()
+    raw = await read_body(request, rt.config.security.max_body_bytes, rt.config.timeouts.client_body_s)
     try:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
@@ -206,7 +207,7 @@ class _Admin:
     # -- vLLM-compatible --------------------------------------------------------------------
     async def load_lora_adapter(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body: LoadLoraRequest = await _body(request, LoadLoraRequest)
+        body: LoadLoraRequest = await _body(request, LoadLoraRequest, self._rt)
         record = make_record(self._rt, body.lora_name, body.lora_path, base_model=body.base_model,
                              rank=body.rank, tenant=body.tenant)
         if not body.load_inplace and await self._lookup(record.name) is not None:
@@ -218,7 +219,7 @@ class _Admin:
 
     async def unload_lora_adapter(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body: UnloadLoraRequest = await _body(request, UnloadLoraRequest)
+        body: UnloadLoraRequest = await _body(request, UnloadLoraRequest, self._rt)
         if not await self._remove(body.lora_name):
             raise NotFound(f"The lora adapter '{body.lora_name}' cannot be found.")
         return web.Response(text=f"Success: LoRA adapter '{body.lora_name}' removed successfully.",
@@ -233,7 +234,7 @@ class _Admin:
 
     async def create_lora(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body: CreateLoraRequest = await _body(request, CreateLoraRequest)
+        body: CreateLoraRequest = await _body(request, CreateLoraRequest, self._rt)
         record = make_record(self._rt, body.lora_name, body.source.uri, base_model=body.base_model,
                              rank=body.rank, tenant=body.tenant, source_param="source.uri")
         if await self._lookup(record.name) is not None:

@@ -39,8 +39,11 @@ class ModelList(msgspec.Struct):
 
 
 def _error_response(error: RouterError) -> web.Response:
-    return web.Response(status=error.status, body=error.body(), content_type="application/json",
-                        headers=error.headers)
+    response = web.Response(status=error.status, body=error.body(), content_type="application/json",
+                            headers=error.headers)
+    if error.closes_connection:
+        response.force_close()
+    return response
 
 
 def _route(request: web.Request) -> str:

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
 from allocator.config import ConfigError, ReplicaConfig, decode_config
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
 class AdapterEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,6 +62,12 @@ class TimeoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     drain_timeout_s: float = 30.0
     worker_call_s: float = 30.0
     """Admin calls to workers: load, unload, models."""
+    client_header_s: Seconds = 60.0
+    """A client connection that has not sent a whole request head within this (from its opening or its
+    previous answer) is closed: slowloris clients cannot hold connections for aiohttp's 3,630 s default.
+    Idle keep-alive connections are closed after the same time."""
+    client_body_s: Seconds = 60.0
+    """A request body not fully received within this is answered 408 and the connection closed."""
 
 
 class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -66,7 +76,12 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lease_ttl_s: int = 5
     health_probe_s: float = 2.0
     """How often a worker marked down is probed back."""
-    down_after_failures: int = 1
+    down_after_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """Consecutive 5xx answers that take a worker out of rotation; a refused or cut connection does at once.
+    More than one, so a single request that makes workers fail (a poison request) does not eject them."""
+    max_ejected_fraction: Fraction = 0.5
+    """5xx answers never take more than this share of a pool's workers out of rotation (as Envoy's
+    max_ejection_percent): a poison request repeated by a client cannot empty the fleet."""
     retry_budget_ratio: float = 0.2
     """Retries allowed as a fraction of recent requests, so a bad fleet sees no retry storm."""
     worker_ops_per_s: float = 10.0

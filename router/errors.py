@@ -30,6 +30,8 @@ class RouterError(Exception):
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "InternalServerError"
+    closes_connection: ClassVar[bool] = False
+    """The connection cannot carry another request after this answer (part of the request is unread)."""
 
     def __init__(self, message: str, *, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -82,6 +84,18 @@ class PayloadTooLarge(RouterError):
     type = "BadRequestError"
 
 
+class RequestTimeout(RouterError):
+    """The client did not send its whole request in time."""
+
+    status = 408
+    type = "BadRequestError"
+    closes_connection = True
+
+
+class InternalError(RouterError):
+    """A bug: an exception no handler expected. The client gets the OpenAI shape, the log the traceback."""
+
+
 class NoWorkerAvailable(RouterError):
     """No healthy worker can serve the request right now; the client may retry later."""
 
@@ -106,4 +120,5 @@ class HttpStatusError(RouterError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status  # type: ignore[misc]
-        self.type = "NotFoundError" if status == 404 else "BadRequestError"  # type: ignore[misc]
+        self.type = ("NotFoundError" if status == 404 else  # type: ignore[misc]
+                     "InternalServerError" if status >= 500 else "BadRequestError")

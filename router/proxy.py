@@ -16,9 +16,11 @@ import time
 import msgspec
 from aiohttp import web
 
-from router.errors import NOT_JSON, BadRequest, NoWorkerAvailable, PayloadTooLarge, UpstreamFailed
+from router.bodies import read_body
+from router.errors import NOT_JSON, BadRequest, NoWorkerAvailable, UpstreamFailed
 from router.fleet import WorkerView
 from router.names import Target, resolve
+from router.outlier import should_eject
 from router.picking import power_of_two
 from router.runtime import RouterRuntime
 from router.upstream import UpstreamError, UpstreamResponse
@@ -55,7 +57,7 @@ class _Retry(Exception):
 async def handle(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     caller = rt.auth.caller(request.headers.get("Authorization"))
-    body = await _read_body(request, rt.config.security.max_body_bytes)
+    body = await read_body(request, rt.config.security.max_body_bytes, rt.config.timeouts.client_body_s)
     fields = _parse_fields(body)
     target = resolve(
         fields.model, caller=caller, bases=rt.fleet.bases() or _configured_base(rt),
@@ -82,15 +84,6 @@ def _header_text(request: web.Request, name: str) -> str:
 
 def _configured_base(rt: RouterRuntime) -> set[str]:
     return {rt.config.base_model} if rt.config.base_model else set()
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
 
 
 def _parse_fields(body: bytes) -> RequestFields:
@@ -199,7 +192,10 @@ def _should_retry(rt: RouterRuntime, target: Target, view: WorkerView, status: i
         return True
     if status >= 500:
         view.failures += 1
-        if view.failures >= rt.config.control.down_after_failures:
+        control = rt.config.control
+        workers = rt.fleet.workers.values()
+        if should_eject(view.failures, threshold=control.down_after_failures, pool=len(workers),
+                        down=sum(not v.healthy for v in workers), max_fraction=control.max_ejected_fraction):
             _mark_down(rt, view)
         return True
     return False

@@ -33,7 +33,7 @@ from router.catalog_sync import declare_config_adapters
 from router.config import load_config
 from router.control import ControlLoop
 from router.health import probe_down_workers
-from router.httpserver import render_protocol_errors_as_openai
+from router.httpserver import harden_connections
 from router.reconciler import Reconciler
 from router.reload import ConfigReloader
 from router.runtime import RouterRuntime
@@ -99,7 +99,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
                            max_field_size=loaded.config.security.max_header_bytes,
                            max_line_size=loaded.config.security.max_header_bytes)
     await runner.setup()
-    render_protocol_errors_as_openai(runner)
+    harden_connections(runner, lambda: runtime.config.timeouts.client_header_s)
     site = web.TCPSite(runner, options.host, options.port, reuse_port=options.reuse_port or None)
     await site.start()
     port = _bound_port(runner, options.port)
