@@ -33,6 +33,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
 })
+ADAPTER_MISSING = "adapter_missing"
+"""Retry reason of a 404 from a holder: the worker lost the adapter (restart, unload behind our back)."""
 BUFFER_LIMIT = 1 << 20
 """Non-streaming bodies up to this size are read whole, so a worker dying mid-body can be retried."""
 
@@ -127,12 +129,14 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
     started = time.monotonic()
     headers = _forwarded_headers(request)
     tried: set[str] = set()
+    failed: set[str] = set()
+    """Workers not to try again; one that answered 404 is not among them: a cold start may load it there."""
     last_reason = "no holder"
     for attempt in range(2):
-        views = _candidates(rt, target, tried)
+        views = _candidates(rt, target, failed)
         if not views and target.adapter is not None:
             await rt.cold.ensure_loaded(target.adapter)
-            views = _candidates(rt, target, tried)
+            views = _candidates(rt, target, failed)
         if not views:
             break
         if attempt and not rt.retry_budget.try_spend():
@@ -146,6 +150,8 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
         except _Retry as retry:
             last_reason = retry.reason
             rt.metrics.retries.labels(retry.reason).inc()
+            if retry.reason != ADAPTER_MISSING:
+                failed.add(view.id)
     if tried:
         raise UpstreamFailed(f"No worker answered for model '{target.model}' ({last_reason}).")
     raise NoWorkerAvailable(f"No healthy worker serves model '{target.model}'.", headers={"Retry-After": "1"})
@@ -169,7 +175,7 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view
         try:
             if not last_chance and _should_retry(rt, target, view, upstream.status):
                 upstream.close()
-                raise _Retry("adapter_missing" if upstream.status == 404 else "worker_5xx")
+                raise _Retry(ADAPTER_MISSING if upstream.status == 404 else "worker_5xx")
             if upstream.status < 500:
                 view.failures = 0
             response = await _relay(request, rt, view, upstream)
