@@ -58,6 +58,15 @@ class Tally:
         elif len(self.failures) < FAILURE_SAMPLES:
             self.failures.append(f"{outcome.value} {request.model} stream={request.stream} {status}: {detail[:200]}")
 
+    def merge(self, other: Tally) -> Tally:
+        """Fold another client's counts into this one (groups kept apart); returns self."""
+        self.outcomes.update(other.outcomes)
+        self.statuses.update(other.statuses)
+        for group, values in other.latencies.items():
+            self.latencies.setdefault(group, []).extend(values)
+        self.failures.extend(other.failures[:max(0, FAILURE_SAMPLES - len(self.failures))])
+        return self
+
     def count(self, outcome: Outcome, group: str | None = None) -> int:
         return sum(n for (g, o), n in self.outcomes.items() if o is outcome and group in (None, g))
 

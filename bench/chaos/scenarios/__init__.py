@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios import worker_kill
+from bench.chaos.scenarios import adapter_loss, etcd_outage, leader_kill, worker_kill
 from bench.chaos.scenarios.common import Context
 
 Scenario = Callable[[Context], Awaitable[ScenarioResult]]
 
 SCENARIOS: dict[str, Scenario] = {
     worker_kill.NAME: worker_kill.run,
+    etcd_outage.NAME: etcd_outage.run,
+    leader_kill.NAME: leader_kill.run,
+    adapter_loss.NAME: adapter_loss.run,
 }
 LONG = frozenset({"soak"})
 DEFAULT = tuple(n for n in SCENARIOS if n not in LONG)

@@ -1,0 +1,90 @@
+"""etcd-outage: etcd SIGKILLed for a while under load, then restarted on the same data.
+
+Two routers share the etcd. Checks: no request for a placed adapter fails
+while etcd is gone (routers route on the placement they hold); adapters
+first asked for during the outage are still served (cold start on their
+first HRW worker, decided locally); after the restart both routers agree
+again: the same leader, the same membership, the same placement epoch, every
+replica set held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import msgspec
+
+from bench.chaos.fleet import ChaosFleet, FleetSpec
+from bench.chaos.load import OpenLoop, Outcome, Request
+from bench.chaos.observe import status, time_until
+from bench.chaos.report import ScenarioResult
+from bench.chaos.scenarios.common import (Context, client, latency_ms, placement_served, request, retries, running,
+                                          settle)
+
+NAME = "etcd-outage"
+
+
+class Sizes(msgspec.Struct, frozen=True):
+    rate: float
+    cold_rate: float
+    outage_s: float
+    before_s: float
+    after_s: float
+
+
+FULL = Sizes(rate=100, cold_rate=10, outage_s=20, before_s=5, after_s=10)
+QUICK = Sizes(rate=50, cold_rate=5, outage_s=10, before_s=3, after_s=6)
+PLACED = tuple(f"eo-{i:02d}" for i in range(20))
+COLD = tuple(f"cold-{i}" for i in range(10))
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    sizes = QUICK if ctx.quick else FULL
+    spec = FleetSpec(workers=3, adapters=PLACED + COLD,
+                     placement={"defaults": {"min_replicas": 2}, "adapters": {"cold-*": {"min_replicas": 0}}})
+    total_s = sizes.before_s + sizes.outage_s + sizes.after_s
+    result = ScenarioResult(
+        name=NAME, load=f"{sizes.rate:g} req/s x {total_s:g} s over {len(PLACED)} placed adapters, "
+        f"+{sizes.cold_rate:g} req/s over {len(COLD)} cold ones during the outage; 3 workers, 2 routers",
+        faults=f"SIGKILL etcd at {sizes.before_s:g} s, restart {sizes.outage_s:g} s later",
+        recovery_of="views converged after restart")
+    async with running(ctx.root, spec, routers=2) as fleet, client() as session:
+        await settle(session, fleet)
+        urls = [r.url for r in fleet.routers]
+        before = await retries(session, fleet.routers)
+        placed = OpenLoop(session, urls, lambda i: request(PLACED[i % len(PLACED)], stream=i % 10 == 0,
+                                                           group="placed"), sizes.rate)
+        placed.start(total_s, int(sizes.rate * total_s) + 1)
+        await asyncio.sleep(sizes.before_s)  # the fault's place in the timeline
+        fleet.etcd.kill()
+        cold = OpenLoop(session, urls, lambda i: Request(COLD[i % len(COLD)], group="cold"), sizes.cold_rate)
+        cold.start(sizes.outage_s, int(sizes.cold_rate * sizes.outage_s) + 1)
+        await asyncio.sleep(sizes.outage_s)
+        await asyncio.to_thread(fleet.etcd.start)
+        restarted = time.monotonic()
+        converged = await time_until(lambda: _agree(session, fleet), 60)
+        recovery = None if converged is None else time.monotonic() - restarted
+        tally = (await placed.finish()).merge(await cold.finish())
+        result.count(tally, await retries(session, fleet.routers) - before)
+    result.recovery_s = None if recovery is None else round(recovery, 1)
+    result.figures = {**latency_ms(tally, "placed", "placed"), **latency_ms(tally, "cold", "cold")}
+    failed = {g: tally.count(Outcome.FAILED, g) + tally.count(Outcome.HUNG, g) + tally.count(Outcome.CUT, g)
+              for g in ("placed", "cold")}
+    result.checks = {
+        "no request for a placed adapter failed": failed["placed"] == 0,
+        "cold adapters served during the outage": failed["cold"] == 0 and tally.count(Outcome.OK, "cold") > 0,
+        "views converged after the restart": recovery is not None,
+    }
+    return result
+
+
+async def _agree(session: aiohttp.ClientSession, fleet: ChaosFleet) -> bool:
+    """Both routers: one leader, every worker a member, one epoch, every replica set held."""
+    everyone = {w.id for w in fleet.workers}
+    views = [await status(session, r.url) for r in fleet.routers]
+    leaders = {v["leader"] for v in views}
+    if len(leaders) != 1 or None in leaders or any({w["id"] for w in v["workers"]} != everyone for v in views):
+        return False
+    return await placement_served(session, fleet.routers, everyone)
