@@ -1,0 +1,96 @@
+"""The simulator on the very workload a live run replayed, and the two set side by side.
+
+The question is not whether the numbers match (HTTP, processes and a shared CPU add to every live
+latency) but whether both rank the strategies the same way and see differences of about the same
+size. So each strategy is also given as a ratio to the best baseline on each column, live and simulated:
+a ratio depends on the strategies' decisions far more than on the overheads they share.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from bench.sim.fleet import Fleet
+from bench.sim.metrics import RunMetrics, compute
+from bench.sim.scenarios import Setup, run_strategy
+from bench.sim.strategies import Strategy
+from bench.workloads import Requests
+from router.picking import power_of_two
+
+OURS = "lora-router"
+RATIO_COLUMNS = (("ttft_p50_ms", "TTFT p50"), ("ttft_p99_ms", "TTFT p99"), ("e2e_p99_ms", "e2e p99"),
+                 ("adapter_loads", "loads/1k"), ("slot_swaps", "swaps/1k"))
+"""Lower is better in every one of them."""
+
+
+class PowerOfTwo(Strategy):
+    """lora-router-spread's decisions: power of two on in-flight counts among all workers, adapter-blind."""
+
+    name = "power-of-two"
+
+    def pick(self, adapter: int) -> int:
+        return power_of_two(self.fleet.workers, self.rng).index
+
+
+def simulate(strategy: str, requests: Requests, names: list[str], setup: Setup, seed: int) -> RunMetrics:
+    """`bench.sim.scenarios.run_strategy`, plus the one counterpart the simulator does not list."""
+    if strategy != PowerOfTwo.name:
+        return run_strategy(strategy, requests, names, setup, seed)[0]
+    fleet = Fleet(setup.workers, names, setup.params())
+    return compute(fleet.run(requests, PowerOfTwo(fleet, seed).route), setup.ttft_slo_ms, 0)
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    ratios: dict[str, dict[str, dict[str, float]]]
+    """strategy -> column -> {"live", "sim"}: the strategy's value over the best baseline's on that column."""
+    ranking: dict[str, dict[str, list[str]]]
+    """column -> {"live", "sim"}: strategies best first."""
+    agree: dict[str, bool]
+    """column -> the two rankings are the same."""
+
+
+def _ratios(results: dict[str, RunMetrics], column: str) -> dict[str, float]:
+    baselines = [getattr(m, column) for s, m in results.items() if s != OURS] or \
+        [getattr(m, column) for m in results.values()]
+    best = min(baselines)
+    return {s: round(getattr(m, column) / best, 3) if best > 0 else float("nan") for s, m in results.items()}
+
+
+def compare(live: dict[str, RunMetrics], sim: dict[str, RunMetrics]) -> Comparison:
+    """`live` and `sim` keyed by the same (live) strategy names."""
+    ratios: dict[str, dict[str, dict[str, float]]] = {s: {} for s in live}
+    ranking: dict[str, dict[str, list[str]]] = {}
+    for column, _ in RATIO_COLUMNS:
+        lr, sr = _ratios(live, column), _ratios(sim, column)
+        for s in live:
+            ratios[s][column] = {"live": lr[s], "sim": sr[s]}
+        ranking[column] = {side: sorted(r, key=lambda s, r=r: (getattr(r[s], column), s))
+                           for side, r in (("live", live), ("sim", sim))}
+    return Comparison(ratios=ratios, ranking=ranking,
+                      agree={c: r["live"] == r["sim"] for c, r in ranking.items()})
+
+
+def _rows(c: Comparison) -> list[list[str]]:
+    head = ["strategy", *(f"{title} live / sim" for _, title in RATIO_COLUMNS)]
+    return [head] + [[s, *(f"{c.ratios[s][col]['live']:.2f} / {c.ratios[s][col]['sim']:.2f}"
+                           for col, _ in RATIO_COLUMNS)] for s in c.ratios]
+
+
+def _verdicts(c: Comparison) -> list[str]:
+    return [f"ranking by {title}: live {' < '.join(c.ranking[col]['live'])}; sim {' < '.join(c.ranking[col]['sim'])}"
+            f" ({'same' if c.agree[col] else 'differs'})" for col, title in RATIO_COLUMNS]
+
+
+def ratio_table(c: Comparison) -> str:
+    """Per strategy and column: its value over the best baseline's, live and simulated; then the rankings."""
+    rows = _rows(c)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(lines + _verdicts(c))
+
+
+def ratio_markdown(c: Comparison) -> str:
+    rows = _rows(c)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join([f"**{r[0]}**" if r[0] == OURS else r[0], *r[1:]]) + " |" for r in rows[1:]]
+    return "\n".join(lines + [""] + [f"- {v}" for v in _verdicts(c)])
