@@ -69,6 +69,7 @@ class DynamoStrategy:
         self.ema: dict[str, float] = {}
         self.replicas: dict[str, int] = {}
         self.lower_for: dict[str, int] = {}
+        self.rankings = HrwOrders()
 
     def _sizes(self, adapters: Sequence[Adapter], total_slots: int, n: int) -> dict[str, int]:
         total = sum(self.ema.get(a.name, 0.0) for a in adapters)
@@ -104,17 +105,49 @@ class DynamoStrategy:
         for a in adapters:
             self.ema[a.name] = self.alpha * measured.get(a.name, 0.0) + (1 - self.alpha) * self.ema.get(a.name, 0.0)
         sizes = self._sizes(adapters, sum(w.slots for w in workers), len(workers))
-        used = {w.id: 0 for w in workers}
-        slots = {w.id: w.slots for w in workers}
+        rankings = self.rankings.of(workers, adapters)
+        ids = [w.id for w in workers]
+        used = np.zeros(len(workers), dtype=np.int64)
+        slots = np.array([w.slots for w in workers], dtype=np.int64)
         sets: dict[str, tuple[str, ...]] = {}
         for a in sorted(adapters, key=lambda a: (-self.ema.get(a.name, 0.0), a.name)):
-            ranked = [w.id for w in hrw.rank_workers(a.name, workers)]
-            free = [w for w in ranked if used[w] < slots[w]] or ranked  # all full: plain HRW
-            chosen = tuple(free[:sizes[a.name]])
-            for w in chosen:
-                used[w] += 1
-            sets[a.name] = chosen
+            ranked = rankings[a.name]
+            free = ranked[np.flatnonzero(used[ranked] < slots[ranked])]
+            chosen = (free if free.size else ranked)[:sizes[a.name]]  # all full: plain HRW
+            used[chosen] += 1
+            sets[a.name] = tuple([ids[i] for i in chosen.tolist()])
         return _placement(sets, sizes, self.ema)
+
+
+class HrwOrders:
+    """Every adapter's whole HRW ranking (indices into `workers`, as `hrw.rank_workers` orders them),
+    scored in bulk and kept until the workers or the catalog change: Dynamo re-walks them every tick."""
+
+    CHUNK = 256
+
+    def __init__(self) -> None:
+        self._for: tuple[tuple[Worker, ...], tuple[Adapter, ...]] | None = None
+        self._rows: dict[str, np.ndarray] = {}
+
+    def of(self, workers: Sequence[Worker], adapters: Sequence[Adapter]) -> dict[str, np.ndarray]:
+        key = (tuple(workers), tuple(adapters))
+        if key != self._for:
+            self._for, self._rows = key, self._rank(workers, adapters)
+        return self._rows
+
+    def _rank(self, workers: Sequence[Worker], adapters: Sequence[Adapter]) -> dict[str, np.ndarray]:
+        ids = [w.id for w in workers]
+        lanes = hrw.worker_lanes(hrw.keys(ids))
+        weights = np.fromiter((w.weight for w in workers), dtype=np.float64, count=len(workers))
+        id_order = np.argsort(np.argsort(np.array(ids, dtype=object), kind="stable"), kind="stable")
+        names = [a.name for a in adapters]
+        rows: dict[str, np.ndarray] = {}
+        for start in range(0, len(names), self.CHUNK):
+            block = names[start:start + self.CHUNK]
+            scores = hrw.pair_scores(hrw.adapter_states(hrw.keys(block)), lanes, weights)
+            ranked = np.lexsort((np.broadcast_to(id_order, scores.shape), -scores), axis=1)
+            rows.update(zip(block, ranked))
+        return rows
 
 
 class _SameSizes:

@@ -116,6 +116,7 @@ class _Ranked(Strategy):
         self.pool = [Worker(id=f"w{i}", base_model=BASE, slots=slots) for i in range(self.n)]
         self.index = {w.id: i for i, w in enumerate(self.pool)}
         self.catalog = [Adapter(name=a, base_model=BASE) for a in fleet.names]
+        self.adapter_index = {a: i for i, a in enumerate(fleet.names)}
         self._first: dict[int, int] = {}
 
     def first_hrw(self, adapter: int) -> int:
@@ -147,19 +148,21 @@ class _Placed(_Ranked):
         fleet.every(control.tick_s, control.tick_s, self.tick)
 
     def tick(self, now: float) -> None:
-        measured = {self.fleet.names[a]: float(c) / self.control.tick_s for a in np.flatnonzero(self.arrivals)
-                    for c in (self.arrivals[a],)}
-        self.arrivals[:] = 0
+        arrivals = self.arrivals
+        seen = np.flatnonzero(arrivals)
+        names, tick_s = self.fleet.names, self.control.tick_s
+        measured = {names[a]: c / tick_s for a, c in zip(seen.tolist(), arrivals[seen].tolist())}
+        arrivals[:] = 0
         placement = self.place(measured)
-        workers = self.fleet.workers
+        workers, previous, positions = self.fleet.workers, self.placement.replica_sets, self.index
         for name, rs in placement.replica_sets.items():
-            old = self.placement.replica_sets.get(name)
+            old = previous.get(name)
+            if old is not None and old.workers == rs.workers:
+                continue
             if old is not None:
-                self.churn += len(set(rs.workers) - set(old.workers))
+                self.churn += sum(1 for w in rs.workers if w not in old.workers)
+            self.sets[self.adapter_index[name]] = [workers[positions[w]] for w in rs.workers]
         self.placement = placement
-        index = {a: i for i, a in enumerate(self.fleet.names)}
-        for name, rs in placement.replica_sets.items():
-            self.sets[index[name]] = [workers[self.index[w]] for w in rs.workers]
 
     def place(self, measured: dict[str, float]) -> Placement:
         raise NotImplementedError
@@ -214,11 +217,10 @@ class LoraRouter(_Placed):
         self.round_due = False
         fleet = self.fleet
         names = fleet.names
-        index = {a: i for i, a in enumerate(names)}
-        holdings = {w.id: frozenset(names[a] for a in fleet.workers[i].held) for i, w in enumerate(self.pool)}
-        loading = {w.id: frozenset(names[a] for a in fleet.workers[i].loading) for i, w in enumerate(self.pool)}
+        holdings = {w.id: frozenset([names[a] for a in ws.held]) for w, ws in zip(self.pool, fleet.workers)}
+        loading = {w.id: frozenset([names[a] for a in ws.loading]) for w, ws in zip(self.pool, fleet.workers)}
         for action in plan.plan_actions(self.placement, holdings, loading, self.config.plan):
-            w, a = self.index[action.worker], index[action.adapter]
+            w, a = self.index[action.worker], self.adapter_index[action.adapter]
             if action.kind == "load":
                 fleet.load(w, a)
             else:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from allocator import hrw, synthetic
+from bench.baselines_placement import HrwOrders
 from bench.cli import main
 from bench.perfmodel import PerfParams
 from bench.sim.fleet import Fleet
@@ -138,3 +140,13 @@ def test_a_coast_is_cut_where_the_arrival_is_admitted() -> None:
     assert np.array_equal(runs[0].first_token, runs[1].first_token)
     assert np.array_equal(runs[0].finish, runs[1].finish)
     assert runs[0].first_token[1] < 0.2 < runs[0].finish[0]
+
+
+def test_dynamo_bulk_rankings_equal_rank_workers() -> None:
+    """Dynamo's cached bulk rankings must order workers exactly as `hrw.rank_workers` does."""
+    pool = synthetic.workers(23, 8)
+    pool = [pool[i] for i in np.random.default_rng(2).permutation(len(pool))]
+    catalog = synthetic.adapters(300)
+    rows = HrwOrders().of(pool, catalog)
+    for a in catalog:
+        assert [pool[i].id for i in rows[a.name].tolist()] == [w.id for w in hrw.rank_workers(a.name, pool)]
