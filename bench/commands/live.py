@@ -100,13 +100,15 @@ def run(args: argparse.Namespace) -> int:
               f"machine CPU {f.cpu_busy:.0%} busy, worst send lag {f.send_lag_ms} ms")
     if args.compare_sim and live:
         setup = Setup(workers=args.workers, max_loras=args.max_loras, ttft_slo_ms=args.ttft_slo_ms)
-        sim = {s: simulate(STRATEGIES[s].sim, requests, adapter_names, setup, args.seed) for s in live}
+        sim = {s: simulate(STRATEGIES[s].sim, requests, adapter_names, setup, args.seed, facts[s].route_map)
+               for s in live}
         comparison = compare(live, sim)
         print(f"\nsimulated, same requests (strategy: live name; simulator's counterpart in the JSON)\n{table(sim)}")
         print(f"\nratio to the best baseline on each column (live / sim)\n"
               f"{(ratio_markdown if args.markdown else ratio_table)(comparison)}")
         settings["sim"] = {s: msgspec.to_builtins(m) for s, m in sim.items()}
-        settings["sim_strategies"] = {s: STRATEGIES[s].sim for s in live}
+        settings["sim_strategies"] = {s: STRATEGIES[s].sim + (" (the front door's probed map)" if facts[s].route_map
+                                                             else "") for s in live}
         settings["comparison"] = msgspec.to_builtins(comparison)
     if args.json is not None:
         args.json.write_text(json.dumps(report.document(args.scenario, live, settings), indent=2) + "\n")

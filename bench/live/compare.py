@@ -9,6 +9,7 @@ a ratio depends on the strategies' decisions far more than on the overheads they
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 
 from bench.sim.fleet import Fleet
 from bench.sim.metrics import RunMetrics, compute
@@ -32,12 +33,28 @@ class PowerOfTwo(Strategy):
         return power_of_two(self.fleet.workers, self.rng).index
 
 
-def simulate(strategy: str, requests: Requests, names: list[str], setup: Setup, seed: int) -> RunMetrics:
-    """`bench.sim.scenarios.run_strategy`, plus the one counterpart the simulator does not list."""
-    if strategy != PowerOfTwo.name:
-        return run_strategy(strategy, requests, names, setup, seed)[0]
-    fleet = Fleet(setup.workers, names, setup.params())
-    return compute(fleet.run(requests, PowerOfTwo(fleet, seed).route), setup.ttft_slo_ms, 0)
+class FixedMap(Strategy):
+    """Consistent hash with a given adapter -> worker map (vllm-router's ring, as probed)."""
+
+    name = "consistent-hash"
+
+    def __init__(self, fleet: Fleet, seed: int, route_map: list[int]) -> None:
+        super().__init__(fleet, seed)
+        self.route_map = route_map
+
+    def pick(self, adapter: int) -> int:
+        return self.route_map[adapter]
+
+
+def simulate(strategy: str, requests: Requests, names: list[str], setup: Setup, seed: int,
+             route_map: list[int] | None = None) -> RunMetrics:
+    """`bench.sim.scenarios.run_strategy`, plus the counterparts the simulator does not list:
+    power of two over all workers, and consistent hash on a probed map."""
+    if strategy == PowerOfTwo.name or route_map is not None:
+        fleet = Fleet(setup.workers, names, setup.params())
+        chosen = PowerOfTwo(fleet, seed) if route_map is None else FixedMap(fleet, seed, route_map)
+        return compute(fleet.run(requests, chosen.route), setup.ttft_slo_ms, 0)
+    return run_strategy(strategy, requests, names, setup, seed)[0]
 
 
 class Comparison(msgspec.Struct, kw_only=True):
@@ -47,6 +64,9 @@ class Comparison(msgspec.Struct, kw_only=True):
     """column -> {"live", "sim"}: strategies best first."""
     agree: dict[str, bool]
     """column -> the two rankings are the same."""
+    pairs: dict[str, dict[str, object]]
+    """column -> {"agree": pairs of strategies both order alike (or tie on one side), "of": all pairs,
+    "differ": ["a vs b", ...]}: a ranking of near-equals flips on noise; the pairs say which comparison did."""
 
 
 def _ratios(results: dict[str, RunMetrics], column: str) -> dict[str, float]:
@@ -67,7 +87,29 @@ def compare(live: dict[str, RunMetrics], sim: dict[str, RunMetrics]) -> Comparis
         ranking[column] = {side: sorted(r, key=lambda s, r=r: (getattr(r[s], column), s))
                            for side, r in (("live", live), ("sim", sim))}
     return Comparison(ratios=ratios, ranking=ranking,
-                      agree={c: r["live"] == r["sim"] for c, r in ranking.items()})
+                      agree={c: r["live"] == r["sim"] for c, r in ranking.items()},
+                      pairs={c: _pairs(live, sim, c) for c, _ in RATIO_COLUMNS})
+
+
+TIE = 0.05
+"""Two values within 5 % of each other are a tie: a pair tied on either side agrees with any order."""
+
+
+def _order(x: float, y: float) -> int:
+    return 0 if abs(x - y) <= TIE * max(abs(x), abs(y)) else int(np.sign(x - y))
+
+
+def _pairs(live: dict[str, RunMetrics], sim: dict[str, RunMetrics], column: str) -> dict[str, object]:
+    names = list(live)
+    differ = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            lo = _order(getattr(live[a], column), getattr(live[b], column))
+            so = _order(getattr(sim[a], column), getattr(sim[b], column))
+            if lo and so and lo != so:
+                differ.append(f"{a} vs {b}")
+    total = len(names) * (len(names) - 1) // 2
+    return {"agree": total - len(differ), "of": total, "differ": differ}
 
 
 def _rows(c: Comparison) -> list[list[str]]:
@@ -77,8 +119,13 @@ def _rows(c: Comparison) -> list[list[str]]:
 
 
 def _verdicts(c: Comparison) -> list[str]:
-    return [f"ranking by {title}: live {' < '.join(c.ranking[col]['live'])}; sim {' < '.join(c.ranking[col]['sim'])}"
-            f" ({'same' if c.agree[col] else 'differs'})" for col, title in RATIO_COLUMNS]
+    lines = []
+    for col, title in RATIO_COLUMNS:
+        pairs = c.pairs[col]
+        differ = f"; differ: {', '.join(pairs['differ'])}" if pairs["differ"] else ""  # type: ignore[arg-type]
+        lines.append(f"by {title}: live {' < '.join(c.ranking[col]['live'])}; sim {' < '.join(c.ranking[col]['sim'])}"
+                     f" ({pairs['agree']} of {pairs['of']} pairs agree{differ})")
+    return lines
 
 
 def ratio_table(c: Comparison) -> str:

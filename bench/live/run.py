@@ -19,6 +19,7 @@ import numpy as np
 from bench.live import counters
 from bench.live.fleet import FleetShape, LiveFleet
 from bench.live.replay import Replayed, replay
+from bench.live.ringprobe import ring_map
 from bench.live.strategies import LiveStrategy
 from bench.sim.fleet import Outcome
 from bench.sim.metrics import RunMetrics, compute
@@ -38,6 +39,8 @@ class RunFacts(msgspec.Struct, kw_only=True):
     wall_s: float
     """Replay only, from the first send to the last answer."""
     setup_s: float
+    route_map: list[int] | None = None
+    """The front door's adapter -> worker index, where it hashes (probed after the run)."""
 
 
 def outcome(r: Replayed, w: counters.WorkerCounters) -> Outcome:
@@ -75,6 +78,7 @@ async def run_live(strategy: LiveStrategy, requests: Requests, names: list[str],
         busy1, total1 = _cpu_times()
         worker_counts = await counters.workers(fleet.workers)
         churn = await counters.placement_moves(fronts) - moves0 if placed else 0
+        route_map = await ring_map(fronts[0], fleet.workers, names) if strategy.probe_ring else None
         clean = True
     finally:
         fleet.stop()
@@ -89,5 +93,5 @@ async def run_live(strategy: LiveStrategy, requests: Requests, names: list[str],
     facts = RunFacts(answered=ok, failed=len(requests) - ok, statuses=statuses,
                      send_lag_ms=round(replayed.send_lag_s * 1000.0, 1),
                      cpu_busy=round((busy1 - busy0) / max(1, total1 - total0), 3),
-                     wall_s=round(wall_s, 2), setup_s=round(setup_s, 2))
+                     wall_s=round(wall_s, 2), setup_s=round(setup_s, 2), route_map=route_map)
     return compute(outcome(replayed, worker_counts), ttft_slo_ms, churn), facts

@@ -7,6 +7,7 @@
   router's power of two chooses among all workers whatever they hold (`power-of-two` in the simulator).
 - `vllm-router-rr`, `vllm-router-ch`: vllm-router (round robin; consistent hash on X-Session-ID, sent as
   the adapter name) in front of workers that hold every adapter, loaded beforehand with vLLM's call.
+  The simulator replays consistent hash with vllm-router's own adapter -> worker map (ringprobe.py).
 
 The router's clocks and rates are scaled with the workers' speed, so its control loop runs at the same
 pace in virtual time as the simulator's (2 s tick, per-replica req/s, cooldowns, estimator decay).
@@ -30,6 +31,8 @@ class LiveStrategy(msgspec.Struct, frozen=True, kw_only=True):
     """Start the front door on a fleet whose workers run; returns the base URLs the load goes to."""
     missing: Callable[[], str | None] = lambda: None
     """Why it cannot run here (a package not installed), or None."""
+    probe_ring: bool = False
+    """Ask the front door for its adapter -> worker map after the run, for the simulator to replay."""
 
 
 def router_config(speed: float, min_replicas: int = 1) -> dict[str, object]:
@@ -79,5 +82,5 @@ STRATEGIES: dict[str, LiveStrategy] = {s.name: s for s in (
     LiveStrategy(name="vllm-router-rr", sim="round-robin", deploy=_vllm_router("round_robin"),
                  missing=_no_vllm_router),
     LiveStrategy(name="vllm-router-ch", sim="consistent-hash", deploy=_vllm_router("consistent_hash"),
-                 missing=_no_vllm_router),
+                 missing=_no_vllm_router, probe_ring=True),
 )}
