@@ -111,7 +111,7 @@ class ChaosFleet:
         port = free_port()
         argv = python_cli("router", "serve", "--config", str(self.config_path), "--port", str(port),
                           "--etcd", self.etcd.endpoint, "--router-id", router_id)
-        proc = ManagedProcess(argv, health_url=f"http://127.0.0.1:{port}/health",
+        proc = ManagedProcess(argv, health_url=f"http://127.0.0.1:{port}/ready",
                               log_path=self.root / f"{router_id}.log")
         await asyncio.to_thread(proc.start, 60)
         router = Router(router_id, proc, port)

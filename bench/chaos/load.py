@@ -104,6 +104,19 @@ class OpenLoop:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def finished(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return when sending and answers are over, or after `timeout_s`, whichever is first."""
+        assert self._task is not None
+        await asyncio.wait([self._task], timeout=timeout_s)
+
+    async def send(self, requests: Sequence[Request]) -> None:
+        """Send these now, besides the paced ones, into the same tally; return once all are answered."""
+        await asyncio.gather(*(self._one(self.targets[0], r) for r in requests))
+
     async def finish(self) -> Tally:
         """Wait for sending to end and every answer (or its timeout)."""
         assert self._task is not None

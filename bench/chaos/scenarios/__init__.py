@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios import adapter_loss, etcd_outage, leader_kill, worker_kill
+from bench.chaos.scenarios import adapter_loss, bad_worker, etcd_outage, leader_kill, soak, worker_kill
 from bench.chaos.scenarios.common import Context
 
 Scenario = Callable[[Context], Awaitable[ScenarioResult]]
@@ -15,6 +15,8 @@ SCENARIOS: dict[str, Scenario] = {
     etcd_outage.NAME: etcd_outage.run,
     leader_kill.NAME: leader_kill.run,
     adapter_loss.NAME: adapter_loss.run,
+    bad_worker.NAME: bad_worker.run,
+    soak.NAME: soak.run,
 }
 LONG = frozenset({"soak"})
 DEFAULT = tuple(n for n in SCENARIOS if n not in LONG)

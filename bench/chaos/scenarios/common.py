@@ -63,15 +63,19 @@ async def retries(session: aiohttp.ClientSession, routers: Sequence[Router]) -> 
 
 async def placement_served(session: aiohttp.ClientSession, routers: Sequence[Router],
                            alive: set[str]) -> bool:
-    """On every router: one placement epoch, each replica set made of live workers, all of them holding it."""
+    """On every router: the live workers as members, one (written) placement epoch, and each replica set
+    made of live workers, all of them holding it."""
     epochs = set()
     for router in routers:
-        epochs.add((await status(session, router.url))["placement_epoch"])
+        view = await status(session, router.url)
+        if {w["id"] for w in view["workers"]} != alive:
+            return False
+        epochs.add(view["placement_epoch"])
         for view in (await loras(session, router.url)).values():
             wanted = set(view["replica_set"])
             if len(wanted) < view["replicas"] or not wanted <= alive or not wanted <= set(view["holders"]):
                 return False
-    return len(epochs) == 1
+    return len(epochs) == 1 and 0 not in epochs
 
 
 async def converge(session: aiohttp.ClientSession, fleet: ChaosFleet, routers: Sequence[Router],

@@ -22,7 +22,8 @@ from bench.chaos.fleet import FleetSpec, Router
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, status, time_until
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import Context, client, mix, request, retries, running, settle
+from bench.chaos.scenarios.common import (Context, NotConverged, client, mix, request, retries, running,
+                                          settle)
 from discovery.etcd import EtcdClient
 from discovery.stores import PlacementStore
 
@@ -97,7 +98,7 @@ async def run(ctx: Context) -> ScenarioResult:
         faults=f"SIGKILL the leader at {sizes.before_s:g} s", recovery_of="new leader placed the demand")
     async with running(ctx.root, spec, routers=3) as fleet, client() as session:
         await settle(session, fleet)
-        leader = next(r for r in fleet.routers if (await status(session, r.url))["is_leader"])
+        leader = await _leader(session, fleet.routers)
         followers = [r for r in fleet.routers if r is not leader]
         polled = list(fleet.routers)
         async with watching(session, fleet.etcd.endpoint, polled) as watch:
@@ -129,6 +130,13 @@ async def run(ctx: Context) -> ScenarioResult:
         "no request failed": tally.count(Outcome.OK) == tally.sent,
     }
     return result
+
+
+async def _leader(session: aiohttp.ClientSession, routers: list[Router]) -> Router:
+    claims = [r for r in routers if (await status(session, r.url))["is_leader"]]
+    if len(claims) != 1:
+        raise NotConverged(f"{len(claims)} routers claim leadership before the fault")
+    return claims[0]
 
 
 async def _one_leader(session: aiohttp.ClientSession, routers: list[Router]) -> bool:

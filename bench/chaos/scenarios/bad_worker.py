@@ -1,0 +1,73 @@
+"""bad-worker: one worker answers every request seconds late, another answers every request with a 500.
+
+Five workers, every adapter on two of them. Checks: no request fails (a 500
+is retried on the other holder, and the failing worker is ejected by passive
+health); adapters whose replica set avoids the slow worker keep a p99 below
+the injected delay (the slow worker's queue does not spread to them); no retry
+storm: the routers retried at most what the retry budget allows (its ratio of
+the requests plus its cap).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+
+from bench.chaos.fleet import FleetSpec, Router
+from bench.chaos.load import OpenLoop, Outcome, Request
+from bench.chaos.observe import loras
+from bench.chaos.report import ScenarioResult
+from bench.chaos.scenarios.common import Context, client, latency_ms, request, retries, running, settle
+
+NAME = "bad-worker"
+NAMES = tuple(f"bw-{i:02d}" for i in range(20))
+SLOW, FAILING = 0, 1
+BUDGET_RATIO, BUDGET_CAP = 0.2, 20
+"""The router's defaults (control.retry_budget_ratio, RetryBudget.cap)."""
+
+
+class Sizes(msgspec.Struct, frozen=True):
+    rate: float
+    seconds: float
+    slow_s: float
+
+
+FULL = Sizes(rate=100, seconds=30, slow_s=3.0)
+QUICK = Sizes(rate=50, seconds=15, slow_s=2.0)
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    sizes = QUICK if ctx.quick else FULL
+    spec = FleetSpec(workers=5, adapters=NAMES, placement={"defaults": {"min_replicas": 2}},
+                     worker_faults={SLOW: ("--slow-s", str(sizes.slow_s)), FAILING: ("--fail-rate", "1.0")})
+    result = ScenarioResult(
+        name=NAME, load=f"{sizes.rate:g} req/s x {sizes.seconds:g} s over {len(NAMES)} adapters x 2 replicas; "
+        "5 workers", faults=f"one worker {sizes.slow_s:g} s slow, one answering 500 to everything")
+    async with running(ctx.root, spec) as fleet, client() as session:
+        await settle(session, fleet)
+        router = fleet.routers[0]
+        near_slow = await _on(session, router, fleet.workers[SLOW].id)
+        before = await retries(session, fleet.routers)
+
+        def pick(i: int) -> Request:
+            name = NAMES[i % len(NAMES)]
+            return request(name, group="near slow" if name in near_slow else "others")
+
+        load = OpenLoop(session, [router.url], pick, sizes.rate).start(sizes.seconds,
+                                                                        int(sizes.rate * sizes.seconds) + 1)
+        tally = await load.finish()
+        result.count(tally, await retries(session, fleet.routers) - before)
+    others_p99 = tally.percentile(0.99, "others")
+    allowed = BUDGET_RATIO * tally.sent + BUDGET_CAP
+    result.figures = {**latency_ms(tally, "others", "others"), **latency_ms(tally, "near slow", "near slow"),
+                      "adapters near the slow worker": len(near_slow), "retries allowed by the budget": allowed}
+    result.checks = {
+        "no request failed": tally.count(Outcome.OK) == tally.sent,
+        "others' p99 below the injected delay": others_p99 is not None and others_p99 < sizes.slow_s,
+        "no retry storm (retries within the budget)": result.retried <= allowed,
+    }
+    return result
+
+
+async def _on(session: aiohttp.ClientSession, router: Router, worker_id: str) -> set[str]:
+    return {n for n, v in (await loras(session, router.url)).items() if worker_id in v["replica_set"]}

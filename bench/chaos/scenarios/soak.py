@@ -1,0 +1,130 @@
+"""soak: mixed load for minutes while workers restart and adapters come and go; the router must stay flat.
+
+Flat means: measured at two quiet moments (no request in flight), one after a
+warm-up and one after the soak, the router process's RSS grew by at most
+max(16 MiB, 10 %), its open file descriptors by at most 8, and its event
+loop's tasks (`lora_router_asyncio_tasks`) by at most 5. Samples taken during
+the soak are kept in the figures' min/max. Also: no non-streaming request
+fails and no stream hangs (a restart cuts streams; those end with an SSE
+error event and are counted as cut).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import aiohttp
+import msgspec
+
+from bench.chaos.fleet import ChaosFleet, FleetSpec
+from bench.chaos.load import OpenLoop, Outcome
+from bench.chaos.observe import Usage, loras, status, time_until, usage
+from bench.chaos.report import ScenarioResult
+from bench.chaos.scenarios.common import Context, client, mix, request, retries, running, settle
+from router.devfleet import make_adapter_dir
+
+NAME = "soak"
+NAMES = tuple(f"sk-{i:02d}" for i in range(16))
+RSS_GROWTH_MIB, RSS_GROWTH_SHARE, FD_GROWTH, TASK_GROWTH = 16.0, 0.10, 8, 5
+CHURN_REQUESTS = 5
+QUICK_SECONDS = 45.0
+
+
+class Sizes(msgspec.Struct, frozen=True):
+    rate: float
+    warmup_s: float
+    churn_s: float
+    sample_s: float
+
+
+FULL = Sizes(rate=40, warmup_s=20, churn_s=20, sample_s=10)
+QUICK = Sizes(rate=25, warmup_s=10, churn_s=8, sample_s=5)
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    sizes = QUICK if ctx.quick else FULL
+    seconds = QUICK_SECONDS if ctx.quick else ctx.soak_minutes * 60
+    spec = FleetSpec(workers=3, adapters=NAMES, placement={"defaults": {"min_replicas": 2}})
+    result = ScenarioResult(
+        name=NAME, load=f"{sizes.rate:g} req/s x {seconds:g} s over {len(NAMES)} adapters, 1 in 10 streamed; "
+        "3 workers", faults=f"every {sizes.churn_s:g} s in turn: a worker SIGKILLed and restarted, "
+        "an adapter added, used and deleted")
+    async with running(ctx.root, spec) as fleet, client() as session:
+        await settle(session, fleet)
+        router = fleet.routers[0]
+        started = time.monotonic()
+        warm = OpenLoop(session, [router.url], mix(NAMES, stream_every=10), sizes.rate)
+        tally = await warm.start(sizes.warmup_s, int(sizes.rate * sizes.warmup_s) + 1).finish()
+        baseline = await _quiet_usage(session, router.url, router.proc.pid, started)
+        before = await retries(session, fleet.routers)
+        load = OpenLoop(session, [router.url], mix(NAMES, stream_every=10), sizes.rate).start(
+            seconds, int(sizes.rate * seconds) + 1)
+        samples: list[Usage] = []
+        churn = asyncio.create_task(_churn(session, fleet, sizes.churn_s, load))
+        try:
+            while not load.finished:
+                samples.append(await usage(session, router.url, router.proc.pid, started))
+                await load.wait(sizes.sample_s)
+        finally:
+            churn.cancel()
+            await asyncio.gather(churn, return_exceptions=True)
+        tally.merge(await load.finish())
+        await settle(session, fleet)
+        end = await _quiet_usage(session, router.url, router.proc.pid, started)
+        result.count(tally, await retries(session, fleet.routers) - before)
+    samples = [baseline, *samples, end]
+    rss_allowed = max(RSS_GROWTH_MIB, RSS_GROWTH_SHARE * baseline.rss_mib)
+    result.figures = {
+        "RSS MiB start": baseline.rss_mib, "RSS MiB end": end.rss_mib,
+        "RSS MiB max": max(s.rss_mib for s in samples),
+        "fds start": baseline.fds, "fds end": end.fds, "fds max": max(s.fds for s in samples),
+        "tasks start": baseline.tasks, "tasks end": end.tasks, "tasks max": max(s.tasks for s in samples),
+        "samples": len(samples)}
+    result.checks = {
+        f"RSS flat (grew <= {rss_allowed:.0f} MiB)": end.rss_mib - baseline.rss_mib <= rss_allowed,
+        f"open fds flat (grew <= {FD_GROWTH})": end.fds - baseline.fds <= FD_GROWTH,
+        f"asyncio tasks flat (grew <= {TASK_GROWTH})": end.tasks - baseline.tasks <= TASK_GROWTH,
+        "every non-streaming request succeeded": tally.count(Outcome.FAILED, "plain")
+        + tally.count(Outcome.HUNG, "plain") == 0,
+        "no stream hung or ended without [DONE] or an SSE error event": tally.count(Outcome.FAILED, "stream")
+        + tally.count(Outcome.HUNG, "stream") == 0,
+    }
+    return result
+
+
+async def _quiet_usage(session: aiohttp.ClientSession, router: str, pid: int, since: float) -> Usage:
+    """The router's usage once nothing is in flight through it (so tasks and sockets compare)."""
+    async def quiet() -> bool:
+        return sum(w["inflight"] for w in (await status(session, router))["workers"]) == 0
+
+    await time_until(quiet, 30)
+    return await usage(session, router, pid, since)
+
+
+async def _churn(session: aiohttp.ClientSession, fleet: ChaosFleet, every_s: float, load: OpenLoop) -> None:
+    """Until cancelled: restart the next worker, then add, use and delete an adapter, in turn."""
+    router = fleet.routers[0].url
+    for n in itertools.count():
+        await asyncio.sleep(every_s)  # the churn's pace, not a synchronisation
+        if n % 2 == 0:
+            await fleet.restart_worker(fleet.workers[(n // 2) % len(fleet.workers)])
+        else:
+            await _adapter_round(session, fleet, router, f"churn-{n}", load)
+
+
+async def _adapter_round(session: aiohttp.ClientSession, fleet: ChaosFleet, router: str, name: str,
+                         load: OpenLoop) -> None:
+    source = make_adapter_dir(fleet.root / "adapters", name)
+    body = {"lora_name": name, "source": {"uri": str(source)}, "base_model": "sim-base"}
+    async with session.post(router + "/v1/loras", json=body) as r:
+        r.raise_for_status()
+
+    async def known() -> bool:
+        return name in await loras(session, router)
+
+    await time_until(known, 10)
+    await load.send([request(name) for _ in range(CHURN_REQUESTS)])
+    async with session.delete(router + f"/v1/loras/{name}") as r:
+        r.raise_for_status()
