@@ -49,6 +49,7 @@ class ControlLoop:
                  election: LeaderElection, clock: Callable[[], float] = time.time, *,
                  catalog: CatalogStore | None = None) -> None:
         self._rt = runtime
+        runtime.election = election
         self._catalog = catalog
         self._declared_version = runtime.loaded.version
         self._demand_store = demand_store
@@ -104,9 +105,6 @@ class ControlLoop:
 
     async def place(self, now: float) -> None:
         rt = self._rt
-        rt.is_leader = self._election.is_leader
-        rt.leader_id = self._election.leader_id
-        rt.metrics.is_leader.set(1 if rt.is_leader else 0)
         if not rt.is_leader:
             return
         try:

@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 
+from discovery.election import LeaderElection
 from router.auth import Authenticator
 from router.coldstart import ColdStarter
 from router.config import LoadedConfig
@@ -29,8 +30,9 @@ class RouterRuntime:
         self.demand = DemandCounter()
         self.metrics = RouterMetrics(loaded.config.metrics_adapter_cap)
         self.started_at = time.time()
-        self.leader_id: str | None = None
-        self.is_leader = False
+        self.election: LeaderElection | None = None
+        """Set by the control loop; leadership is read from it live (see `is_leader`)."""
+        self.metrics.is_leader.set_function(lambda: 1 if self.is_leader else 0)
         self.placement_seen = False
         self.worker_keys = WorkerKeys()
         self.auth_lines: dict[str, str] = {}
@@ -50,6 +52,16 @@ class RouterRuntime:
         key = loaded.secrets.worker_api_key
         self.worker_auth_line = f"Authorization: Bearer {key}\r\n" if key else ""
         self.workers.configure(loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
+
+    @property
+    def is_leader(self) -> bool:
+        """Asked of the election each time, never cached: a router paused past its lease (GC, SIGSTOP, a
+        stalled VM) must stop claiming leadership the moment it runs again, before its next tick."""
+        return self.election is not None and self.election.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.election.leader_id if self.election is not None else None
 
     def refresh_worker_keys(self) -> None:
         """Per-worker keys from the records' references; workers without one use the global key."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 import aiohttp
 
-from bench.chaos.observe import loras, time_until, worker_holds
+from bench.chaos.observe import loras, metric_sum, status, time_until, worker_holds
 from router.devfleet import worker_url
 
 WORKER_ARGS = ("--max-loras", "4", "--speed", "0.01")
@@ -38,3 +39,36 @@ async def test_a_404_from_the_only_holder_is_answered_after_loading_it_there_aga
         async with session.post(router + "/v1/completions", json=body) as r:
             assert r.status == 200, await r.text()
         assert "solo" in await worker_holds(session, url)
+
+
+async def test_a_leader_paused_past_its_lease_stops_claiming_leadership_the_moment_it_resumes(
+        start_workers: Callable, start_router: Callable, adapter_dirs: Callable) -> None:
+    """leader-kill found it: a resumed leader said `is_leader: true` (status and metrics) until its next tick,
+    while another router led: two leaders, as far as anyone asking could tell."""
+    source = adapter_dirs("one")
+    url = worker_url(start_workers(1, extra_args=WORKER_ARGS)[0])
+    config = {"security": {"allowed_path_prefixes": [str(source.parent)]},
+              "control": {"tick_s": 1.0, "lease_ttl_s": 1},
+              "adapters": [{"name": "one", "source": str(source), "base_model": "sim-base"}]}
+    routers = [start_router(config, workers=[url], router_id=f"r{i}") for i in range(2)]
+    async with aiohttp.ClientSession() as session:
+        async def one_leader() -> bool:
+            return sum([(await status(session, r.url))["is_leader"] for r in routers]) == 1
+
+        assert await time_until(one_leader, 20) is not None, "no single leader"
+        claims = [(await status(session, r.url))["is_leader"] for r in routers]
+        old = routers[claims.index(True)]
+        other = next(r for r in routers if r is not old)
+        old.proc.signal(signal.SIGSTOP)
+        try:
+            async def took_over() -> bool:
+                return (await status(session, other.url))["is_leader"]
+
+            assert await time_until(took_over, 20) is not None, "the other router never took over"
+        finally:
+            old.proc.signal(signal.SIGCONT)
+        view = await status(session, old.url)
+        async with session.get(old.url + "/metrics") as r:
+            leader_gauge = metric_sum(await r.text(), "lora_router_leader")
+    assert not view["is_leader"], "the resumed router still claims leadership"
+    assert leader_gauge == 0

@@ -78,6 +78,11 @@ async def placement_served(session: aiohttp.ClientSession, routers: Sequence[Rou
     return len(epochs) == 1 and 0 not in epochs
 
 
+async def quiet(session: aiohttp.ClientSession, router: str) -> bool:
+    """Nothing in flight through this router."""
+    return sum(w["inflight"] for w in (await status(session, router))["workers"]) == 0
+
+
 async def converge(session: aiohttp.ClientSession, fleet: ChaosFleet, routers: Sequence[Router],
                    timeout_s: float = 60.0) -> float | None:
     alive = {w.id for w in fleet.workers}

@@ -1,11 +1,14 @@
-"""leader-kill: three routers, the leader SIGKILLed under load, then demand rises on one adapter.
+"""leader-kill: three routers; the leader is paused past its lease, resumed, then the next leader SIGKILLed.
 
-Clients talk to the two followers (a client of the killed router loses its
-connection: no router can help that). Checks: one of the followers becomes
-the leader; the new leader follows demand (the hot adapter grows to three
-replicas, held); no split brain: sampled every 100 ms, never two routers claim
-leadership at once, and every placement written to etcd (watched directly)
-has a higher epoch than the one before; no request fails.
+The pause (SIGSTOP for TTL + 2 s) is the classic split-brain case: the old
+leader wakes up believing it still leads. Clients talk only to routers not
+being faulted (a client of a killed router loses its connection: no router can
+help that). Checks: another router leads during the pause and the paused one
+steps down when it resumes; after the kill a survivor takes over and follows
+demand (the hot adapter grows to three held replicas); no split brain: asked
+all at once ten times a second, never two routers claim leadership, and every
+placement etcd stored (watched directly) has a higher epoch than the one
+before; no request fails.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from bench.chaos.fleet import FleetSpec, Router
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, status, time_until
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import (Context, NotConverged, client, mix, request, retries, running,
+from bench.chaos.scenarios.common import (Context, NotConverged, client, mix, quiet, request, retries, running,
                                           settle)
 from discovery.etcd import EtcdClient
 from discovery.stores import PlacementStore
@@ -64,15 +67,22 @@ class Watch:
             await client.close()
 
     async def leadership(self, session: aiohttp.ClientSession, routers: list[Router]) -> None:
+        """Ask every router at once, 10 times a second; a router that does not answer at once claims nothing."""
         while True:
-            claims = []
-            for router in list(routers):
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    if (await status(session, router.url))["is_leader"]:
-                        claims.append(router.id)
+            answers = await asyncio.gather(*(_claims(session, r) for r in list(routers)))
+            claims = {r for r in answers if r is not None}
             self.most_leaders = max(self.most_leaders, len(claims))
             self.leaders_seen.update(claims)
             await asyncio.sleep(0.1)
+
+
+async def _claims(session: aiohttp.ClientSession, router: Router) -> str | None:
+    """The router's id if it says it leads; None if it does not, or does not answer within 0.5 s (paused)."""
+    try:
+        async with asyncio.timeout(0.5):
+            return router.id if (await status(session, router.url))["is_leader"] else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -92,38 +102,52 @@ async def run(ctx: Context) -> ScenarioResult:
     placement = {"defaults": {"per_replica_rps": PER_REPLICA_RPS, "per_replica_concurrent": None,
                               "scale_down_cooldown_s": 60.0}}
     spec = FleetSpec(workers=3, adapters=NAMES, placement=placement)
+    pause_s = spec.ttl_s + 2.0
     result = ScenarioResult(
-        name=NAME, load=f"{sizes.rate:g} req/s over {len(NAMES)} adapters to the followers, then +"
+        name=NAME, load=f"{sizes.rate:g} req/s over {len(NAMES)} adapters to non-faulted routers, then +"
         f"{sizes.hot_rate:g} req/s on one; 3 workers, 3 routers",
-        faults=f"SIGKILL the leader at {sizes.before_s:g} s", recovery_of="new leader placed the demand")
+        faults=f"leader SIGSTOPped for {pause_s:g} s (TTL + 2 s) and resumed; then the new leader SIGKILLed",
+        recovery_of="kill to demand placed by the next leader")
     async with running(ctx.root, spec, routers=3) as fleet, client() as session:
         await settle(session, fleet)
-        leader = await _leader(session, fleet.routers)
-        followers = [r for r in fleet.routers if r is not leader]
+        paused = await _leader(session, fleet.routers)
+        others = [r for r in fleet.routers if r is not paused]
         polled = list(fleet.routers)
         async with watching(session, fleet.etcd.endpoint, polled) as watch:
-            before = await retries(session, followers)
+            before = await retries(session, others)
             budget = 120.0
-            steady = OpenLoop(session, [r.url for r in followers], mix(NAMES), sizes.rate).start(
+            steady = OpenLoop(session, [r.url for r in others], mix(NAMES), sizes.rate).start(
                 budget, int(sizes.rate * budget))
-            await asyncio.sleep(sizes.before_s)  # the fault's place in the timeline
-            leader.proc.kill()
-            polled.remove(leader)
-            killed = time.monotonic()
-            took_over = await time_until(lambda: _one_leader(session, followers), 30)
-            hot = OpenLoop(session, [r.url for r in followers], lambda i: request(HOT), sizes.hot_rate).start(
+            await asyncio.sleep(sizes.before_s)  # the faults' places in the timeline
+            fleet.pause(paused)
+            await asyncio.sleep(pause_s)
+            replaced = await time_until(lambda: _one_leader(session, others), 30)
+            fleet.resume(paused)
+            stepped_down = await time_until(lambda: _one_leader(session, fleet.routers), 30)
+            killed = await _leader(session, fleet.routers)
+            survivors = [r for r in fleet.routers if r is not killed]
+            steady.targets = [r.url for r in survivors]
+            await time_until(lambda: quiet(session, killed.url), 10)  # its clients' requests answered first
+            killed.proc.kill()
+            polled.remove(killed)
+            killed_at = time.monotonic()
+            took_over = await time_until(lambda: _one_leader(session, survivors), 30)
+            hot = OpenLoop(session, [r.url for r in survivors], lambda i: request(HOT), sizes.hot_rate).start(
                 budget, int(sizes.hot_rate * budget))
-            scaled = await time_until(lambda: _scaled(session, followers, 3), 60)
-            recovery = None if scaled is None else time.monotonic() - killed
+            scaled = await time_until(lambda: _scaled(session, survivors, 3), 60)
+            recovery = None if scaled is None else time.monotonic() - killed_at
             steady.stop()
             hot.stop()
             tally = (await steady.finish()).merge(await hot.finish())
-            result.count(tally, await retries(session, followers) - before)
+            result.count(tally, await retries(session, survivors) - before)
     result.recovery_s = None if recovery is None else round(recovery, 1)
-    result.figures = {"new leader after s": None if took_over is None else round(took_over, 1),
-                      "placements written": len(watch.epochs), "most routers claiming leadership": watch.most_leaders}
+    result.figures = {"new leader after kill s": None if took_over is None else round(took_over, 1),
+                      "placements written": len(watch.epochs), "most routers claiming leadership": watch.most_leaders,
+                      "leaders seen": len(watch.leaders_seen)}
     result.checks = {
-        "a follower took over": took_over is not None,
+        "another router led while the leader was paused": replaced is not None,
+        "the paused leader stepped down on resuming": stepped_down is not None,
+        "a survivor took over after the kill": took_over is not None,
         "the new leader followed demand (hot adapter on 3 workers)": scaled is not None,
         "never two leaders at once": watch.most_leaders == 1,
         "placement epochs in etcd only ever grew": watch.monotonic and len(watch.epochs) > 1,

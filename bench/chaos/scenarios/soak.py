@@ -20,9 +20,9 @@ import msgspec
 
 from bench.chaos.fleet import ChaosFleet, FleetSpec
 from bench.chaos.load import OpenLoop, Outcome
-from bench.chaos.observe import Usage, loras, status, time_until, usage
+from bench.chaos.observe import Usage, loras, time_until, usage
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import Context, client, mix, request, retries, running, settle
+from bench.chaos.scenarios.common import Context, client, mix, quiet, request, retries, running, settle
 from router.devfleet import make_adapter_dir
 
 NAME = "soak"
@@ -96,10 +96,7 @@ async def run(ctx: Context) -> ScenarioResult:
 
 async def _quiet_usage(session: aiohttp.ClientSession, router: str, pid: int, since: float) -> Usage:
     """The router's usage once nothing is in flight through it (so tasks and sockets compare)."""
-    async def quiet() -> bool:
-        return sum(w["inflight"] for w in (await status(session, router))["workers"]) == 0
-
-    await time_until(quiet, 30)
+    await time_until(lambda: quiet(session, router), 30)
     return await usage(session, router, pid, since)
 
 
