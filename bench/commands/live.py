@@ -34,7 +34,7 @@ DEFAULT = Shape(workers=4, adapters=40, max_loras=4, requests=600, rps_per_worke
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=sorted(SCENARIOS), required=True, help="a built-in workload")
-    p.add_argument("--strategies", default=",".join(STRATEGIES),
+    p.add_argument("--strategies", type=_strategy_list, default=list(STRATEGIES),
                    help="comma-separated, of " + ",".join(STRATEGIES) + " (default all; missing packages skipped)")
     p.add_argument("--workers", type=int, default=DEFAULT.workers, help=f"workers (default {DEFAULT.workers})")
     p.add_argument("--adapters", type=int, default=DEFAULT.adapters, help=f"adapters (default {DEFAULT.adapters})")
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"offered load per worker in virtual req/s (default {DEFAULT.rps_per_worker})")
     p.add_argument("--zipf-s", type=float, default=DEFAULT.zipf_s, help=f"Zipf exponent (default {DEFAULT.zipf_s})")
     p.add_argument("--routers", type=int, default=1, help="lora-router processes sharing the load (default 1)")
-    p.add_argument("--speed", type=float, default=0.5,
+    p.add_argument("--speed", type=_speed, default=0.5,
                    help="the workers' cost multiplier; arrivals and the router's clocks scale with it and "
                         "times are reported divided by it (default 0.5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the workload and of the simulator (default 1)")
@@ -67,17 +67,23 @@ def _runnable(chosen: list[str]) -> tuple[list[str], list[str]]:
     return runnable, notes
 
 
+def _strategy_list(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    bad = next((s for s in chosen if s not in STRATEGIES), None if chosen else "(none)")
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"unknown strategy {bad}; choose from {', '.join(STRATEGIES)}")
+    return chosen
+
+
+def _speed(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0 (times are divided by it)")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    chosen = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in STRATEGIES]
-    if unknown or not chosen:
-        print(f"lora-bench live: unknown strategy {unknown[0] if unknown else '(none)'}; "
-              f"choose from {', '.join(STRATEGIES)}", file=sys.stderr)
-        return 2
-    if args.speed <= 0:
-        print("lora-bench live: --speed must be > 0 (times are divided by it)", file=sys.stderr)
-        return 2
-    runnable, notes = _runnable(chosen)
+    runnable, notes = _runnable(args.strategies)
     for note in notes:
         print(f"lora-bench live: {note}", file=sys.stderr)
     shape = Shape(workers=args.workers, adapters=args.adapters, max_loras=args.max_loras, requests=args.requests,

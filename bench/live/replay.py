@@ -72,7 +72,7 @@ class _Run:
                         return
                     if np.isnan(self.first[rid]):
                         self.first[rid] = self.now()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, TimeoutError):
             self.status[rid] = 0
         if np.isnan(self.finish[rid]):
             self.status[rid] = 0

@@ -19,7 +19,14 @@ import aiohttp
 import uvloop
 
 from discovery.embedded import EmbeddedEtcd
-from router.devfleet import base_url, make_adapter_dir, registrar, router_server, sim_worker, worker_url
+from router.devfleet import (
+    base_url,
+    make_adapter_dir,
+    registrar,
+    router_server,
+    sim_worker,
+    worker_url,
+)
 from router.procs import ManagedProcess
 
 HELP = "Run embedded etcd, simulated workers and a router, send a Zipf workload, print placement and a summary."

@@ -31,8 +31,8 @@ def test_every_request_answered_counted_and_compared(tmp_path: Path, monkeypatch
     doc = _run(tmp_path, "lora-router,lora-router-spread,vllm-router-rr")
     printed = capsys.readouterr()
     assert "vllm-router-rr: skipped, vllm-router not installed" in printed.err
-    assert doc["skipped"] == ["vllm-router-rr: skipped, vllm-router not installed (pip install vllm-router, "
-                              "or set VLLM_ROUTER_BIN)"]
+    assert doc["skipped"] == [("vllm-router-rr: skipped, vllm-router not installed (pip install vllm-router, "
+                               "or set VLLM_ROUTER_BIN)")]
     ran = ["lora-router", "lora-router-spread"]
     assert {"scenario", "workers", "adapters", "max_loras", "requests", "seed", "speed", "routers", "runs",
             "results", "sim", "sim_strategies", "comparison"} <= set(doc)
@@ -63,9 +63,9 @@ def test_vllm_router_consistent_hash_map_is_probed_and_replayed(tmp_path: Path) 
 
 
 def _metrics(**values: float) -> RunMetrics:
-    base = dict(requests=10, throughput_rps=1.0, ttft_p50_ms=10.0, ttft_p95_ms=10.0, ttft_p99_ms=10.0,
-                e2e_p50_ms=10.0, e2e_p95_ms=10.0, e2e_p99_ms=10.0, slo_attainment=1.0, adapter_loads=10.0,
-                slot_swaps=10.0, imbalance=1.0, placement_churn=0, ttft_slo_ms=1000.0)
+    ms = {f: 10.0 for f in ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms")}
+    base = {"requests": 10, "throughput_rps": 1.0, "slo_attainment": 1.0, "adapter_loads": 10.0, "slot_swaps": 10.0,
+            "imbalance": 1.0, "placement_churn": 0, "ttft_slo_ms": 1000.0, **ms}
     return msgspec.convert({**base, **values}, RunMetrics)
 
 
