@@ -51,10 +51,11 @@ class OursStrategy:
         self.now = 0.0
 
     def step(self, workers: Sequence[Worker], adapters: Sequence[Adapter],
-             measured: Mapping[str, float]) -> Placement:
+             measured: Mapping[str, float], inflight: Mapping[str, float] | None = None) -> Placement:
+        """`inflight`: requests per adapter arrived and not finished at this tick, as the router counts them."""
         self.now += self.tick_s
         arrivals = {a: r * self.tick_s for a, r in measured.items()}
-        self.estimates = estimator.update_all(self.estimates, arrivals, {}, self.tick_s,
+        self.estimates = estimator.update_all(self.estimates, arrivals, inflight or {}, self.tick_s,
                                               self.config.rise_tau_s, self.config.fall_tau_s)
         self.previous = self.planner.place(workers, adapters, self.estimates, self.config,
                                            self.previous, self.now)

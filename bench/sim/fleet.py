@@ -34,8 +34,8 @@ _STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
 class WorkerState:
     """One worker as the router and the strategies see it; `inflight` feeds router.picking.power_of_two."""
 
-    __slots__ = ("busy", "busy_s", "coast", "coast_id", "engine", "held", "index", "inflight", "loading",
-                 "running", "served", "waiting")
+    __slots__ = ("adapter_inflight", "busy", "busy_s", "coast", "coast_id", "engine", "held", "index", "inflight",
+                 "loading", "running", "served", "waiting")
 
     def __init__(self, index: int, params: PerfParams) -> None:
         self.index = index
@@ -51,6 +51,8 @@ class WorkerState:
         self.running: dict[int, int] = {}
         self.waiting: dict[int, int] = {}
         """Per adapter: requests in the batch / queued here (the signals vLLM's metrics expose)."""
+        self.adapter_inflight: dict[int, int] = {}
+        """Per adapter: requests sent here and not finished, loads waited for included (the router's count)."""
         self.coast: tuple[float, float, int] | None = None
         """While coasting: (start, step duration, steps), the coast ending after the last step."""
         self.coast_id = 0
@@ -114,6 +116,8 @@ class Fleet:
         self._placement_unloads = 0
         self._load_times: list[float] = []
         self._adapter = np.zeros(0, dtype=np.int32)
+        self.inflight = np.zeros(len(names), dtype=np.int64)
+        """Per adapter: requests arrived and not finished (what the router's demand counts in flight)."""
         self.on_loaded: Callable[[], None] | None = None
         """Called after every finished load: the holdings changed (the reconciler re-plans)."""
 
@@ -139,6 +143,7 @@ class Fleet:
         self._worker[rid] = w
         ws.inflight += 1
         _inc(ws.waiting, a)
+        _inc(ws.adapter_inflight, a)
         if not ws.busy:
             self._step(ws)
         elif ws.coast is not None and ws.engine.can_admit():
@@ -147,8 +152,10 @@ class Fleet:
     def wait(self, w: int, rid: int, adapter: int) -> None:
         """Hold a request until `adapter` finishes loading on worker `w` (cold start)."""
         self.load(w, adapter)
-        self.workers[w].loading[adapter].append(rid)
-        self.workers[w].inflight += 1
+        ws = self.workers[w]
+        ws.loading[adapter].append(rid)
+        ws.inflight += 1
+        _inc(ws.adapter_inflight, adapter)
 
     def load(self, w: int, adapter: int) -> None:
         ws = self.workers[w]
@@ -175,6 +182,7 @@ class Fleet:
         self._placement_loads += 1
         for rid in ws.loading.pop(adapter):
             ws.inflight -= 1
+            _dec(ws.adapter_inflight, adapter)
             self.submit(w, rid)
         if self.on_loaded is not None:
             self.on_loaded()
@@ -215,10 +223,13 @@ class Fleet:
             self._step(ws)
 
     def _finished(self, ws: WorkerState, rids: list[int]) -> None:
-        now, adapter = self.now, self._adapter
+        now, adapter, inflight = self.now, self._adapter, self.inflight
         for rid in rids:
             self._finish[rid] = now
-            _dec(ws.running, int(adapter[rid]))
+            a = int(adapter[rid])
+            _dec(ws.running, a)
+            _dec(ws.adapter_inflight, a)
+            inflight[a] -= 1
         ws.inflight -= len(rids)
         ws.served += len(rids)
 
@@ -251,6 +262,7 @@ class Fleet:
         while i < n or self._pending:
             if i < n and (not heap or times[i] <= heap[0][0]):
                 self.now = times[i]
+                self.inflight[adapters[i]] += 1
                 route(i, adapters[i])
                 i += 1
                 if progress is not None and i % 4096 == 0:

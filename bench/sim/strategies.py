@@ -6,14 +6,16 @@ least recently used ones — what vLLM's filesystem resolver does. `dynamo-hrw`
 narrows routing to Dynamo's replica sets (bench/baselines_placement.py) but,
 like Dynamo, loads nothing itself. `lora-router` runs the allocator's
 placement on the control loop's clock (tick, reconcile, load latency), picks
-among holders with the router's own `power_of_two`, and cold-starts an adapter
-held nowhere on its first HRW worker, the request waiting for the load.
+among holders with room for the adapter in their GPU slots with the router's
+own `router.picking`, and otherwise loads the adapter on its best-ranked HRW
+worker that has room (a cold start when no one holds it), the request waiting
+for the load.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from allocator.config import ReplicaConfig
 from allocator.model import Adapter, Placement, Worker
 from bench.baselines_placement import DynamoStrategy, OursStrategy
 from bench.sim.fleet import Fleet, WorkerState
-from router.picking import power_of_two
+from router.picking import first_with_room, pick_with_room, power_of_two
 
 BASE = "base"
 
@@ -190,9 +192,10 @@ class DynamoHrw(_Placed):
 
 
 class LoraRouter(_Placed):
-    """The allocator's placement, the reconciler's make-before-break actions, power of two among holders.
-    A worker's placement slots are the adapters it keeps loaded (vLLM's host LRU, `max_cpu_loras`); the
-    engine swaps the held ones through its `max_loras` GPU slots."""
+    """The allocator's placement, the reconciler's make-before-break actions, slot-aware power of two
+    among holders. A worker's placement slots are the adapters it keeps loaded (vLLM's host LRU,
+    `max_cpu_loras`); the engine swaps the held ones through its `max_loras` GPU slots, and the router
+    counts adapters in flight per worker to send a request where its adapter can join the batch."""
 
     name = "lora-router"
 
@@ -201,6 +204,7 @@ class LoraRouter(_Placed):
         self.config = config
         self.ours = OursStrategy(config, control.tick_s)
         self.round_due = False
+        self.max_loras = fleet.params.max_loras
         fleet.on_loaded = self.holdings_changed
 
     def holdings_changed(self) -> None:
@@ -209,7 +213,11 @@ class LoraRouter(_Placed):
             self.fleet.at(self.fleet.now + self.control.listing_s, self.reconcile)
 
     def place(self, measured: dict[str, float]) -> Placement:
-        placement = self.ours.step(self.pool, self.catalog, measured)
+        inflight = self.fleet.inflight
+        busy = np.flatnonzero(inflight)
+        names = self.fleet.names
+        placement = self.ours.step(self.pool, self.catalog, measured,
+                                   {names[a]: float(c) for a, c in zip(busy.tolist(), inflight[busy].tolist())})
         self.fleet.at(self.fleet.now + self.control.reconcile_s, self.reconcile)
         return placement
 
@@ -227,17 +235,31 @@ class LoraRouter(_Placed):
                 fleet.unload(w, a)
 
     def route(self, rid: int, adapter: int) -> None:
+        """A holder with a free GPU slot for the adapter; when none has one, the adapter's best-ranked
+        worker that has (loading it there if need be); when no worker has, the holders' queue."""
         self.arrivals[adapter] += 1
-        fleet = self.fleet
+        fleet, max_loras = self.fleet, self.max_loras
         holders = [ws for ws in self.sets[adapter] if adapter in ws.held]
-        if holders:
-            fleet.submit(power_of_two(holders, self.rng).index, rid)
-            return
-        first = self.first_hrw(adapter)
-        if adapter in fleet.workers[first].held:
-            fleet.submit(first, rid)
+        chosen = pick_with_room(holders, adapter, max_loras, self.rng)
+        if chosen is None:
+            chosen = first_with_room(self.ranked(adapter), adapter, max_loras)
+        if chosen is None:
+            chosen = power_of_two(holders, self.rng) if holders else fleet.workers[self.first_hrw(adapter)]
+        if adapter in chosen.held:
+            fleet.submit(chosen.index, rid)
         else:
-            fleet.wait(first, rid, adapter)
+            fleet.wait(chosen.index, rid, adapter)
+
+    def ranked(self, adapter: int) -> Iterator[WorkerState]:
+        """The adapter's HRW order as far as the placement's rankings keep it (the first worker before)."""
+        rankings = self.ours.planner.rankings
+        row = rankings.rows.get(self.fleet.names[adapter])
+        if row is None:
+            yield self.fleet.workers[self.first_hrw(adapter)]
+            return
+        workers, ids, index = self.fleet.workers, rankings.ids, self.index
+        for i in row.idx:
+            yield workers[index[ids[i]]]
 
 
 Factory = Callable[[Fleet, int, ControlLoop, ReplicaConfig], Strategy]
