@@ -69,15 +69,14 @@ async def run_live(strategy: LiveStrategy, requests: Requests, names: list[str],
         fleet.start_workers()
         fronts = strategy.deploy(fleet, routers)
         setup_s = time.monotonic() - started
-        placed = strategy.name.startswith("lora-router")
-        moves0 = await counters.placement_moves(fronts) if placed else 0
+        moves0 = await counters.placement_moves(fronts) if strategy.places else 0
         busy0, total0 = _cpu_times()
         started = time.monotonic()
         replayed = await replay(requests, names, fronts, shape.speed)
         wall_s = time.monotonic() - started
         busy1, total1 = _cpu_times()
         worker_counts = await counters.workers(fleet.workers)
-        churn = await counters.placement_moves(fronts) - moves0 if placed else 0
+        churn = await counters.placement_moves(fronts) - moves0 if strategy.places else 0
         route_map = await ring_map(fronts[0], fleet.workers, names) if strategy.probe_ring else None
         clean = True
     finally:

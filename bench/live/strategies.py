@@ -31,6 +31,8 @@ class LiveStrategy(msgspec.Struct, frozen=True, kw_only=True):
     """Start the front door on a fleet whose workers run; returns the base URLs the load goes to."""
     missing: Callable[[], str | None] = lambda: None
     """Why it cannot run here (a package not installed), or None."""
+    places: bool = False
+    """Its front door runs the placement, whose moves are counted as churn."""
     probe_ring: bool = False
     """Ask the front door for its adapter -> worker map after the run, for the simulator to replay."""
 
@@ -77,8 +79,8 @@ def _no_vllm_router() -> str | None:
 
 
 STRATEGIES: dict[str, LiveStrategy] = {s.name: s for s in (
-    LiveStrategy(name="lora-router", sim="lora-router", deploy=_lora_router),
-    LiveStrategy(name="lora-router-spread", sim="power-of-two", deploy=_spread),
+    LiveStrategy(name="lora-router", sim="lora-router", deploy=_lora_router, places=True),
+    LiveStrategy(name="lora-router-spread", sim="power-of-two", deploy=_spread, places=True),
     LiveStrategy(name="vllm-router-rr", sim="round-robin", deploy=_vllm_router("round_robin"),
                  missing=_no_vllm_router),
     LiveStrategy(name="vllm-router-ch", sim="consistent-hash", deploy=_vllm_router("consistent_hash"),
