@@ -22,7 +22,6 @@ from allocator.config import PlanBudget
 from allocator.model import Action, Placement, ReplicaSet
 
 _NOTHING: frozenset[str] = frozenset()
-_NO_SET = ReplicaSet(workers=(), replicas=0)
 
 
 def plan_actions(desired: Placement, holdings: Mapping[str, frozenset[str]],
@@ -30,18 +29,15 @@ def plan_actions(desired: Placement, holdings: Mapping[str, frozenset[str]],
     """Actions for this tick. `holdings`: worker -> adapters it holds now (its keys are the
     live workers); `loading`: worker -> adapters being loaded there right now.
 
-    Only the adapters that miss a desired worker are ordered, and only holdings that could be
-    unloaded are looked at: in a settled fleet both are few, and the reconciler runs this after
-    every finished load.
+    Only the adapters that miss a desired worker are ordered, only holdings that could be
+    unloaded are looked at, and holders are indexed for those alone: in a settled fleet they are
+    few, and the reconciler runs this after every finished load.
     """
-    holders: dict[str, set[str]] = {}
-    for worker, held in holdings.items():
-        for adapter in held:
-            holders.setdefault(adapter, set()).add(worker)
+    missing, desired_on, stuck = _survey(desired.replica_sets, holdings, loading)
+    outside = {worker: held.difference(desired_on.get(worker, _NOTHING), stuck) for worker, held in holdings.items()}
+    holders = _holders(holdings, {adapter for adapter, _ in missing}.union(*outside.values()))
     actions: list[Action] = []
     in_flight = {w: len(loading.get(w, _NOTHING)) for w in holdings}
-    replica_sets = desired.replica_sets
-    missing = [(adapter, rs) for adapter, rs in replica_sets.items() if _misses(adapter, rs, holdings, loading)]
     missing.sort(key=lambda item: (bool(holders.get(item[0])), -item[1].demand_rps, item[0]))
     for adapter, replica_set in missing:
         for worker in replica_set.workers:
@@ -53,7 +49,7 @@ def plan_actions(desired: Placement, holdings: Mapping[str, frozenset[str]],
                 actions.append(Action(kind="load", worker=worker, adapter=adapter))
                 in_flight[worker] += 1
     for worker in sorted(holdings):
-        for adapter in sorted(_outside(worker, holdings[worker], replica_sets)):
+        for adapter in sorted(outside[worker]):
             if len(actions) >= budget.actions_per_tick:
                 return actions
             if _may_unload(desired, adapter, worker, holdings, holders):
@@ -62,25 +58,40 @@ def plan_actions(desired: Placement, holdings: Mapping[str, frozenset[str]],
     return actions
 
 
-def _misses(adapter: str, replica_set: ReplicaSet, holdings: Mapping[str, frozenset[str]],
-            loading: Mapping[str, frozenset[str]]) -> bool:
-    """A live desired worker neither holds nor is loading the adapter."""
-    for worker in replica_set.workers:
-        held = holdings.get(worker)
-        if held is not None and adapter not in held and adapter not in loading.get(worker, _NOTHING):
-            return True
-    return False
+def _survey(replica_sets: Mapping[str, ReplicaSet], holdings: Mapping[str, frozenset[str]],
+            loading: Mapping[str, frozenset[str]]) -> tuple[list[tuple[str, ReplicaSet]], dict[str, set[str]],
+                                                            set[str]]:
+    """One pass over the placement: the adapters with a live desired worker that neither holds nor is
+    loading them; per worker, the adapters desired there; and the adapters wanted but placed nowhere
+    (slots ran out), whose holders are the only ones and stay (`_may_unload` would keep them)."""
+    missing = []
+    desired_on: dict[str, set[str]] = {}
+    stuck: set[str] = set()
+    held_by, loading_on = holdings.get, loading.get
+    for adapter, replica_set in replica_sets.items():
+        workers = replica_set.workers
+        if not workers:
+            if replica_set.replicas:
+                stuck.add(adapter)
+            continue
+        lacking = False
+        for worker in workers:
+            desired_on.setdefault(worker, set()).add(adapter)
+            held = held_by(worker)
+            if held is not None and adapter not in held and adapter not in loading_on(worker, _NOTHING):
+                lacking = True
+        if lacking:
+            missing.append((adapter, replica_set))
+    return missing, desired_on, stuck
 
 
-def _outside(worker: str, held: frozenset[str], replica_sets: Mapping[str, ReplicaSet]) -> list[str]:
-    """The adapters `worker` holds that may be unloaded from it: not desired there, and not wanted
-    with no worker found for it (such a holder is the only one; `_may_unload` would keep it)."""
-    out = []
-    for adapter in held:
-        rs = replica_sets.get(adapter, _NO_SET)
-        if worker not in rs.workers and (rs.workers or rs.replicas == 0):
-            out.append(adapter)
-    return out
+def _holders(holdings: Mapping[str, frozenset[str]], adapters: set[str]) -> dict[str, set[str]]:
+    """Which workers hold each of `adapters` (the set intersection walks the smaller side)."""
+    holders: dict[str, set[str]] = {}
+    for worker, held in holdings.items():
+        for adapter in adapters.intersection(held):
+            holders.setdefault(adapter, set()).add(worker)
+    return holders
 
 
 def _may_unload(desired: Placement, adapter: str, worker: str,

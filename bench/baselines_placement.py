@@ -108,15 +108,21 @@ class DynamoStrategy:
         sizes = self._sizes(adapters, sum(w.slots for w in workers), len(workers))
         rankings = self.rankings.of(workers, adapters)
         ids = [w.id for w in workers]
-        used = np.zeros(len(workers), dtype=np.int64)
-        slots = np.array([w.slots for w in workers], dtype=np.int64)
+        used = [0] * len(workers)
+        slots = [w.slots for w in workers]
+        open_ = sum(1 for n in slots if n > 0)
+        """Workers with a free slot: once none is left every adapter takes its plain HRW top."""
         sets: dict[str, tuple[str, ...]] = {}
         for a in sorted(adapters, key=lambda a: (-self.ema.get(a.name, 0.0), a.name)):
-            ranked = rankings[a.name]
-            free = ranked[np.flatnonzero(used[ranked] < slots[ranked])]
-            chosen = (free if free.size else ranked)[:sizes[a.name]]  # all full: plain HRW
-            used[chosen] += 1
-            sets[a.name] = tuple([ids[i] for i in chosen.tolist()])
+            ranked, size = rankings[a.name], sizes[a.name]
+            chosen = [i for i in ranked.tolist() if used[i] < slots[i]][:size] if open_ else []
+            if not chosen:  # all full: plain HRW
+                chosen = ranked[:size].tolist()
+            for i in chosen:
+                used[i] += 1
+                if used[i] == slots[i]:
+                    open_ -= 1
+            sets[a.name] = tuple([ids[i] for i in chosen])
         return _placement(sets, sizes, self.ema)
 
 

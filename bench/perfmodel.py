@@ -23,6 +23,7 @@ decode steps between two admissions in one call (`EngineModel.coast`).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
 
@@ -53,7 +54,7 @@ class PerfParams(msgspec.Struct, frozen=True, kw_only=True):
 class Sequence:
     """One request inside the engine."""
 
-    __slots__ = ("adapter", "arrived", "emitted", "output_tokens", "prompt_tokens", "rid")
+    __slots__ = ("adapter", "arrived", "output_tokens", "prompt_tokens", "rid")
 
     def __init__(self, rid: int, adapter: str | None, prompt_tokens: int, output_tokens: int,
                  arrived: float) -> None:
@@ -61,7 +62,6 @@ class Sequence:
         self.adapter = adapter
         self.prompt_tokens = prompt_tokens
         self.output_tokens = max(1, output_tokens)
-        self.emitted = 0
         self.arrived = arrived
 
 
@@ -87,13 +87,16 @@ class EngineModel:
     finishes, so `coast_steps` / `decode_s` / `coast` let a caller that keeps
     its own clock (the simulator) run those steps in one call; the results
     equal stepping one by one. Per-adapter counts of the batch and the queue
-    are kept so that neither a step nor that check rescans the sequences.
+    are kept so that neither a step nor that check rescans the sequences, and
+    the batch's sequences advance together on one step clock: each knows the
+    clock reading at which it finishes, and a heap of those gives the next.
     """
 
     def __init__(self, params: PerfParams) -> None:
         self.params = params
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: dict[int, Sequence] = {}
+        """Request id -> sequence, in admission order."""
         self.gpu: OrderedDict[str, None] = OrderedDict()
         self.host: OrderedDict[str, None] = OrderedDict()
         self.slot_swaps = 0
@@ -104,6 +107,11 @@ class EngineModel:
         """Adapter -> sequences of it in the batch (its keys are the batch's distinct adapters)."""
         self._queued: dict[str | None, int] = {}
         """Adapter (None = base model) -> sequences of it waiting."""
+        self._clock = 0
+        """Decode steps run so far: a sequence admitted at reading c with n output tokens ends at c + n."""
+        self._ends: list[tuple[int, int, int]] = []
+        """Heap of (clock reading at which it finishes, admission number, request id) of the batch."""
+        self._admitted = 0
 
     def submit(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -111,8 +119,10 @@ class EngineModel:
 
     def cancel(self, rid: int) -> None:
         self.waiting = deque(s for s in self.waiting if s.rid != rid)
-        self.running = [s for s in self.running if s.rid != rid]
-        self._batch = _count(s.adapter for s in self.running if s.adapter is not None)
+        if self.running.pop(rid, None) is not None:
+            self._ends = [e for e in self._ends if e[2] != rid]
+            heapq.heapify(self._ends)
+        self._batch = _count(s.adapter for s in self.running.values() if s.adapter is not None)
         self._queued = _count(s.adapter for s in self.waiting)
 
     @property
@@ -147,7 +157,7 @@ class EngineModel:
         including the step in which the first running sequence finishes; 0 when the next step admits."""
         if not self.running or self.can_admit():
             return 0
-        return min(s.output_tokens - s.emitted for s in self.running)
+        return self._ends[0][0] - self._clock
 
     def decode_s(self) -> float:
         """Duration of one decode-only step of the current batch (what `step` returns when it admits nothing)."""
@@ -167,30 +177,26 @@ class EngineModel:
         if n:
             ms += p.decode_base_ms + p.decode_ms_per_seq * n + p.decode_ms_per_adapter * len(self._batch)
             ms += prefill_tokens * p.prefill_ms_per_token * (1.0 + p.prefill_batch_factor * n)
-        advanced = [s.rid for s in self.running]
+        advanced = list(self.running)
         finished = self._emit(1)
         return StepResult(duration_s=ms * p.speed / 1000.0, started=started, advanced=advanced,
                           finished=finished, slot_swaps=self._step_swaps, host_loads=self._step_loads)
 
     def _emit(self, tokens: int) -> list[int]:
         """Every running sequence emits `tokens` tokens; those that reach their output leave the batch."""
+        self._clock += tokens
+        ends, clock = self._ends, self._clock
         finished: list[int] = []
-        still: list[Sequence] = []
-        for seq in self.running:
-            seq.emitted += tokens
-            if seq.emitted >= seq.output_tokens:
-                finished.append(seq.rid)
-                adapter = seq.adapter
-                if adapter is not None:
-                    left = self._batch[adapter] - 1
-                    if left:
-                        self._batch[adapter] = left
-                    else:
-                        del self._batch[adapter]
-            else:
-                still.append(seq)
-        if finished:
-            self.running = still
+        while ends and ends[0][0] <= clock:
+            rid = heapq.heappop(ends)[2]
+            finished.append(rid)
+            adapter = self.running.pop(rid).adapter
+            if adapter is not None:
+                left = self._batch[adapter] - 1
+                if left:
+                    self._batch[adapter] = left
+                else:
+                    del self._batch[adapter]
         return finished
 
     def _admit(self) -> tuple[float, list[int], int]:
@@ -232,7 +238,9 @@ class EngineModel:
                 queued[adapter] = left
             else:
                 del queued[adapter]
-            running.append(seq)
+            running[seq.rid] = seq
+            heapq.heappush(self._ends, (self._clock + seq.output_tokens, self._admitted, seq.rid))
+            self._admitted += 1
             started.append(seq.rid)
             prefill += seq.prompt_tokens
         waiting.extendleft(reversed(skipped))

@@ -215,8 +215,7 @@ class Fleet:
             return
         start, step_s, steps = ws.coast  # type: ignore[misc]
         ws.coast = None
-        for _ in range(steps):
-            ws.busy_s += step_s
+        ws.busy_s += step_s * steps
         self._finished(ws, ws.engine.coast(steps))
         ws.busy = False
         if not ws.engine.idle:
