@@ -24,23 +24,54 @@ from allocator.model import Action, Placement, ReplicaSet
 _NOTHING: frozenset[str] = frozenset()
 
 
-def plan_actions(desired: Placement, holdings: Mapping[str, frozenset[str]],
+class DesiredIndex:
+    """A placement indexed for plan rounds: per worker the adapters desired there, and the adapters
+    wanted but placed nowhere (slots ran out), whose holders are their only ones and stay.
+
+    `plan_actions` builds one per call; a caller that plans many rounds against one placement (the
+    reconciler after every finished load, the simulator) builds it once per placement and passes it.
+    """
+
+    __slots__ = ("on", "placement", "stuck")
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        on: dict[str, set[str]] = {}
+        stuck: set[str] = set()
+        for adapter, replica_set in placement.replica_sets.items():
+            if replica_set.workers:
+                for worker in replica_set.workers:
+                    on.setdefault(worker, set()).add(adapter)
+            elif replica_set.replicas:
+                stuck.add(adapter)
+        self.on = {worker: frozenset(adapters) for worker, adapters in on.items()}
+        self.stuck = frozenset(stuck)
+
+
+def plan_actions(desired: Placement | DesiredIndex, holdings: Mapping[str, frozenset[str]],
                  loading: Mapping[str, frozenset[str]], budget: PlanBudget) -> list[Action]:
     """Actions for this tick. `holdings`: worker -> adapters it holds now (its keys are the
     live workers); `loading`: worker -> adapters being loaded there right now.
 
     Only the adapters that miss a desired worker are ordered, only holdings that could be
-    unloaded are looked at, and holders are indexed for those alone: in a settled fleet they are
-    few, and the reconciler runs this after every finished load.
+    unloaded are looked at, and holders are indexed for those alone; all three come from set
+    operations per worker, so a round costs little more than the changes it finds.
     """
-    missing, desired_on, stuck = _survey(desired.replica_sets, holdings, loading)
-    outside = {worker: held.difference(desired_on.get(worker, _NOTHING), stuck) for worker, held in holdings.items()}
-    holders = _holders(holdings, {adapter for adapter, _ in missing}.union(*outside.values()))
+    index = desired if isinstance(desired, DesiredIndex) else DesiredIndex(desired)
+    placement, on = index.placement, index.on
+    lacking: set[str] = set()
+    for worker, held in holdings.items():
+        wanted = on.get(worker)
+        if wanted:
+            lacking.update(wanted.difference(held, loading.get(worker, _NOTHING)))
+    outside = {worker: held.difference(on.get(worker, _NOTHING), index.stuck) for worker, held in holdings.items()}
+    holders = _holders(holdings, lacking.union(*outside.values()))
+    replica_sets = placement.replica_sets
+    missing = sorted(lacking, key=lambda a: (bool(holders.get(a)), -replica_sets[a].demand_rps, a))
     actions: list[Action] = []
     in_flight = {w: len(loading.get(w, _NOTHING)) for w in holdings}
-    missing.sort(key=lambda item: (bool(holders.get(item[0])), -item[1].demand_rps, item[0]))
-    for adapter, replica_set in missing:
-        for worker in replica_set.workers:
+    for adapter in missing:
+        for worker in replica_sets[adapter].workers:
             if len(actions) >= budget.actions_per_tick:
                 return actions
             if (worker in holdings and adapter not in holdings[worker]
@@ -52,37 +83,10 @@ def plan_actions(desired: Placement, holdings: Mapping[str, frozenset[str]],
         for adapter in sorted(outside[worker]):
             if len(actions) >= budget.actions_per_tick:
                 return actions
-            if _may_unload(desired, adapter, worker, holdings, holders):
+            if _may_unload(placement, adapter, worker, holdings, holders):
                 actions.append(Action(kind="unload", worker=worker, adapter=adapter))
                 holders[adapter].discard(worker)
     return actions
-
-
-def _survey(replica_sets: Mapping[str, ReplicaSet], holdings: Mapping[str, frozenset[str]],
-            loading: Mapping[str, frozenset[str]]) -> tuple[list[tuple[str, ReplicaSet]], dict[str, set[str]],
-                                                            set[str]]:
-    """One pass over the placement: the adapters with a live desired worker that neither holds nor is
-    loading them; per worker, the adapters desired there; and the adapters wanted but placed nowhere
-    (slots ran out), whose holders are the only ones and stay (`_may_unload` would keep them)."""
-    missing = []
-    desired_on: dict[str, set[str]] = {}
-    stuck: set[str] = set()
-    held_by, loading_on = holdings.get, loading.get
-    for adapter, replica_set in replica_sets.items():
-        workers = replica_set.workers
-        if not workers:
-            if replica_set.replicas:
-                stuck.add(adapter)
-            continue
-        lacking = False
-        for worker in workers:
-            desired_on.setdefault(worker, set()).add(adapter)
-            held = held_by(worker)
-            if held is not None and adapter not in held and adapter not in loading_on(worker, _NOTHING):
-                lacking = True
-        if lacking:
-            missing.append((adapter, replica_set))
-    return missing, desired_on, stuck
 
 
 def _holders(holdings: Mapping[str, frozenset[str]], adapters: set[str]) -> dict[str, set[str]]:

@@ -34,8 +34,8 @@ _STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
 class WorkerState:
     """One worker as the router and the strategies see it; `inflight` feeds router.picking.power_of_two."""
 
-    __slots__ = ("adapter_inflight", "busy", "busy_s", "coast", "coast_id", "engine", "held", "index", "inflight",
-                 "loading", "running", "served", "waiting")
+    __slots__ = ("adapter_inflight", "busy", "busy_s", "changes", "coast", "coast_id", "engine", "held", "index",
+                 "inflight", "loading", "running", "served", "waiting")
 
     def __init__(self, index: int, params: PerfParams) -> None:
         self.index = index
@@ -48,6 +48,8 @@ class WorkerState:
         """Adapters a placement load made resident (the router's holdings)."""
         self.loading: dict[int, list[int]] = {}
         """Adapter -> requests waiting for its load to finish here."""
+        self.changes = 0
+        """Bumped whenever `held` or `loading` changes, so a reconciler may reuse what it derived from them."""
         self.running: dict[int, int] = {}
         self.waiting: dict[int, int] = {}
         """Per adapter: requests in the batch / queued here (the signals vLLM's metrics expose)."""
@@ -162,6 +164,7 @@ class Fleet:
         if adapter in ws.held or adapter in ws.loading:
             return
         ws.loading[adapter] = []
+        ws.changes += 1
         self._push(self.now + ws.engine.load_cost_s(), _LOAD_DONE, (w, adapter))
 
     def unload(self, w: int, adapter: int) -> bool:
@@ -170,6 +173,7 @@ class Fleet:
         if adapter not in ws.held or adapter in ws.running or adapter in ws.waiting:
             return False
         ws.held.discard(adapter)
+        ws.changes += 1
         ws.engine.forget_host(self.names[adapter])
         self._placement_unloads += 1
         return True
@@ -179,6 +183,7 @@ class Fleet:
         cache and a GPU slot with the first request's step, which pays for them."""
         ws = self.workers[w]
         ws.held.add(adapter)
+        ws.changes += 1
         self._placement_loads += 1
         for rid in ws.loading.pop(adapter):
             ws.inflight -= 1

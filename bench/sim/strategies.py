@@ -205,6 +205,10 @@ class LoraRouter(_Placed):
         self.ours = OursStrategy(config, control.tick_s)
         self.round_due = False
         self.max_loras = fleet.params.max_loras
+        self.desired: plan.DesiredIndex | None = None
+        self.views: list[tuple[int, frozenset[str], frozenset[str]]] = [(-1, frozenset(), frozenset())] * self.n
+        """Per worker: (its `changes`, held names, loading names) as of the last plan round."""
+        """The placement indexed once for the many plan rounds against it."""
         fleet.on_loaded = self.holdings_changed
 
     def holdings_changed(self) -> None:
@@ -224,10 +228,16 @@ class LoraRouter(_Placed):
     def reconcile(self, now: float) -> None:
         self.round_due = False
         fleet = self.fleet
-        names = fleet.names
-        holdings = {w.id: frozenset([names[a] for a in ws.held]) for w, ws in zip(self.pool, fleet.workers)}
-        loading = {w.id: frozenset([names[a] for a in ws.loading]) for w, ws in zip(self.pool, fleet.workers)}
-        for action in plan.plan_actions(self.placement, holdings, loading, self.config.plan):
+        names, views = fleet.names, self.views
+        for i, ws in enumerate(fleet.workers):
+            if views[i][0] != ws.changes:
+                views[i] = (ws.changes, frozenset([names[a] for a in ws.held]),
+                            frozenset([names[a] for a in ws.loading]))
+        holdings = {w.id: v[1] for w, v in zip(self.pool, views)}
+        loading = {w.id: v[2] for w, v in zip(self.pool, views)}
+        if self.desired is None or self.desired.placement is not self.placement:
+            self.desired = plan.DesiredIndex(self.placement)
+        for action in plan.plan_actions(self.desired, holdings, loading, self.config.plan):
             w, a = self.index[action.worker], self.adapter_index[action.adapter]
             if action.kind == "load":
                 fleet.load(w, a)
