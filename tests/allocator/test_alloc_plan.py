@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from allocator.config import PlanBudget
 from allocator.model import Action, Placement, ReplicaSet
-from allocator.plan import plan_actions
+from allocator.plan import DesiredIndex, plan_actions
 
 WIDE = PlanBudget(loads_per_worker=10, actions_per_tick=100)
 
@@ -74,3 +77,58 @@ def test_order_is_deterministic_whatever_the_input_order() -> None:
     kinds = [a.kind for a in forward]
     assert kinds == sorted(kinds)  # every load before any unload ("load" < "unload")
     assert sum(k == "unload" for k in kinds) == 3  # "gone" everywhere; wanted ones are all in place
+
+
+def _reference(desired: Placement, holdings: dict[str, frozenset[str]], loading: dict[str, frozenset[str]],
+               budget: PlanBudget) -> list[Action]:
+    """The rules of the module docstring, walked over every adapter and every holding (no shortcuts)."""
+    holders: dict[str, set[str]] = {}
+    for w, adapters in holdings.items():
+        for a in adapters:
+            holders.setdefault(a, set()).add(w)
+    actions: list[Action] = []
+    in_flight = {w: len(loading.get(w, frozenset())) for w in holdings}
+    order = sorted(desired.replica_sets.items(), key=lambda kv: (bool(holders.get(kv[0])), -kv[1].demand_rps, kv[0]))
+    for a, rs in order:
+        for w in rs.workers:
+            if len(actions) >= budget.actions_per_tick:
+                return actions
+            if (w in holdings and a not in holdings[w] and a not in loading.get(w, frozenset())
+                    and in_flight[w] < budget.loads_per_worker):
+                actions.append(Action(kind="load", worker=w, adapter=a))
+                in_flight[w] += 1
+    for w in sorted(holdings):
+        for a in sorted(holdings[w]):
+            if len(actions) >= budget.actions_per_tick:
+                return actions
+            rs = desired.replica_sets.get(a)
+            if rs is None or (rs.replicas == 0 and not rs.workers):
+                ok = True
+            elif w in rs.workers:
+                ok = False
+            else:
+                available = [x for x in rs.workers if x in holdings]
+                ok = sum(1 for x in available if x in holders[a]) >= max(1, min(rs.replicas, len(available)))
+            if ok:
+                actions.append(Action(kind="unload", worker=w, adapter=a))
+                holders[a].discard(w)
+    return actions
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_equals_the_rules_walked_naively(data: st.DataObject) -> None:
+    workers = [f"w{i}" for i in range(data.draw(st.integers(1, 6)))]
+    names = [f"a{i}" for i in range(data.draw(st.integers(0, 12)))]
+    sets = {a: ReplicaSet(workers=tuple(data.draw(st.lists(st.sampled_from(workers + ["gone"]), unique=True,
+                                                             max_size=3))),
+                          replicas=data.draw(st.integers(0, 3)), demand_rps=data.draw(st.sampled_from([0.0, 1.0, 5.0])))
+            for a in names if data.draw(st.booleans()) or a == "a0"}
+    desired = Placement(replica_sets=sets)
+    pool = names + ["stale"]
+    holdings = {w: frozenset(data.draw(st.sets(st.sampled_from(pool), max_size=6))) for w in workers}
+    loading = {w: frozenset(data.draw(st.sets(st.sampled_from(pool), max_size=2))) for w in workers}
+    budget = PlanBudget(loads_per_worker=data.draw(st.integers(1, 3)), actions_per_tick=data.draw(st.integers(1, 12)))
+    expected = _reference(desired, holdings, loading, budget)
+    assert plan_actions(desired, holdings, loading, budget) == expected
+    assert plan_actions(DesiredIndex(desired), holdings, loading, budget) == expected
