@@ -89,6 +89,7 @@ class ControlLoop:
         except EtcdUnavailable as exc:
             self._etcd_failed("publishing demand", exc)
             return
+        self._rt.etcd_reachable = True
         await self.place(now)
 
     def sample(self, now: float) -> None:
@@ -139,6 +140,7 @@ class ControlLoop:
         rt.fleet.placement = placement
 
     def _etcd_failed(self, what: str, exc: EtcdUnavailable) -> None:
+        self._rt.etcd_reachable = False
         self._rt.metrics.etcd_up.set(0)
         log.warning("control tick: %s failed: %s: %s", what, type(exc).__name__, exc)
 

@@ -48,7 +48,7 @@ class WorkerWork(msgspec.Struct, kw_only=True):
 
 def worker_work(actions: Iterable[Action], placement: Placement, catalog: Mapping[str, AdapterRecord],
                 managed: Collection[str], idle_since: dict[tuple[str, str], float], now: float,
-                grace_s: float) -> dict[str, WorkerWork]:
+                grace_s: float, *, placement_stale: bool = False) -> dict[str, WorkerWork]:
     """The plan's actions per worker, minus the unloads this router must not do (yet).
 
     An adapter missing from the placement is unloaded only if it also left the
@@ -58,6 +58,8 @@ def worker_work(actions: Iterable[Action], placement: Placement, catalog: Mappin
     unloaded only after `grace_s` of being so: a cold start loads it outside the
     placement, and the placement needs a tick or two to see that demand.
     `idle_since` is updated in place (first time each such unload was planned).
+    While `placement_stale` (etcd unreachable: the placement cannot see any demand) such adapters stay and
+    their grace starts again once it is not: a cold-started adapter in use is not unloaded under its clients.
     """
     work: dict[str, WorkerWork] = {}
     idle_now: dict[tuple[str, str], float] = {}
@@ -72,7 +74,7 @@ def worker_work(actions: Iterable[Action], placement: Placement, catalog: Mappin
                 todo.unloads.append(action.adapter)
         elif replica_set.workers:
             todo.unloads.append(action.adapter)
-        else:
+        elif not placement_stale:
             pair = (action.worker, action.adapter)
             since = idle_now[pair] = idle_since.get(pair, now)
             if now - since >= grace_s:

@@ -136,7 +136,8 @@ class Reconciler:
         actions = plan_actions(fleet.placement, holdings, loading, self._rt.config.placement.plan)
         control = self._rt.config.control
         work = worker_work(actions, fleet.placement, fleet.catalog, self._managed, self._idle_since,
-                           self._clock(), 2 * control.tick_s + control.reconcile_s)
+                           self._clock(), 2 * control.tick_s + control.reconcile_s,
+                           placement_stale=not self._rt.etcd_reachable)
         for worker_id, agent in self._agents.items():
             todo = work.get(worker_id)
             agent.loads, agent.unloads = (todo.loads, todo.unloads) if todo else ([], [])

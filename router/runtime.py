@@ -34,6 +34,8 @@ class RouterRuntime:
         """Set by the control loop; leadership is read from it live (see `is_leader`)."""
         self.metrics.is_leader.set_function(lambda: 1 if self.is_leader else 0)
         self.placement_seen = False
+        self.etcd_reachable = True
+        """As of the control loop's last etcd call; while False the placement cannot follow demand."""
         self.worker_keys = WorkerKeys()
         self.auth_lines: dict[str, str] = {}
         self.upstream = UpstreamPool(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)

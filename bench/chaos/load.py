@@ -23,6 +23,7 @@ import aiohttp
 import msgspec
 
 FAILURE_SAMPLES = 8
+WORKER_HEADER = "x-lora-router-worker"
 
 
 class Outcome(enum.Enum):
@@ -49,6 +50,8 @@ class Tally:
         self.statuses: Counter[int] = Counter()
         self.latencies: dict[str, list[float]] = {}
         self.failures: list[str] = []
+        self.served_by: Counter[tuple[str, str]] = Counter()
+        """(group, worker id from x-lora-router-worker) -> successful answers."""
 
     def add(self, request: Request, outcome: Outcome, status: int, latency_s: float, detail: str = "") -> None:
         self.outcomes[(request.group, outcome)] += 1
@@ -61,6 +64,7 @@ class Tally:
     def merge(self, other: Tally) -> Tally:
         """Fold another client's counts into this one (groups kept apart); returns self."""
         self.outcomes.update(other.outcomes)
+        self.served_by.update(other.served_by)
         self.statuses.update(other.statuses)
         for group, values in other.latencies.items():
             self.latencies.setdefault(group, []).extend(values)
@@ -156,6 +160,7 @@ class OpenLoop:
                     if status != 200:
                         self.tally.add(request, Outcome.FAILED, status, 0.0, await r.text())
                         return
+                    self.tally.served_by[(request.group, r.headers.get(WORKER_HEADER, ""))] += 1
                     if not request.stream:
                         await r.read()
                         self.tally.add(request, Outcome.OK, status, time.monotonic() - started)

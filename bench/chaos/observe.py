@@ -52,22 +52,22 @@ async def worker_holds(session: aiohttp.ClientSession, worker: str) -> set[str]:
     return {m["id"] for m in data["data"] if m.get("parent") is not None}
 
 
-def metric_sum(text: str, name: str) -> float:
-    """The sum of every sample of one metric in Prometheus text (all label sets)."""
+def metric_sum(text: str, name: str, where: str = "") -> float:
+    """The sum of the samples of one metric in Prometheus text whose labels contain `where` (all if empty)."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ") and where in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-async def metrics_sum(session: aiohttp.ClientSession, routers: Sequence[str], name: str) -> float:
+async def metrics_sum(session: aiohttp.ClientSession, routers: Sequence[str], name: str, where: str = "") -> float:
     """`name` summed over every router that answers (a killed one contributes what it said last: nothing)."""
     total = 0.0
     for router in routers:
         try:
             async with session.get(router + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
-                total += metric_sum(await r.text(), name)
+                total += metric_sum(await r.text(), name, where)
         except (aiohttp.ClientError, TimeoutError):
             continue
     return total

@@ -59,9 +59,9 @@ def _recovery(r: ScenarioResult) -> str:
 
 def table(results: Sequence[ScenarioResult]) -> str:
     """Markdown, so the same text goes to the terminal and into docs/reliability.md."""
-    rows = ["| scenario | load | faults injected | sent | succeeded | retried | failed | streams cut (SSE error) "
-            "| recovery | checks |",
-            "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    head = ("| scenario | load | faults injected | sent | succeeded | retried | failed | streams cut (SSE error) "
+            "| recovery | checks |")
+    rows = [head, "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         passed = sum(r.checks.values())
         verdict = f"{passed}/{len(r.checks)} pass" + ("" if r.passed else " **FAIL**")

@@ -7,8 +7,11 @@ from collections.abc import Callable
 
 import aiohttp
 
+from allocator.model import Action, Placement, ReplicaSet
 from bench.chaos.observe import loras, metric_sum, status, time_until, worker_holds
+from discovery.records import AdapterRecord
 from router.devfleet import worker_url
+from router.reconcile_plan import WorkerWork, worker_work
 
 WORKER_ARGS = ("--max-loras", "4", "--speed", "0.01")
 
@@ -72,3 +75,21 @@ async def test_a_leader_paused_past_its_lease_stops_claiming_leadership_the_mome
             leader_gauge = metric_sum(await r.text(), "lora_router_leader")
     assert not view["is_leader"], "the resumed router still claims leadership"
     assert leader_gauge == 0
+
+
+def test_while_etcd_is_unreachable_a_cold_started_adapter_is_not_unloaded_and_its_grace_restarts_after() -> None:
+    """etcd-outage found it: with the placement frozen at zero replicas, every router unloaded the cold
+    adapters it had just loaded once the grace passed, under their clients (a 20 s outage at 10 req/s over
+    10 cold adapters: 155 cold starts and 188 unloads instead of 10 and 0)."""
+    placement = Placement(epoch=1, replica_sets={"cold": ReplicaSet(workers=(), replicas=0)})
+    catalog = {"cold": AdapterRecord(name="cold", source="/adapters/cold", base_model="base", rank=8)}
+    actions = [Action(kind="unload", worker="w1", adapter="cold")]
+    idle: dict[tuple[str, str], float] = {}
+
+    def work(now: float, stale: bool) -> dict[str, WorkerWork]:
+        return worker_work(actions, placement, catalog, {"cold"}, idle, now, 2.0, placement_stale=stale)
+
+    assert work(0.0, stale=True) == {"w1": WorkerWork()}
+    assert work(10.0, stale=True) == {"w1": WorkerWork()}, "unloaded while the placement could not see demand"
+    assert work(11.0, stale=False) == {"w1": WorkerWork()}, "the grace starts when etcd is back"
+    assert work(13.0, stale=False) == {"w1": WorkerWork(unloads=["cold"])}

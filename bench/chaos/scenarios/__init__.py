@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios import adapter_loss, bad_worker, etcd_outage, leader_kill, soak, worker_kill
+from bench.chaos.scenarios import (
+    adapter_loss,
+    bad_worker,
+    etcd_outage,
+    leader_kill,
+    soak,
+    worker_kill,
+)
 from bench.chaos.scenarios.common import Context
 
 Scenario = Callable[[Context], Awaitable[ScenarioResult]]

@@ -11,7 +11,6 @@ other holder).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import msgspec

@@ -10,14 +10,21 @@ the requests plus its cap).
 
 from __future__ import annotations
 
-import aiohttp
 import msgspec
 
-from bench.chaos.fleet import FleetSpec, Router
+from bench.chaos.fleet import FleetSpec
 from bench.chaos.load import OpenLoop, Outcome, Request
 from bench.chaos.observe import loras
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import Context, client, latency_ms, request, retries, running, settle
+from bench.chaos.scenarios.common import (
+    Context,
+    client,
+    latency_ms,
+    request,
+    retries,
+    running,
+    settle,
+)
 
 NAME = "bad-worker"
 NAMES = tuple(f"bw-{i:02d}" for i in range(20))
@@ -46,7 +53,9 @@ async def run(ctx: Context) -> ScenarioResult:
     async with running(ctx.root, spec) as fleet, client() as session:
         await settle(session, fleet)
         router = fleet.routers[0]
-        near_slow = await _on(session, router, fleet.workers[SLOW].id)
+        slow_id, failing_id = fleet.workers[SLOW].id, fleet.workers[FAILING].id
+        near = {n: v["replica_set"] for n, v in (await loras(session, router.url)).items() if slow_id in v["replica_set"]}
+        near_slow, no_good = set(near), sum(failing_id in ws for ws in near.values())
         before = await retries(session, fleet.routers)
 
         def pick(i: int) -> Request:
@@ -59,8 +68,12 @@ async def run(ctx: Context) -> ScenarioResult:
         result.count(tally, await retries(session, fleet.routers) - before)
     others_p99 = tally.percentile(0.99, "others")
     allowed = BUDGET_RATIO * tally.sent + BUDGET_CAP
+    answers = [(worker, n) for (group, worker), n in tally.served_by.items() if group == "near slow"]
+    on_slow = sum(n for worker, n in answers if worker == slow_id)
     result.figures = {**latency_ms(tally, "others", "others"), **latency_ms(tally, "near slow", "near slow"),
-                      "adapters near the slow worker": len(near_slow), "retries allowed by the budget": allowed}
+                      "near-slow answers from the slow worker %": round(100 * on_slow / max(1, sum(n for _, n in answers)), 1),
+                      "adapters near the slow worker": len(near_slow),
+                      "of which the other replica is the failing worker": no_good, "retries allowed by the budget": allowed}
     result.checks = {
         "no request failed": tally.count(Outcome.OK) == tally.sent,
         "others' p99 below the injected delay": others_p99 is not None and others_p99 < sizes.slow_s,
@@ -68,6 +81,3 @@ async def run(ctx: Context) -> ScenarioResult:
     }
     return result
 
-
-async def _on(session: aiohttp.ClientSession, router: Router, worker_id: str) -> set[str]:
-    return {n for n, v in (await loras(session, router.url)).items() if worker_id in v["replica_set"]}

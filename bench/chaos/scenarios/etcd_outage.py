@@ -18,12 +18,22 @@ import msgspec
 
 from bench.chaos.fleet import ChaosFleet, FleetSpec
 from bench.chaos.load import OpenLoop, Outcome, Request
-from bench.chaos.observe import status, time_until
+from bench.chaos.observe import metrics_sum, status, time_until
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import (Context, client, latency_ms, placement_served, request, retries, running,
-                                          settle)
+from bench.chaos.scenarios.common import (
+    Context,
+    client,
+    latency_ms,
+    placement_served,
+    request,
+    retries,
+    running,
+    settle,
+)
 
 NAME = "etcd-outage"
+COLD_STARTS = "lora_router_cold_starts_total"
+OPERATIONS = "lora_router_adapter_operations_total"
 
 
 class Sizes(msgspec.Struct, frozen=True):
@@ -59,9 +69,11 @@ async def run(ctx: Context) -> ScenarioResult:
         placed.start(total_s, int(sizes.rate * total_s) + 1)
         await asyncio.sleep(sizes.before_s)  # the fault's place in the timeline
         fleet.etcd.kill()
+        churn_before = await _cold_churn(session, fleet)
         cold = OpenLoop(session, urls, lambda i: Request(COLD[i % len(COLD)], group="cold"), sizes.cold_rate)
         cold.start(sizes.outage_s, int(sizes.cold_rate * sizes.outage_s) + 1)
         await asyncio.sleep(sizes.outage_s)
+        churn = {k: v - churn_before[k] for k, v in (await _cold_churn(session, fleet)).items()}
         await asyncio.to_thread(fleet.etcd.start)
         restarted = time.monotonic()
         converged = await time_until(lambda: _agree(session, fleet), 60)
@@ -69,15 +81,25 @@ async def run(ctx: Context) -> ScenarioResult:
         tally = (await placed.finish()).merge(await cold.finish())
         result.count(tally, await retries(session, fleet.routers) - before)
     result.recovery_s = None if recovery is None else round(recovery, 1)
-    result.figures = {**latency_ms(tally, "placed", "placed"), **latency_ms(tally, "cold", "cold")}
+    result.figures = {**latency_ms(tally, "placed", "placed"), **latency_ms(tally, "cold", "cold"), **churn}
     failed = {g: tally.count(Outcome.FAILED, g) + tally.count(Outcome.HUNG, g) + tally.count(Outcome.CUT, g)
               for g in ("placed", "cold")}
     result.checks = {
         "no request for a placed adapter failed": failed["placed"] == 0,
         "cold adapters served during the outage": failed["cold"] == 0 and tally.count(Outcome.OK, "cold") > 0,
+        "cold adapters loaded once per router, none unloaded under their clients":
+            churn["cold starts in the outage"] <= len(fleet.routers) * len(COLD)
+            and churn["unloads in the outage"] == 0,
         "views converged after the restart": recovery is not None,
     }
     return result
+
+
+async def _cold_churn(session: aiohttp.ClientSession, fleet: ChaosFleet) -> dict[str, float]:
+    """Cold starts and unloads so far, over both routers: how often cold adapters were loaded and dropped."""
+    urls = [r.url for r in fleet.routers]
+    return {"cold starts in the outage": await metrics_sum(session, urls, COLD_STARTS, 'outcome="loaded"'),
+            "unloads in the outage": await metrics_sum(session, urls, OPERATIONS, 'op="unload",outcome="ok"')}
 
 
 async def _agree(session: aiohttp.ClientSession, fleet: ChaosFleet) -> bool:

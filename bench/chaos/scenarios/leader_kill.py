@@ -25,8 +25,17 @@ from bench.chaos.fleet import FleetSpec, Router
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, status, time_until
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import (Context, NotConverged, client, mix, quiet, request, retries, running,
-                                          settle)
+from bench.chaos.scenarios.common import (
+    Context,
+    NotConverged,
+    client,
+    mix,
+    quiet,
+    request,
+    retries,
+    running,
+    settle,
+)
 from discovery.etcd import EtcdClient
 from discovery.stores import PlacementStore
 

@@ -22,7 +22,16 @@ from bench.chaos.fleet import ChaosFleet, FleetSpec
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import Usage, loras, time_until, usage
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import Context, client, mix, quiet, request, retries, running, settle
+from bench.chaos.scenarios.common import (
+    Context,
+    client,
+    mix,
+    quiet,
+    request,
+    retries,
+    running,
+    settle,
+)
 from router.devfleet import make_adapter_dir
 
 NAME = "soak"

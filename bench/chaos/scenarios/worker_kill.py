@@ -18,8 +18,16 @@ from bench.chaos.fleet import FleetSpec
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, time_until
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import (Context, client, latency_ms, mix, placement_served, retries, running,
-                                          settle)
+from bench.chaos.scenarios.common import (
+    Context,
+    client,
+    latency_ms,
+    mix,
+    placement_served,
+    retries,
+    running,
+    settle,
+)
 
 NAME = "worker-kill"
 SLACK_S = 1.0
