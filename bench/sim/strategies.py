@@ -111,7 +111,8 @@ class LoraAffinity(Strategy):
 
 
 class _Ranked(Strategy):
-    """Strategies that need each adapter's HRW ranking, computed once per adapter on first use."""
+    """Strategies that need each adapter's first HRW worker, computed once per adapter on first use
+    (against worker keys hashed once: at 1,000 workers a cold fleet asks for thousands of them)."""
 
     def __init__(self, fleet: Fleet, seed: int, slots: int) -> None:
         super().__init__(fleet, seed)
@@ -120,11 +121,18 @@ class _Ranked(Strategy):
         self.catalog = [Adapter(name=a, base_model=BASE) for a in fleet.names]
         self.adapter_index = {a: i for i, a in enumerate(fleet.names)}
         self._first: dict[int, int] = {}
+        ids = [w.id for w in self.pool]
+        self._lanes = hrw.worker_lanes(hrw.keys(ids))
+        self._weights = np.array([w.weight for w in self.pool])
+        self._id_order = np.argsort(np.argsort(np.array(ids, dtype=object), kind="stable"), kind="stable")
 
     def first_hrw(self, adapter: int) -> int:
+        """The index of `hrw.rank_workers(adapter, pool)[0]`."""
         w = self._first.get(adapter)
         if w is None:
-            w = self._first[adapter] = self.index[hrw.rank_workers(self.fleet.names[adapter], self.pool)[0].id]
+            states = hrw.adapter_states(hrw.keys([self.fleet.names[adapter]]))
+            scores = hrw.pair_scores(states, self._lanes, self._weights)[0]
+            w = self._first[adapter] = int(hrw.order(scores, self._id_order)[0])
         return w
 
 

@@ -150,3 +150,10 @@ def test_dynamo_bulk_rankings_equal_rank_workers() -> None:
     rows = HrwOrders().of(pool, catalog)
     for a in catalog:
         assert [pool[i].id for i in rows[a.name].tolist()] == [w.id for w in hrw.rank_workers(a.name, pool)]
+
+
+def test_first_hrw_is_rank_workers_first() -> None:
+    fleet = Fleet(13, names(200), PerfParams())
+    ranked = STRATEGIES["consistent-hash"](fleet, 0, None, None)  # type: ignore[arg-type]
+    for a in range(200):
+        assert ranked.pool[ranked.first_hrw(a)].id == hrw.rank_workers(f"a{a}", ranked.pool)[0].id
