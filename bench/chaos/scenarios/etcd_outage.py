@@ -3,9 +3,11 @@
 Two routers share the etcd. Checks: no request for a placed adapter fails
 while etcd is gone (routers route on the placement they hold); adapters
 first asked for during the outage are still served (cold start on their
-first HRW worker, decided locally); after the restart both routers agree
-again: the same leader, the same membership, the same placement epoch, every
-replica set held.
+first HRW worker, decided locally), each loaded once per router and never
+unloaded under its clients while the placement cannot see their demand; after
+the restart both routers agree again: the same leader, the same membership,
+the same placement epoch, every replica set held, and the cold adapters (still
+asked for) placed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import msgspec
 
 from bench.chaos.fleet import ChaosFleet, FleetSpec
 from bench.chaos.load import OpenLoop, Outcome, Request
-from bench.chaos.observe import metrics_sum, status, time_until
+from bench.chaos.observe import loras, metrics_sum, status, time_until
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
@@ -57,9 +59,9 @@ async def run(ctx: Context) -> ScenarioResult:
     total_s = sizes.before_s + sizes.outage_s + sizes.after_s
     result = ScenarioResult(
         name=NAME, load=f"{sizes.rate:g} req/s x {total_s:g} s over {len(PLACED)} placed adapters, "
-        f"+{sizes.cold_rate:g} req/s over {len(COLD)} cold ones during the outage; 3 workers, 2 routers",
+        f"+{sizes.cold_rate:g} req/s over {len(COLD)} cold ones from the outage on; 3 workers, 2 routers",
         faults=f"SIGKILL etcd at {sizes.before_s:g} s, restart {sizes.outage_s:g} s later",
-        recovery_of="views converged after restart")
+        recovery_of="restart to views converged, cold ones placed")
     async with running(ctx.root, spec, routers=2) as fleet, client() as session:
         await settle(session, fleet)
         urls = [r.url for r in fleet.routers]
@@ -71,7 +73,8 @@ async def run(ctx: Context) -> ScenarioResult:
         fleet.etcd.kill()
         churn_before = await _cold_churn(session, fleet)
         cold = OpenLoop(session, urls, lambda i: Request(COLD[i % len(COLD)], group="cold"), sizes.cold_rate)
-        cold.start(sizes.outage_s, int(sizes.cold_rate * sizes.outage_s) + 1)
+        cold_s = sizes.outage_s + sizes.after_s
+        cold.start(cold_s, int(sizes.cold_rate * cold_s) + 1)
         await asyncio.sleep(sizes.outage_s)
         churn = {k: v - churn_before[k] for k, v in (await _cold_churn(session, fleet)).items()}
         await asyncio.to_thread(fleet.etcd.start)
@@ -103,8 +106,13 @@ async def _cold_churn(session: aiohttp.ClientSession, fleet: ChaosFleet) -> dict
 
 
 async def _agree(session: aiohttp.ClientSession, fleet: ChaosFleet) -> bool:
-    """Both routers: one leader, every worker a member, one epoch, every replica set held."""
+    """Both routers: one leader, every worker a member, one epoch, every replica set held, and the cold
+    adapters' demand seen: each placed on at least one worker."""
     leaders = {(await status(session, r.url))["leader"] for r in fleet.routers}
     if len(leaders) != 1 or None in leaders:
         return False
+    for router in fleet.routers:
+        views = await loras(session, router.url)
+        if any(not views[n]["replica_set"] for n in COLD):
+            return False
     return await placement_served(session, fleet.routers, {w.id for w in fleet.workers})
