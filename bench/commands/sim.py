@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from bench.sim import report
@@ -76,18 +77,19 @@ class _Progress:
 
 
 def _compare(requests: Requests, adapter_names: list[str], strategies: list[str], setup: Setup,
-             seed: int) -> tuple[dict[str, RunMetrics], dict[str, Outcome], float]:
+             seed: int) -> tuple[dict[str, RunMetrics], dict[str, Outcome], dict[str, float]]:
+    """Every strategy's metrics and outcome, and the wall-clock seconds each took."""
     progress = _Progress(len(requests) * len(strategies))
     results: dict[str, RunMetrics] = {}
     outcomes: dict[str, Outcome] = {}
-    wall = 0.0
+    walls: dict[str, float] = {}
     for k, name in enumerate(strategies):
         progress.start(name, k * len(requests))
         start = time.perf_counter()
         results[name], outcomes[name] = run_strategy(name, requests, adapter_names, setup, seed, progress)
-        wall += time.perf_counter() - start
+        walls[name] = time.perf_counter() - start
     progress.close()
-    return results, outcomes, wall
+    return results, outcomes, walls
 
 
 def _shape(args: argparse.Namespace) -> Shape:
@@ -95,19 +97,40 @@ def _shape(args: argparse.Namespace) -> Shape:
                  rps_per_worker=args.rps_per_worker, zipf_s=args.zipf_s)
 
 
+class _Run(msgspec.Struct, frozen=True, kw_only=True):
+    """One workload against every chosen strategy: the JSON document, metrics, outcomes, and speeds."""
+
+    label: str
+    requests: int
+    doc: dict[str, object]
+    results: dict[str, RunMetrics]
+    outcomes: dict[str, Outcome]
+    speeds: dict[str, float]
+    """Simulated requests per wall-clock second, per strategy."""
+    overall: float
+    """The same over all the strategies together."""
+
+
 def _one(label: str, requests: Requests, adapter_names: list[str], args: argparse.Namespace,
-         strategies: list[str]) -> tuple[dict[str, object], dict[str, RunMetrics], dict[str, Outcome], str]:
+         strategies: list[str]) -> _Run:
     setup = Setup(workers=args.workers, max_loras=args.max_loras, ttft_slo_ms=args.ttft_slo_ms,
                   tick_s=args.tick_s, reconcile_s=args.reconcile_s)
-    results, outcomes, wall = _compare(requests, adapter_names, strategies, setup, args.seed)
-    speed = len(requests) * len(strategies) / wall if wall > 0 else 0.0
+    results, outcomes, walls = _compare(requests, adapter_names, strategies, setup, args.seed)
+    wall = sum(walls.values())
     settings = {"workers": args.workers, "adapters": len(adapter_names), "max_loras": args.max_loras,
                 "requests": len(requests), "seed": args.seed, "ttft_slo_ms": args.ttft_slo_ms}
-    doc = report.document(label, results, settings)
-    text = (f"{label}: {len(requests)} requests, {args.workers} workers, {len(adapter_names)} adapters, "
-            f"max_loras {args.max_loras}, seed {args.seed}\n{report.table(results)}\n"
-            f"simulated {len(requests) * len(strategies)} requests in {wall:.1f} s wall: {speed:,.0f} requests/s")
-    return doc, results, outcomes, text
+    return _Run(label=label, requests=len(requests), doc=report.document(label, results, settings),
+                results=results, outcomes=outcomes,
+                speeds={name: len(requests) / w if w > 0 else 0.0 for name, w in walls.items()},
+                overall=len(requests) * len(strategies) / wall if wall > 0 else 0.0)
+
+
+def _text(r: _Run, args: argparse.Namespace) -> str:
+    total = r.requests * len(r.results)
+    return (f"{r.label}: {r.requests} requests, {args.workers} workers, {r.doc['adapters']} adapters, "
+            f"max_loras {args.max_loras}, seed {args.seed}\n{report.table(r.results, r.speeds)}\n"
+            f"simulated {total} requests in {total / r.overall if r.overall else 0.0:.1f} s wall: "
+            f"{r.overall:,.0f} requests/s")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,15 +158,15 @@ def run(args: argparse.Namespace) -> int:
     docs: list[dict[str, object]] = []
     sections: list[str] = []
     for label, requests, adapter_names in runs:
-        doc, results, outcomes, text = _one(label, requests, adapter_names, args, strategies)
-        print(text + "\n")
-        docs.append(doc)
+        one = _one(label, requests, adapter_names, args, strategies)
+        print(_text(one, args) + "\n")
+        docs.append(one.doc)
         if args.plot is not None and len(runs) == 1:
-            report.plot(args.plot, label, outcomes)
+            report.plot(args.plot, label, one.outcomes)
         if args.docs is not None:
             image = args.docs / "img" / f"sim-{label}.png"
-            report.plot(image, label, outcomes)
-            sections.append(_section(doc, results, image.relative_to(args.docs)))
+            report.plot(image, label, one.outcomes)
+            sections.append(_section(one, image.relative_to(args.docs)))
     if args.json is not None:
         args.json.write_text(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2) + "\n")
     if args.docs is not None:
@@ -151,10 +174,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _section(doc: dict[str, object], results: dict[str, RunMetrics], image: Path) -> str:
-    return (f"### {doc['scenario']}\n\n{doc['requests']} requests, {doc['workers']} workers, "
+def _section(r: _Run, image: Path) -> str:
+    doc = r.doc
+    return (f"### {r.label}\n\n{r.requests} requests, {doc['workers']} workers, "
             f"{doc['adapters']} adapters, max_loras {doc['max_loras']}, seed {doc['seed']}, "
-            f"TTFT SLO {doc['ttft_slo_ms']:.0f} ms.\n\n{report.markdown(results)}\n\n![{doc['scenario']}]({image})\n\n")
+            f"TTFT SLO {doc['ttft_slo_ms']:.0f} ms.\n\n{report.markdown(r.results, r.speeds)}\n\n"
+            f"Simulator speed over the {len(r.speeds)} strategies: {r.overall:,.0f} simulated requests "
+            f"per wall-clock second.\n\n![{r.label}]({image})\n\n")
 
 
 def _write_docs(path: Path, body: str) -> None:

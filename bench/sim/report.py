@@ -29,25 +29,37 @@ def document(scenario: str, results: Mapping[str, RunMetrics], extra: Mapping[st
     return {"scenario": scenario, **extra, "results": {s: msgspec.to_builtins(m) for s, m in results.items()}}
 
 
+SPEED = "sim req/s"
+"""The simulator's own speed per strategy: simulated requests per wall-clock second. Kept out of
+RunMetrics and the JSON, which must not change from one run of a seed to the next."""
+
+
 def _cells(m: RunMetrics) -> list[str]:
     return [fmt.format(getattr(m, key)) for key, _, fmt in COLUMNS]
 
 
-def table(results: Mapping[str, RunMetrics]) -> str:
+def _rows(results: Mapping[str, RunMetrics], speeds: Mapping[str, float] | None) -> list[list[str]]:
+    head = ["strategy", *(title for _, title, _ in COLUMNS)] + ([SPEED] if speeds is not None else [])
+    rows = [head]
+    for s, m in results.items():
+        rows.append([s, *_cells(m)] + ([f"{speeds[s]:,.0f}"] if speeds is not None else []))
+    return rows
+
+
+def table(results: Mapping[str, RunMetrics], speeds: Mapping[str, float] | None = None) -> str:
     """A plain-text table for the terminal."""
-    head = ["strategy", *(title for _, title, _ in COLUMNS)]
-    rows = [head] + [[s, *_cells(m)] for s, m in results.items()]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    rows = _rows(results, speeds)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in rows)
 
 
-def markdown(results: Mapping[str, RunMetrics]) -> str:
-    head = ["strategy", *(title for _, title, _ in COLUMNS)]
+def markdown(results: Mapping[str, RunMetrics], speeds: Mapping[str, float] | None = None) -> str:
+    head, *body = _rows(results, speeds)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s, m in results.items():
-        name = f"**{s}**" if s == "lora-router" else s
-        lines.append("| " + " | ".join([name, *_cells(m)]) + " |")
+    for row in body:
+        name = f"**{row[0]}**" if row[0] == "lora-router" else row[0]
+        lines.append("| " + " | ".join([name, *row[1:]]) + " |")
     return "\n".join(lines)
 
 

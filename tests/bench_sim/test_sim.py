@@ -157,3 +157,12 @@ def test_first_hrw_is_rank_workers_first() -> None:
     ranked = STRATEGIES["consistent-hash"](fleet, 0, None, None)  # type: ignore[arg-type]
     for a in range(200):
         assert ranked.pool[ranked.first_hrw(a)].id == hrw.rank_workers(f"a{a}", ranked.pool)[0].id
+
+
+def test_the_table_reports_the_simulator_speed_per_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--scenario", "zipf", *SMALL, "--strategies", "random,lora-router"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("strategy"))
+    assert header.endswith("sim req/s")
+    rows = [line for line in out.splitlines() if line.startswith(("random", "lora-router"))]
+    assert len(rows) == 2 and all(float(row.split()[-1].replace(",", "")) > 0 for row in rows)
