@@ -19,7 +19,7 @@ from bench.chaos.fleet import FleetSpec, Worker
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, time_until, worker_holds
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import Context, client, mix, retries, running, settle
+from bench.chaos.scenarios.common import Context, mix, retries, settled
 
 NAME = "adapter-loss"
 NAMES = tuple(f"al-{i:02d}" for i in range(12))
@@ -44,8 +44,7 @@ async def run(ctx: Context) -> ScenarioResult:
         name=NAME, load=f"{sizes.rate:g} req/s over {len(NAMES)} adapters x 2 replicas; 3 workers",
         faults=f"{UNLOADED} adapters unloaded on one worker at {sizes.phase_s:g} s; another worker SIGKILLed and "
         f"restarted at {2 * sizes.phase_s:g} s", recovery_of="slowest restore")
-    async with running(ctx.root, spec) as fleet, client() as session:
-        await settle(session, fleet)
+    async with settled(ctx.root, spec) as (fleet, session):
         router = fleet.routers[0]
         before = await retries(session, fleet.routers)
         seconds = 3 * sizes.phase_s + bound

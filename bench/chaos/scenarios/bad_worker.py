@@ -18,12 +18,10 @@ from bench.chaos.observe import loras
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
-    client,
     latency_ms,
     request,
     retries,
-    running,
-    settle,
+    settled,
 )
 
 NAME = "bad-worker"
@@ -50,8 +48,7 @@ async def run(ctx: Context) -> ScenarioResult:
     result = ScenarioResult(
         name=NAME, load=f"{sizes.rate:g} req/s x {sizes.seconds:g} s over {len(NAMES)} adapters x 2 replicas; "
         "5 workers", faults=f"one worker {sizes.slow_s:g} s slow, one answering 500 to everything")
-    async with running(ctx.root, spec) as fleet, client() as session:
-        await settle(session, fleet)
+    async with settled(ctx.root, spec) as (fleet, session):
         router = fleet.routers[0]
         slow_id, failing_id = fleet.workers[SLOW].id, fleet.workers[FAILING].id
         near = {n: v["replica_set"] for n, v in (await loras(session, router.url)).items() if slow_id in v["replica_set"]}

@@ -26,17 +26,21 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @contextlib.asynccontextmanager
-async def running(root: Path, spec: FleetSpec, routers: int = 1) -> AsyncIterator[ChaosFleet]:
+async def settled(root: Path, spec: FleetSpec,
+                  routers: int = 1) -> AsyncIterator[tuple[ChaosFleet, aiohttp.ClientSession]]:
+    """The fleet started and serving its placement, and a client session; everything stopped after."""
     fleet = ChaosFleet(root, spec)
     try:
         await fleet.start(routers)
-        yield fleet
+        async with _client() as session:
+            await settle(session, fleet)
+            yield fleet, session
     finally:
         fleet.stop()
 
 
 @contextlib.asynccontextmanager
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
+async def _client() -> AsyncIterator[aiohttp.ClientSession]:
     """No connection cap: an open-loop client must not queue requests behind its own pool."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         yield session

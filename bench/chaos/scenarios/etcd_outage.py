@@ -24,13 +24,11 @@ from bench.chaos.observe import loras, metrics_sum, status, time_until
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
-    client,
     latency_ms,
     placement_served,
     request,
     retries,
-    running,
-    settle,
+    settled,
 )
 
 NAME = "etcd-outage"
@@ -62,8 +60,7 @@ async def run(ctx: Context) -> ScenarioResult:
         f"+{sizes.cold_rate:g} req/s over {len(COLD)} cold ones from the outage on; 3 workers, 2 routers",
         faults=f"SIGKILL etcd at {sizes.before_s:g} s, restart {sizes.outage_s:g} s later",
         recovery_of="restart to views converged, cold ones placed")
-    async with running(ctx.root, spec, routers=2) as fleet, client() as session:
-        await settle(session, fleet)
+    async with settled(ctx.root, spec, routers=2) as (fleet, session):
         urls = [r.url for r in fleet.routers]
         before = await retries(session, fleet.routers)
         placed = OpenLoop(session, urls, lambda i: request(PLACED[i % len(PLACED)], stream=i % 10 == 0,

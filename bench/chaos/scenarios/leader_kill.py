@@ -28,13 +28,11 @@ from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
     NotConverged,
-    client,
     mix,
     quiet,
     request,
     retries,
-    running,
-    settle,
+    settled,
 )
 from discovery.etcd import EtcdClient
 from discovery.stores import PlacementStore
@@ -117,8 +115,7 @@ async def run(ctx: Context) -> ScenarioResult:
         f"{sizes.hot_rate:g} req/s on one; 3 workers, 3 routers",
         faults=f"leader SIGSTOPped for {pause_s:g} s (TTL + 2 s) and resumed; then the new leader SIGKILLed",
         recovery_of="kill to demand placed by the next leader")
-    async with running(ctx.root, spec, routers=3) as fleet, client() as session:
-        await settle(session, fleet)
+    async with settled(ctx.root, spec, routers=3) as (fleet, session):
         paused = await _leader(session, fleet.routers)
         others = [r for r in fleet.routers if r is not paused]
         polled = list(fleet.routers)

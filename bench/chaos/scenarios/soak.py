@@ -24,13 +24,12 @@ from bench.chaos.observe import Usage, loras, time_until, usage
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
-    client,
     mix,
     quiet,
     request,
     retries,
-    running,
     settle,
+    settled,
 )
 from router.devfleet import make_adapter_dir
 
@@ -60,8 +59,7 @@ async def run(ctx: Context) -> ScenarioResult:
         name=NAME, load=f"{sizes.rate:g} req/s x {seconds:g} s over {len(NAMES)} adapters, 1 in 10 streamed; "
         "3 workers", faults=f"every {sizes.churn_s:g} s in turn: a worker SIGKILLed and restarted, "
         "an adapter added, used and deleted")
-    async with running(ctx.root, spec) as fleet, client() as session:
-        await settle(session, fleet)
+    async with settled(ctx.root, spec) as (fleet, session):
         router = fleet.routers[0]
         started = time.monotonic()
         warm = OpenLoop(session, [router.url], mix(NAMES, stream_every=10), sizes.rate)

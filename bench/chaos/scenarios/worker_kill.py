@@ -20,13 +20,11 @@ from bench.chaos.observe import loras, time_until
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
-    client,
     latency_ms,
     mix,
     placement_served,
     retries,
-    running,
-    settle,
+    settled,
 )
 
 NAME = "worker-kill"
@@ -52,8 +50,7 @@ async def run(ctx: Context) -> ScenarioResult:
         name=NAME, load=f"{sizes.rate:g} req/s x {sizes.seconds:g} s, 1 in 10 streamed; {sizes.workers} workers, "
         f"{sizes.adapters} adapters x 2 replicas",
         faults=f"SIGKILL worker + registrar at {sizes.seconds / 3:g} s", recovery_of="re-replicated")
-    async with running(ctx.root, spec) as fleet, client() as session:
-        await settle(session, fleet)
+    async with settled(ctx.root, spec) as (fleet, session):
         router = fleet.routers[0]
         before = await retries(session, fleet.routers)
         load = OpenLoop(session, [router.url], mix(names, stream_every=10), sizes.rate).start(
