@@ -9,9 +9,14 @@ placement wants nowhere (min_replicas 0, idle) are unloaded freely.
 
 Budgets keep a tick from stampeding the fleet: at most `loads_per_worker`
 loads in flight per worker (loads already running count) and at most
-`actions_per_tick` actions in all. Order is deterministic: loads of adapters
-with no holder at all first, then by demand (hottest first), name and the
-worker's rank in the replica set; then unloads by worker and adapter.
+`actions_per_tick` actions in all. Order is deterministic: loads by the demand
+each adapter puts on every worker that holds it now, demand / (1 + holders),
+largest first (so an adapter held nowhere goes before a held one of equal
+demand), then name and the worker's rank in the replica set; then unloads by
+worker and adapter. Why per holder: when a whole fleet starts, thousands of
+tail adapters are held nowhere, and putting them all first kept a hot
+adapter's new replicas waiting for seconds while its one holder queued
+thousands of requests; a tail adapter's rare request can cold-start meanwhile.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def plan_actions(desired: Placement | DesiredIndex, holdings: Mapping[str, froze
     outside = {worker: held.difference(on.get(worker, _NOTHING), index.stuck) for worker, held in holdings.items()}
     holders = _holders(holdings, lacking.union(*outside.values()))
     replica_sets = placement.replica_sets
-    missing = sorted(lacking, key=lambda a: (bool(holders.get(a)), -replica_sets[a].demand_rps, a))
+    missing = sorted(lacking, key=lambda a: (-replica_sets[a].demand_rps / (1 + len(holders.get(a, ()))), a))
     actions: list[Action] = []
     in_flight = {w: len(loading.get(w, _NOTHING)) for w in holdings}
     for adapter in missing:

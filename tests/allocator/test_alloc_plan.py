@@ -61,11 +61,17 @@ def test_load_budget_per_worker_counts_loads_already_running() -> None:
         Action(kind="load", worker="w1", adapter="b")]
 
 
-def test_actions_per_tick_caps_the_list_and_loads_of_unheld_adapters_come_first() -> None:
-    desired = placement(hot=(("w1", "w2"), 2, 100.0), cold=(("w3",), 1, 0.1), new=(("w2",), 1, 0.0))
-    actions = plan_actions(desired, held(w1={"hot"}, w2=set(), w3=set()), {}, PlanBudget(actions_per_tick=2))
-    assert actions == [Action(kind="load", worker="w3", adapter="cold"),
-                       Action(kind="load", worker="w2", adapter="new")]
+def test_actions_per_tick_caps_the_list_and_loads_go_by_demand_per_holder() -> None:
+    """hot: 100 req/s on its one holder; cold: 0.1 on none; even: 2 req/s on none beats 4 on one holder."""
+    desired = placement(hot=(("w1", "w2"), 2, 100.0), cold=(("w3",), 1, 0.1), even=(("w3",), 1, 2.0),
+                        held_even=(("w1", "w3"), 2, 4.0))
+    holdings = held(w1={"hot", "held_even"}, w2=set(), w3=set())
+    actions = plan_actions(desired, holdings, {}, PlanBudget(loads_per_worker=3, actions_per_tick=3))
+    assert actions == [Action(kind="load", worker="w2", adapter="hot"),
+                       Action(kind="load", worker="w3", adapter="even"),
+                       Action(kind="load", worker="w3", adapter="held_even")]
+    assert plan_actions(desired, holdings, {}, PlanBudget(loads_per_worker=3, actions_per_tick=4))[-1] == Action(
+        kind="load", worker="w3", adapter="cold")
 
 
 def test_order_is_deterministic_whatever_the_input_order() -> None:
@@ -88,7 +94,8 @@ def _reference(desired: Placement, holdings: dict[str, frozenset[str]], loading:
             holders.setdefault(a, set()).add(w)
     actions: list[Action] = []
     in_flight = {w: len(loading.get(w, frozenset())) for w in holdings}
-    order = sorted(desired.replica_sets.items(), key=lambda kv: (bool(holders.get(kv[0])), -kv[1].demand_rps, kv[0]))
+    order = sorted(desired.replica_sets.items(),
+                   key=lambda kv: (-kv[1].demand_rps / (1 + len(holders.get(kv[0], ()))), kv[0]))
     for a, rs in order:
         for w in rs.workers:
             if len(actions) >= budget.actions_per_tick:
