@@ -20,6 +20,7 @@ strategy (bench/sim/strategies.py), which calls `submit`, `wait`, `load` and
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 
 import msgspec
@@ -117,8 +118,14 @@ class Fleet:
         self._placement_loads = 0
         self._placement_unloads = 0
         self._load_times: list[float] = []
-        self._adapter = np.zeros(0, dtype=np.int32)
-        self.inflight = np.zeros(len(names), dtype=np.int64)
+        self._adapter: list[int] = []
+        self._prompt: list[int] = []
+        self._output: list[int] = []
+        self._first: list[float] = []
+        self._finish: list[float] = []
+        self._worker: list[int] = []
+        """Per request, as plain lists while running (numpy scalars cost more per access); arrays at the end."""
+        self.inflight = [0] * len(names)
         """Per adapter: requests arrived and not finished (what the router's demand counts in flight)."""
         self.on_loaded: Callable[[], None] | None = None
         """Called after every finished load: the holdings changed (the reconciler re-plans)."""
@@ -139,9 +146,8 @@ class Fleet:
 
     def submit(self, w: int, rid: int) -> None:
         ws = self.workers[w]
-        a = int(self._adapter[rid])
-        ws.engine.submit(Sequence(rid, self.names[a], int(self._prompt[rid]), int(self._output[rid]),
-                                  self.now))
+        a = self._adapter[rid]
+        ws.engine.submit(Sequence(rid, self.names[a], self._prompt[rid], self._output[rid], self.now))
         self._worker[rid] = w
         ws.inflight += 1
         _inc(ws.waiting, a)
@@ -227,10 +233,10 @@ class Fleet:
             self._step(ws)
 
     def _finished(self, ws: WorkerState, rids: list[int]) -> None:
-        now, adapter, inflight = self.now, self._adapter, self.inflight
+        now, adapter, inflight, finish = self.now, self._adapter, self.inflight, self._finish
         for rid in rids:
-            self._finish[rid] = now
-            a = int(adapter[rid])
+            finish[rid] = now
+            a = adapter[rid]
             _dec(ws.running, a)
             _dec(ws.adapter_inflight, a)
             inflight[a] -= 1
@@ -238,11 +244,10 @@ class Fleet:
         ws.served += len(rids)
 
     def _step_end(self, ws: WorkerState, result: object) -> None:
-        now = self.now
-        adapter = self._adapter
+        now, adapter, first = self.now, self._adapter, self._first
         for rid in result.started:  # type: ignore[attr-defined]
-            self._first[rid] = now
-            a = int(adapter[rid])
+            first[rid] = now
+            a = adapter[rid]
             _dec(ws.waiting, a)
             _inc(ws.running, a)
         self._finished(ws, result.finished)  # type: ignore[attr-defined]
@@ -255,18 +260,16 @@ class Fleet:
             progress: Callable[[int], None] | None = None) -> Outcome:
         """Feed every request to `route(rid, adapter)` at its arrival and run until all finish."""
         n = len(requests)
-        self._adapter, self._prompt, self._output = requests.adapter, requests.prompt_tokens, requests.output_tokens
-        self._first = np.full(n, np.nan)
-        self._finish = np.full(n, np.nan)
-        self._worker = np.full(n, -1, dtype=np.int32)
+        self._adapter = adapters = requests.adapter.tolist()
+        self._prompt, self._output = requests.prompt_tokens.tolist(), requests.output_tokens.tolist()
+        self._first, self._finish, self._worker = [math.nan] * n, [math.nan] * n, [-1] * n
         times = requests.time.tolist()
-        adapters = requests.adapter.tolist()
-        heap = self._heap
+        heap, inflight = self._heap, self.inflight
         i = 0
         while i < n or self._pending:
             if i < n and (not heap or times[i] <= heap[0][0]):
                 self.now = times[i]
-                self.inflight[adapters[i]] += 1
+                inflight[adapters[i]] += 1
                 route(i, adapters[i])
                 i += 1
                 if progress is not None and i % 4096 == 0:
@@ -288,7 +291,8 @@ class Fleet:
                 if period is not None:
                     self._push(at + period, _TIMER, payload)
         engines = [ws.engine for ws in self.workers]
-        return Outcome(arrival=requests.time, first_token=self._first, finish=self._finish, worker=self._worker,
+        return Outcome(arrival=requests.time, first_token=np.array(self._first), finish=np.array(self._finish),
+                       worker=np.array(self._worker, dtype=np.int32),
                        busy_s=np.array([ws.busy_s for ws in self.workers]),
                        served=np.array([ws.served for ws in self.workers]),
                        slot_swaps=sum(e.slot_swaps for e in engines),

@@ -225,11 +225,9 @@ class LoraRouter(_Placed):
             self.fleet.at(self.fleet.now + self.control.listing_s, self.reconcile)
 
     def place(self, measured: dict[str, float]) -> Placement:
-        inflight = self.fleet.inflight
-        busy = np.flatnonzero(inflight)
         names = self.fleet.names
         placement = self.ours.step(self.pool, self.catalog, measured,
-                                   {names[a]: float(c) for a, c in zip(busy.tolist(), inflight[busy].tolist())})
+                                   {names[a]: float(c) for a, c in enumerate(self.fleet.inflight) if c})
         self.fleet.at(self.fleet.now + self.control.reconcile_s, self.reconcile)
         return placement
 

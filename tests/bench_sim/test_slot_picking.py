@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from allocator.config import ReplicaConfig
+from allocator.model import Placement, ReplicaSet
 from bench.perfmodel import PerfParams
 from bench.sim.fleet import Fleet
 from bench.sim.strategies import ControlLoop, LoraRouter
+from bench.workloads import Requests
 from router.picking import first_with_room, has_room, pick_with_room
 
 
@@ -46,21 +48,23 @@ def test_first_with_room_keeps_the_ranking_order() -> None:
 
 
 def test_the_simulated_router_overflows_a_full_holder() -> None:
-    """Worker 0 holds a0 but runs two other adapters in its two GPU slots: a request for a0 is loaded on
-    worker 1 instead of queueing behind them; with room back on worker 0 it goes to the holder."""
+    """Worker 0 holds a0 but runs a1 and a2 in its two GPU slots: a request for a0 is loaded on worker 1
+    instead of queueing behind them; later, with room back on worker 0, a0 goes to its holder."""
+    requests = Requests(np.array([0.0, 0.0, 0.001, 10.0]), np.array([1, 2, 0, 0], dtype=np.int32),
+                        np.full(4, 10, dtype=np.int32), np.full(4, 10, dtype=np.int32))
     fleet = Fleet(2, ["a0", "a1", "a2"], PerfParams(max_loras=2))
-    router = LoraRouter(fleet, 0, ControlLoop(), ReplicaConfig())
-    w0, w1 = fleet.workers
-    w0.held.add(0)
-    router.sets[0] = [w0]
-    fleet._adapter = np.array([1, 2, 0, 0], dtype=np.int32)
-    fleet._prompt = fleet._output = np.array([10, 10, 10, 10], dtype=np.int32)
-    fleet._first = fleet._finish = np.full(4, np.nan)
-    fleet._worker = np.full(4, -1, dtype=np.int32)
-    for rid in (0, 1):
-        fleet.submit(0, rid)
-    router.route(2, 0)
-    assert 0 in w1.loading and w1.loading[0] == [2]
-    w0.adapter_inflight.clear()  # as if both had finished
-    router.route(3, 0)
-    assert fleet._worker[3] == 0
+    router = LoraRouter(fleet, 0, ControlLoop(tick_s=100.0), ReplicaConfig())
+    w0 = fleet.workers[0]
+    w0.held.update({0, 1, 2})
+    router.placement = Placement(replica_sets={a: ReplicaSet(workers=("w0",), replicas=1) for a in fleet.names})
+    router.sets = [[w0], [w0], [w0]]
+
+    def route(rid: int, adapter: int) -> None:
+        if adapter == 0:
+            router.route(rid, adapter)
+        else:
+            fleet.submit(0, rid)
+
+    outcome = fleet.run(requests, route)
+    assert outcome.worker.tolist() == [0, 0, 1, 0]
+    assert outcome.placement_loads == 1  # a0 on worker 1
