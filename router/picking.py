@@ -1,13 +1,17 @@
 """Choosing one worker among candidates: power of two choices on in-flight counts, minding GPU LoRA slots.
 
-Why slots matter: a vLLM batch holds at most `max_loras` distinct adapters. A
-request whose adapter is not in the batch of a worker that already runs
-`max_loras` others waits until one of them drains completely, and busy
-adapters keep their slots for long stretches: in the fleet simulator that wait
-is nearly all of lora-router's slowest 1 % of first tokens. In-flight counts
-per adapter, which the router keeps for every worker anyway, tell whether a
-request can join at once; `pick_with_room` uses them, and the caller decides
-what to do when no holder has room (load the adapter on a worker that has).
+Why slots matter: a vLLM batch holds at most `max_loras` distinct adapters and
+`max_num_seqs` sequences. A request whose adapter is not in the batch of a
+worker that already runs `max_loras` others waits until one of them drains
+completely, and busy adapters keep their slots for long stretches: in the
+fleet simulator that wait was nearly all of lora-router's slowest 1 % of first
+tokens. A worker with `max_num_seqs` requests in flight queues any newcomer:
+a hot adapter held by one worker while its replicas are being loaded (a fleet
+starting, a flash crowd) piles up there. In-flight counts, per worker and per
+adapter, which the router keeps anyway, bound what the batch holds and so tell
+whether a request can join at once; `pick_with_room` uses them, and the caller
+decides what to do when no holder has room (load the adapter on a worker that
+has). A limit that is not known (None) is not checked.
 """
 
 from __future__ import annotations
@@ -46,21 +50,25 @@ def power_of_two(candidates: Sequence[B], rng: random.Random) -> B:
     return a if a.inflight <= b.inflight else b
 
 
-def has_room(worker: Slotted, adapter: Hashable, max_loras: int | None) -> bool:
-    """Whether a request for `adapter` can join the worker's batch without waiting for a GPU slot: the
-    adapter is in flight there already, or fewer than `max_loras` adapters are (None: unknown, assume so)."""
+def has_room(worker: Slotted, adapter: Hashable, max_loras: int | None, max_seqs: int | None = None) -> bool:
+    """Whether a request for `adapter` can join the worker's batch at once: fewer than `max_seqs`
+    requests are in flight there, and the adapter is in flight there already or fewer than
+    `max_loras` adapters are."""
+    if max_seqs is not None and worker.inflight >= max_seqs:
+        return False
     inflight = worker.adapter_inflight
     return max_loras is None or adapter in inflight or len(inflight) < max_loras
 
 
-def pick_with_room(candidates: Sequence[S], adapter: Hashable, max_loras: int | None,
-                   rng: random.Random) -> S | None:
+def pick_with_room(candidates: Sequence[S], adapter: Hashable, max_loras: int | None, rng: random.Random,
+                   max_seqs: int | None = None) -> S | None:
     """Power of two among the candidates with room for `adapter`; None when none has room."""
-    roomy = [c for c in candidates if has_room(c, adapter, max_loras)]
+    roomy = [c for c in candidates if has_room(c, adapter, max_loras, max_seqs)]
     return power_of_two(roomy, rng) if roomy else None
 
 
-def first_with_room(ranked: Iterable[S], adapter: Hashable, max_loras: int | None) -> S | None:
+def first_with_room(ranked: Iterable[S], adapter: Hashable, max_loras: int | None,
+                    max_seqs: int | None = None) -> S | None:
     """The best-ranked worker with room for `adapter` (an HRW order, so that routers agree on where an
     overflowing adapter goes and its loads coalesce there); None when none has room."""
-    return next((w for w in ranked if has_room(w, adapter, max_loras)), None)
+    return next((w for w in ranked if has_room(w, adapter, max_loras, max_seqs)), None)

@@ -27,6 +27,8 @@ from bench.sim.fleet import Fleet, WorkerState
 from router.picking import first_with_room, pick_with_room, power_of_two
 
 BASE = "base"
+TOP = 32
+"""How far an adapter's HRW ranking is kept (as far as the allocator's rankings keep theirs)."""
 
 
 class ControlLoop:
@@ -120,20 +122,23 @@ class _Ranked(Strategy):
         self.index = {w.id: i for i, w in enumerate(self.pool)}
         self.catalog = [Adapter(name=a, base_model=BASE) for a in fleet.names]
         self.adapter_index = {a: i for i, a in enumerate(fleet.names)}
-        self._first: dict[int, int] = {}
+        self._top: dict[int, list[int]] = {}
         ids = [w.id for w in self.pool]
         self._lanes = hrw.worker_lanes(hrw.keys(ids))
         self._weights = np.array([w.weight for w in self.pool])
         self._id_order = np.argsort(np.argsort(np.array(ids, dtype=object), kind="stable"), kind="stable")
 
-    def first_hrw(self, adapter: int) -> int:
-        """The index of `hrw.rank_workers(adapter, pool)[0]`."""
-        w = self._first.get(adapter)
-        if w is None:
+    def top_hrw(self, adapter: int) -> list[int]:
+        """The indices of `hrw.rank_workers(adapter, pool)[:TOP]`."""
+        top = self._top.get(adapter)
+        if top is None:
             states = hrw.adapter_states(hrw.keys([self.fleet.names[adapter]]))
             scores = hrw.pair_scores(states, self._lanes, self._weights)[0]
-            w = self._first[adapter] = int(hrw.order(scores, self._id_order)[0])
-        return w
+            top = self._top[adapter] = hrw.order(scores, self._id_order)[:TOP].tolist()
+        return top
+
+    def first_hrw(self, adapter: int) -> int:
+        return self.top_hrw(adapter)[0]
 
 
 class ConsistentHash(_Ranked):
@@ -212,7 +217,7 @@ class LoraRouter(_Placed):
         self.config = config
         self.ours = OursStrategy(config, control.tick_s)
         self.round_due = False
-        self.max_loras = fleet.params.max_loras
+        self.max_loras, self.max_seqs = fleet.params.max_loras, fleet.params.max_num_seqs
         self.desired: plan.DesiredIndex | None = None
         self.views: list[tuple[int, frozenset[str], frozenset[str]]] = [(-1, frozenset(), frozenset())] * self.n
         """Per worker: (its `changes`, held names, loading names) as of the last plan round."""
@@ -251,14 +256,15 @@ class LoraRouter(_Placed):
                 fleet.unload(w, a)
 
     def route(self, rid: int, adapter: int) -> None:
-        """A holder with a free GPU slot for the adapter; when none has one, the adapter's best-ranked
-        worker that has (loading it there if need be); when no worker has, the holders' queue."""
+        """A holder with room in its batch for the adapter (a sequence and a GPU LoRA slot); when none has,
+        the adapter's best-ranked worker that has (loading it there if need be); when no worker has, the
+        holders' queue."""
         self.arrivals[adapter] += 1
-        fleet, max_loras = self.fleet, self.max_loras
+        fleet, max_loras, max_seqs = self.fleet, self.max_loras, self.max_seqs
         holders = [ws for ws in self.sets[adapter] if adapter in ws.held]
-        chosen = pick_with_room(holders, adapter, max_loras, self.rng)
+        chosen = pick_with_room(holders, adapter, max_loras, self.rng, max_seqs)
         if chosen is None:
-            chosen = first_with_room(self.ranked(adapter), adapter, max_loras)
+            chosen = first_with_room(self.ranked(adapter), adapter, max_loras, max_seqs)
         if chosen is None:
             chosen = power_of_two(holders, self.rng) if holders else fleet.workers[self.first_hrw(adapter)]
         if adapter in chosen.held:
@@ -267,13 +273,14 @@ class LoraRouter(_Placed):
             fleet.wait(chosen.index, rid, adapter)
 
     def ranked(self, adapter: int) -> Iterator[WorkerState]:
-        """The adapter's HRW order as far as the placement's rankings keep it (the first worker before)."""
-        rankings = self.ours.planner.rankings
+        """The adapter's HRW order as far as the placement's rankings keep it (our own top before the first placement)."""
+        rankings, workers = self.ours.planner.rankings, self.fleet.workers
         row = rankings.rows.get(self.fleet.names[adapter])
         if row is None:
-            yield self.fleet.workers[self.first_hrw(adapter)]
+            for i in self.top_hrw(adapter):
+                yield workers[i]
             return
-        workers, ids, index = self.fleet.workers, rankings.ids, self.index
+        ids, index = rankings.ids, self.index
         for i in row.idx:
             yield workers[index[ids[i]]]
 

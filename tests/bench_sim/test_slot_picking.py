@@ -68,3 +68,11 @@ def test_the_simulated_router_overflows_a_full_holder() -> None:
     outcome = fleet.run(requests, route)
     assert outcome.worker.tolist() == [0, 0, 1, 0]
     assert outcome.placement_loads == 1  # a0 on worker 1
+
+
+def test_a_full_batch_has_no_room_even_for_its_own_adapter() -> None:
+    busy = W("busy", 64, {"a": 64})
+    assert has_room(busy, "a", 8)
+    assert not has_room(busy, "a", 8, max_seqs=64)
+    assert has_room(W("less", 63, {"a": 63}), "a", 8, max_seqs=64)
+    assert first_with_room([busy, W("next", 3, {"b": 3})], "a", 8, max_seqs=64).name == "next"
