@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from allocator.config import PlanBudget
-from allocator.model import Action, Placement, ReplicaSet
+from allocator.model import Action, Placement
 
 _NOTHING: frozenset[str] = frozenset()
 

@@ -26,8 +26,11 @@ from __future__ import annotations
 import heapq
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import msgspec
+
+K = TypeVar("K")
 
 
 class PerfParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +81,15 @@ class StepResult(msgspec.Struct, kw_only=True):
 
 def _count(adapters: Iterable[str | None]) -> dict[str | None, int]:
     return dict(Counter(adapters))
+
+
+def _drop(counts: dict[K, int], key: K) -> None:
+    """One fewer of `key`; a key counted down to nothing leaves, so `len` stays the number of distinct keys."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 class EngineModel:
@@ -192,11 +204,7 @@ class EngineModel:
             finished.append(rid)
             adapter = self.running.pop(rid).adapter
             if adapter is not None:
-                left = self._batch[adapter] - 1
-                if left:
-                    self._batch[adapter] = left
-                else:
-                    del self._batch[adapter]
+                _drop(self._batch, adapter)
         return finished
 
     def _admit(self) -> tuple[float, list[int], int]:
@@ -233,11 +241,7 @@ class EngineModel:
                 self.gpu.move_to_end(adapter)
             if admissible > 0:
                 admissible -= 1
-            left = queued[adapter] - 1
-            if left:
-                queued[adapter] = left
-            else:
-                del queued[adapter]
+            _drop(queued, adapter)
             running[seq.rid] = seq
             heapq.heappush(self._ends, (self._clock + seq.output_tokens, self._admitted, seq.rid))
             self._admitted += 1

@@ -224,7 +224,7 @@ class Fleet:
     def _coast_end(self, ws: WorkerState, coast_id: int) -> None:
         if coast_id != ws.coast_id:
             return
-        start, step_s, steps = ws.coast  # type: ignore[misc]
+        _, step_s, steps = ws.coast  # type: ignore[misc]
         ws.coast = None
         ws.busy_s += step_s * steps
         self._finished(ws, ws.engine.coast(steps))
