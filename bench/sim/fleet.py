@@ -127,6 +127,8 @@ class Fleet:
         """Per request, as plain lists while running (numpy scalars cost more per access); arrays at the end."""
         self.inflight = [0] * len(names)
         """Per adapter: requests arrived and not finished (what the router's demand counts in flight)."""
+        self.holders: list[list[WorkerState]] = [[] for _ in names]
+        """Per adapter: the workers holding it, in the order they loaded it."""
         self.on_loaded: Callable[[], None] | None = None
         """Called after every finished load: the holdings changed (the reconciler re-plans)."""
 
@@ -179,6 +181,7 @@ class Fleet:
         if adapter not in ws.held or adapter in ws.running or adapter in ws.waiting:
             return False
         ws.held.discard(adapter)
+        self.holders[adapter].remove(ws)
         ws.changes += 1
         ws.engine.forget_host(self.names[adapter])
         self._placement_unloads += 1
@@ -189,6 +192,7 @@ class Fleet:
         cache and a GPU slot with the first request's step, which pays for them."""
         ws = self.workers[w]
         ws.held.add(adapter)
+        self.holders[adapter].append(ws)
         ws.changes += 1
         self._placement_loads += 1
         for rid in ws.loading.pop(adapter):

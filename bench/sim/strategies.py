@@ -256,12 +256,13 @@ class LoraRouter(_Placed):
                 fleet.unload(w, a)
 
     def route(self, rid: int, adapter: int) -> None:
-        """A holder with room in its batch for the adapter (a sequence and a GPU LoRA slot); when none has,
-        the adapter's best-ranked worker that has (loading it there if need be); when no worker has, the
+        """A holder in the replica set (any holder while none in the set has it yet, as the router does)
+        with room in its batch for the adapter (a sequence and a GPU LoRA slot); when none has, the
+        adapter's best-ranked worker that has (loading it there if need be); when no worker has, the
         holders' queue."""
         self.arrivals[adapter] += 1
         fleet, max_loras, max_seqs = self.fleet, self.max_loras, self.max_seqs
-        holders = [ws for ws in self.sets[adapter] if adapter in ws.held]
+        holders = [ws for ws in self.sets[adapter] if adapter in ws.held] or fleet.holders[adapter]
         chosen = pick_with_room(holders, adapter, max_loras, self.rng, max_seqs)
         if chosen is None:
             chosen = first_with_room(self.ranked(adapter), adapter, max_loras, max_seqs)
