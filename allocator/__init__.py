@@ -31,6 +31,7 @@ allocator.placement  compute_placement(workers, adapters, demand, config, previo
                      fit_to_slots(...)   the slot-shortage rule; DuplicateName (ValueError)
 
 allocator.plan       plan_actions(desired, holdings, loading, budget: PlanBudget) -> list[Action]
+                         desired: a Placement, or DesiredIndex(placement) built once for many rounds
 
 allocator.measure    assignments, moved, expected_loads, imbalance, slot_overflow
 allocator.synthetic  workers(n, slots), adapters(n), zipf_demand(n, s, total_rps, rng=None)

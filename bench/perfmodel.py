@@ -83,7 +83,7 @@ def _count(adapters: Iterable[str | None]) -> dict[str | None, int]:
     return dict(Counter(adapters))
 
 
-def _drop(counts: dict[K, int], key: K) -> None:
+def count_down(counts: dict[K, int], key: K) -> None:
     """One fewer of `key`; a key counted down to nothing leaves, so `len` stays the number of distinct keys."""
     left = counts[key] - 1
     if left:
@@ -204,7 +204,7 @@ class EngineModel:
             finished.append(rid)
             adapter = self.running.pop(rid).adapter
             if adapter is not None:
-                _drop(self._batch, adapter)
+                count_down(self._batch, adapter)
         return finished
 
     def _admit(self) -> tuple[float, list[int], int]:
@@ -241,7 +241,7 @@ class EngineModel:
                 self.gpu.move_to_end(adapter)
             if admissible > 0:
                 admissible -= 1
-            _drop(queued, adapter)
+            count_down(queued, adapter)
             running[seq.rid] = seq
             heapq.heappush(self._ends, (self._clock + seq.output_tokens, self._admitted, seq.rid))
             self._admitted += 1

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
-from bench.perfmodel import EngineModel, PerfParams, Sequence
+from bench.perfmodel import EngineModel, PerfParams, Sequence, count_down
 from bench.workloads import Requests
 
 _STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
@@ -83,14 +83,6 @@ class Outcome(msgspec.Struct, kw_only=True):
 
 def _inc(counts: dict[int, int], key: int) -> None:
     counts[key] = counts.get(key, 0) + 1
-
-
-def _dec(counts: dict[int, int], key: int) -> None:
-    left = counts[key] - 1
-    if left:
-        counts[key] = left
-    else:
-        del counts[key]
 
 
 def _boundary(start: float, step_s: float, steps: int, at_or_after: float = float("inf")) -> tuple[float, int]:
@@ -197,7 +189,7 @@ class Fleet:
         self._placement_loads += 1
         for rid in ws.loading.pop(adapter):
             ws.inflight -= 1
-            _dec(ws.adapter_inflight, adapter)
+            count_down(ws.adapter_inflight, adapter)
             self.submit(w, rid)
         if self.on_loaded is not None:
             self.on_loaded()
@@ -241,8 +233,8 @@ class Fleet:
         for rid in rids:
             finish[rid] = now
             a = adapter[rid]
-            _dec(ws.running, a)
-            _dec(ws.adapter_inflight, a)
+            count_down(ws.running, a)
+            count_down(ws.adapter_inflight, a)
             inflight[a] -= 1
         ws.inflight -= len(rids)
         ws.served += len(rids)
@@ -252,7 +244,7 @@ class Fleet:
         for rid in result.started:  # type: ignore[attr-defined]
             first[rid] = now
             a = adapter[rid]
-            _dec(ws.waiting, a)
+            count_down(ws.waiting, a)
             _inc(ws.running, a)
         self._finished(ws, result.finished)  # type: ignore[attr-defined]
         self._load_times.extend([now] * result.host_loads)  # type: ignore[attr-defined]

@@ -88,10 +88,7 @@ def test_order_is_deterministic_whatever_the_input_order() -> None:
 def _reference(desired: Placement, holdings: dict[str, frozenset[str]], loading: dict[str, frozenset[str]],
                budget: PlanBudget) -> list[Action]:
     """The rules of the module docstring, walked over every adapter and every holding (no shortcuts)."""
-    holders: dict[str, set[str]] = {}
-    for w, adapters in holdings.items():
-        for a in adapters:
-            holders.setdefault(a, set()).add(w)
+    holders = {a: {w for w, h in holdings.items() if a in h} for a in frozenset().union(*holdings.values())}
     actions: list[Action] = []
     in_flight = {w: len(loading.get(w, frozenset())) for w in holdings}
     order = sorted(desired.replica_sets.items(),
