@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 
 from bench.chaos.load import Outcome, Tally
+from bench.chaos.observe import Usage
 
 
 class ScenarioResult(msgspec.Struct, kw_only=True):
@@ -30,6 +31,8 @@ class ScenarioResult(msgspec.Struct, kw_only=True):
     figures: dict[str, float | None] = {}
     samples: list[str] = []
     """The first few failures verbatim, and anything else worth reading when a check fails."""
+    usage: list[Usage] = []
+    """The router's footprint over time, where a scenario watches it (the soak)."""
 
     def count(self, tally: Tally, retried: float) -> None:
         self.sent = tally.sent

@@ -82,9 +82,11 @@ async def run(ctx: Context) -> ScenarioResult:
         end = await _quiet_usage(session, router.url, router.proc.pid, started)
         result.count(tally, await retries(session, fleet.routers) - before)
     samples = [baseline, *samples, end]
+    result.usage = samples
+    mid = samples[len(samples) // 2]
     rss_allowed = max(RSS_GROWTH_MIB, RSS_GROWTH_SHARE * baseline.rss_mib)
     result.figures = {
-        "RSS MiB start": baseline.rss_mib, "RSS MiB end": end.rss_mib,
+        "RSS MiB start": baseline.rss_mib, "RSS MiB mid-soak": mid.rss_mib, "RSS MiB end": end.rss_mib,
         "RSS MiB max": max(s.rss_mib for s in samples),
         "fds start": baseline.fds, "fds end": end.fds, "fds max": max(s.fds for s in samples),
         "tasks start": baseline.tasks, "tasks end": end.tasks, "tasks max": max(s.tasks for s in samples),
