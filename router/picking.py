@@ -17,7 +17,7 @@ has). A limit that is not known (None) is not checked.
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 
@@ -28,8 +28,9 @@ class Busy(Protocol):
 
 class Slotted(Busy, Protocol):
     @property
-    def adapter_inflight(self) -> Mapping[Hashable, int]:
-        """Requests in flight on this worker per adapter (queued there or running)."""
+    def adapter_inflight(self) -> Collection[Hashable]:
+        """The adapters with requests in flight on this worker (queued there or running), e.g. the keys
+        of a per-adapter count such as `router.fleet.WorkerView.adapter_inflight`."""
         ...
 
 
