@@ -1,10 +1,18 @@
-"""First load of an adapter nobody holds: on its first HRW worker, once per adapter per router.
+"""Loads the request path starts itself: the first load of an adapter nobody holds, and overflow loads.
 
-Concurrent first requests share one load (one task per adapter); each waits
-at most `timeout_s` and then gets a 503 with Retry-After while the load goes
-on for the next caller. Which worker is "first" comes from the allocator's HRW
-ranking over eligible workers, so every router picks the same one and the
-placement, when it arrives, usually agrees.
+Cold start: concurrent first requests share one load (one task per adapter);
+each waits at most `timeout_s` and then gets a 503 with Retry-After while the
+load goes on for the next caller. Which worker is "first" comes from the
+allocator's HRW ranking over eligible workers, so every router picks the same
+one and the placement, when it arrives, usually agrees.
+
+Overflow: every holder's batch is full (router.picking), so a request sent to
+one would queue until some other adapter drains out of a GPU slot, seconds in
+the fleet simulator. The adapter goes instead to its best-ranked worker whose
+batch has room, loaded there first if need be (again one load per adapter,
+and every router ranks alike, so their loads coalesce on one worker). A
+failed or slow overflow load is no error: the request queues at a holder.
+The placement, measuring the demand, sizes the replica set up at its next tick.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
 
 from allocator.hrw import rank_workers
 from router.errors import ColdStartTimeout, NoWorkerAvailable
 from router.fleet import Fleet, WorkerView
 from router.metrics import RouterMetrics
+from router.picking import first_with_room
 from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient
 
 log = logging.getLogger(__name__)
@@ -30,8 +40,8 @@ class ColdStarter:
         self._client = client
         self._metrics = metrics
         self._timeout_s = timeout_s
-        self._loads: dict[str, asyncio.Task[str]] = {}
-        self.loads_started = 0
+        self._loads: dict[tuple[str, str], asyncio.Task[str]] = {}
+        """(adapter, worker id or "" for a cold start's walk down the ranking) -> its load."""
 
     def eligible(self, adapter: str) -> list[WorkerView]:
         record = self._fleet.catalog[adapter]
@@ -39,13 +49,14 @@ class ColdStarter:
                 if v.healthy and record.base_model in v.record.base_models
                 and v.record.max_lora_rank >= record.rank]
 
+    def ranked(self, adapter: str) -> list[WorkerView]:
+        """Eligible workers in the adapter's HRW order, the same on every router."""
+        views = {v.id: v for v in self.eligible(adapter)}
+        return [views[w.id] for w in rank_workers(adapter, [v.record.to_worker() for v in views.values()])]
+
     async def ensure_loaded(self, adapter: str) -> None:
         """Return once some worker holds `adapter`; raise 503 if that takes too long."""
-        task = self._loads.get(adapter)
-        if task is None:
-            task = asyncio.create_task(self._load(adapter), name=f"cold-start:{adapter}")
-            self._loads[adapter] = task
-            task.add_done_callback(lambda _t: self._loads.pop(adapter, None))
+        task = self._task(adapter, "", lambda: self._load(adapter, self.ranked(adapter), cold=True))
         started = time.monotonic()
         timeout = self._timeout_s()
         try:
@@ -59,23 +70,54 @@ class ColdStarter:
         finally:
             self._metrics.cold_start_wait.observe(time.monotonic() - started)
 
-    async def _load(self, adapter: str) -> str:
-        self.loads_started += 1
+    async def overflow(self, adapter: str, exclude: Collection[str]) -> WorkerView | None:
+        """The best-ranked worker (not in `exclude`) whose batch has room for `adapter`, holding it by the
+        time this returns; None when no worker has room or the load there fails or outlasts the cold-start
+        timeout (the load goes on)."""
+        ranked = [v for v in self.ranked(adapter) if v.id not in exclude and adapter not in v.draining]
+        view = first_with_room(ranked, adapter)
+        if view is None:
+            self._metrics.overflows.labels("queued").inc()
+            return None
+        if adapter in view.holds:
+            self._metrics.overflows.labels("holder").inc()
+            return view
+        task = self._task(adapter, view.id, lambda: self._load(adapter, [view], cold=False))
+        try:
+            async with asyncio.timeout(self._timeout_s()):
+                await asyncio.shield(task)
+        except (TimeoutError, NoWorkerAvailable):
+            self._metrics.overflows.labels("queued").inc()
+            return None
+        self._metrics.overflows.labels("loaded").inc()
+        return view
+
+    def _task(self, adapter: str, worker: str, load: Callable[[], Coroutine[Any, Any, str]]) -> asyncio.Task[str]:
+        key = (adapter, worker)
+        task = self._loads.get(key)
+        if task is None:
+            task = asyncio.create_task(load(), name=f"load:{adapter}@{worker or 'first'}")
+            self._loads[key] = task
+            task.add_done_callback(lambda _t: self._loads.pop(key, None))
+        return task
+
+    async def _load(self, adapter: str, ranked: list[WorkerView], *, cold: bool) -> str:
+        """Load on the first of `ranked` that accepts; the worker's id."""
         record = self._fleet.catalog[adapter]
-        views = {v.id: v for v in self.eligible(adapter)}
-        ranked = rank_workers(adapter, [v.record.to_worker() for v in views.values()])
+        label = self._metrics.adapter(adapter)
         reasons: list[str] = []
-        for worker in ranked:
-            view = views[worker.id]
+        for view in ranked:
             try:
                 await self._client.load(view.url, record)
             except (WorkerCallFailed, AdapterRejected) as exc:
-                reasons.append(f"{worker.id}: {exc}")
+                reasons.append(f"{view.id}: {exc}")
                 continue
-            self._fleet.add_holding(worker.id, adapter)
-            self._metrics.cold_starts.labels(self._metrics.adapter(adapter), "loaded").inc()
-            return worker.id
-        self._metrics.cold_starts.labels(self._metrics.adapter(adapter), "failed").inc()
-        log.warning("cold start of %s failed on every eligible worker: %s", adapter, "; ".join(reasons) or "none")
+            self._fleet.add_holding(view.id, adapter)
+            if cold:
+                self._metrics.cold_starts.labels(label, "loaded").inc()
+            return view.id
+        if cold:
+            self._metrics.cold_starts.labels(label, "failed").inc()
+        log.warning("load of %s failed on every worker tried: %s", adapter, "; ".join(reasons) or "none")
         raise NoWorkerAvailable(f"No worker could load adapter '{adapter}'.",
                                 headers={"Retry-After": "5"})

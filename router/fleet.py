@@ -59,6 +59,15 @@ class WorkerView:
     def origin(self) -> Origin:
         return origin_of(self.record.url)
 
+    @property
+    def max_loras(self) -> int | None:
+        return self.record.max_loras
+
+    @property
+    def max_seqs(self) -> int | None:
+        """vLLM shows no max_num_seqs a registrar could read: not known, not checked."""
+        return None
+
 
 class MembershipChange:
     __slots__ = ("added", "removed", "restarted")

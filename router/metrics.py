@@ -49,6 +49,10 @@ class RouterMetrics:
         self.cold_start_wait = Histogram("lora_router_cold_start_wait_seconds",
                                          "How long requests waited for a cold adapter.",
                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.overflows = Counter("lora_router_overflows",
+                                 "Requests whose adapter's holders all had full batches, by where they went: "
+                                 "another holder, a worker that loaded it for them, or queued at a holder.",
+                                 ["outcome"], registry=r)
         self.retries = Counter("lora_router_retries", "Requests retried on another worker, by reason.",
                                ["reason"], registry=r)
         self.worker_healthy = Gauge("lora_router_worker_healthy", "1 if the worker is taking requests.",

@@ -33,6 +33,16 @@ class Slotted(Busy, Protocol):
         of a per-adapter count such as `router.fleet.WorkerView.adapter_inflight`."""
         ...
 
+    @property
+    def max_loras(self) -> int | None:
+        """Distinct adapters its batch holds at once; None when not known."""
+        ...
+
+    @property
+    def max_seqs(self) -> int | None:
+        """Sequences its batch holds at once; None when not known."""
+        ...
+
 
 B = TypeVar("B", bound=Busy)
 S = TypeVar("S", bound=Slotted)
@@ -51,25 +61,23 @@ def power_of_two(candidates: Sequence[B], rng: random.Random) -> B:
     return a if a.inflight <= b.inflight else b
 
 
-def has_room(worker: Slotted, adapter: Hashable, max_loras: int | None, max_seqs: int | None = None) -> bool:
+def has_room(worker: Slotted, adapter: Hashable) -> bool:
     """Whether a request for `adapter` can join the worker's batch at once: fewer than `max_seqs`
     requests are in flight there, and the adapter is in flight there already or fewer than
     `max_loras` adapters are."""
-    if max_seqs is not None and worker.inflight >= max_seqs:
+    if worker.max_seqs is not None and worker.inflight >= worker.max_seqs:
         return False
     inflight = worker.adapter_inflight
-    return max_loras is None or adapter in inflight or len(inflight) < max_loras
+    return worker.max_loras is None or adapter in inflight or len(inflight) < worker.max_loras
 
 
-def pick_with_room(candidates: Sequence[S], adapter: Hashable, max_loras: int | None, rng: random.Random,
-                   max_seqs: int | None = None) -> S | None:
+def pick_with_room(candidates: Sequence[S], adapter: Hashable, rng: random.Random) -> S | None:
     """Power of two among the candidates with room for `adapter`; None when none has room."""
-    roomy = [c for c in candidates if has_room(c, adapter, max_loras, max_seqs)]
+    roomy = [c for c in candidates if has_room(c, adapter)]
     return power_of_two(roomy, rng) if roomy else None
 
 
-def first_with_room(ranked: Iterable[S], adapter: Hashable, max_loras: int | None,
-                    max_seqs: int | None = None) -> S | None:
+def first_with_room(ranked: Iterable[S], adapter: Hashable) -> S | None:
     """The best-ranked worker with room for `adapter` (an HRW order, so that routers agree on where an
     overflowing adapter goes and its loads coalesce there); None when none has room."""
-    return next((w for w in ranked if has_room(w, adapter, max_loras, max_seqs)), None)
+    return next((w for w in ranked if has_room(w, adapter)), None)

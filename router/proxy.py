@@ -21,7 +21,7 @@ from router.errors import NOT_JSON, BadRequest, NoWorkerAvailable, UpstreamFaile
 from router.fleet import WorkerView
 from router.names import Target, resolve
 from router.outlier import should_eject
-from router.picking import power_of_two
+from router.picking import pick_with_room, power_of_two
 from router.runtime import RouterRuntime
 from router.upstream import UpstreamError, UpstreamResponse
 
@@ -142,7 +142,7 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
         if attempt and not rt.retry_budget.try_spend():
             last_reason = "retry budget exhausted"
             break
-        view = power_of_two(views, rt.rng)
+        view = await _pick(rt, target, views, failed)
         tried.add(view.id)
         last_chance = attempt == 1 or (len(views) == 1 and target.adapter is None)
         try:
@@ -155,6 +155,16 @@ async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body
     if tried:
         raise UpstreamFailed(f"No worker answered for model '{target.model}' ({last_reason}).")
     raise NoWorkerAvailable(f"No healthy worker serves model '{target.model}'.", headers={"Retry-After": "1"})
+
+
+async def _pick(rt: RouterRuntime, target: Target, views: list[WorkerView], failed: set[str]) -> WorkerView:
+    """A holder whose batch takes the request at once; when none can, the adapter's best-ranked worker
+    that can (loaded there first, see router.coldstart); else the least busy holder, to queue there."""
+    adapter = target.adapter
+    if adapter is None:
+        return power_of_two(views, rt.rng)
+    return (pick_with_room(views, adapter, rt.rng) or await rt.cold.overflow(adapter, failed)
+            or power_of_two(views, rt.rng))
 
 
 async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,

@@ -36,11 +36,14 @@ class WorkerState:
     """One worker as the router and the strategies see it; `inflight` feeds router.picking.power_of_two."""
 
     __slots__ = ("adapter_inflight", "busy", "busy_s", "changes", "coast", "coast_id", "engine", "held", "index",
-                 "inflight", "loading", "running", "served", "waiting")
+                 "inflight", "loading", "max_loras", "max_seqs", "running", "served", "waiting")
 
     def __init__(self, index: int, params: PerfParams) -> None:
         self.index = index
         self.engine = EngineModel(params)
+        self.max_loras: int | None = params.max_loras
+        self.max_seqs: int | None = params.max_num_seqs
+        """The batch limits router.picking checks; the real router knows max_loras from the worker's record."""
         self.busy = False
         self.busy_s = 0.0
         self.inflight = 0

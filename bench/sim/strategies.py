@@ -217,11 +217,10 @@ class LoraRouter(_Placed):
         self.config = config
         self.ours = OursStrategy(config, control.tick_s)
         self.round_due = False
-        self.max_loras, self.max_seqs = fleet.params.max_loras, fleet.params.max_num_seqs
         self.desired: plan.DesiredIndex | None = None
+        """The placement indexed once for the many plan rounds against it."""
         self.views: list[tuple[int, frozenset[str], frozenset[str]]] = [(-1, frozenset(), frozenset())] * self.n
         """Per worker: (its `changes`, held names, loading names) as of the last plan round."""
-        """The placement indexed once for the many plan rounds against it."""
         fleet.on_loaded = self.holdings_changed
 
     def holdings_changed(self) -> None:
@@ -261,11 +260,11 @@ class LoraRouter(_Placed):
         adapter's best-ranked worker that has (loading it there if need be); when no worker has, the
         holders' queue."""
         self.arrivals[adapter] += 1
-        fleet, max_loras, max_seqs = self.fleet, self.max_loras, self.max_seqs
+        fleet = self.fleet
         holders = [ws for ws in self.sets[adapter] if adapter in ws.held] or fleet.holders[adapter]
-        chosen = pick_with_room(holders, adapter, max_loras, self.rng, max_seqs)
+        chosen = pick_with_room(holders, adapter, self.rng)
         if chosen is None:
-            chosen = first_with_room(self.ranked(adapter), adapter, max_loras, max_seqs)
+            chosen = first_with_room(self.ranked(adapter), adapter)
         if chosen is None:
             chosen = power_of_two(holders, self.rng) if holders else fleet.workers[self.first_hrw(adapter)]
         if adapter in chosen.held:

@@ -22,29 +22,31 @@ class W:
     name: str
     inflight: int = 0
     adapter_inflight: dict[str, int] = field(default_factory=dict)
+    max_loras: int | None = None
+    max_seqs: int | None = None
 
 
 def test_room_means_in_flight_already_or_a_slot_free() -> None:
-    full = W("full", 4, {"a": 1, "b": 1, "c": 2})
-    assert has_room(full, "a", 3)
-    assert not has_room(full, "z", 3)
-    assert has_room(full, "z", 4)
-    assert has_room(full, "z", None)  # max_loras unknown: assume room
+    lanes = {"a": 1, "b": 1, "c": 2}
+    assert has_room(W("full", 4, lanes, max_loras=3), "a")
+    assert not has_room(W("full", 4, lanes, max_loras=3), "z")
+    assert has_room(W("full", 4, lanes, max_loras=4), "z")
+    assert has_room(W("full", 4, lanes), "z")  # max_loras unknown: assume room
 
 
 def test_pick_with_room_skips_full_holders_even_when_idler() -> None:
-    full = W("full", 0, {"b": 1, "c": 1})
-    roomy = W("roomy", 9, {"a": 9})
+    full = W("full", 0, {"b": 1, "c": 1}, max_loras=2)
+    roomy = W("roomy", 9, {"a": 9}, max_loras=2)
     rng = random.Random(1)
-    assert {pick_with_room([full, roomy], "a", 2, rng).name for _ in range(50)} == {"roomy"}
-    assert pick_with_room([full], "a", 2, rng) is None
-    assert pick_with_room([], "a", 2, rng) is None
+    assert {pick_with_room([full, roomy], "a", rng).name for _ in range(50)} == {"roomy"}
+    assert pick_with_room([full], "a", rng) is None
+    assert pick_with_room([], "a", rng) is None
 
 
 def test_first_with_room_keeps_the_ranking_order() -> None:
-    ranked = [W("x", 0, {"b": 1}), W("y", 5, {}), W("z", 0, {})]
-    assert first_with_room(ranked, "a", 1).name == "y"
-    assert first_with_room(ranked[:1], "a", 1) is None
+    ranked = [W("x", 0, {"b": 1}, max_loras=1), W("y", 5, {}, max_loras=1), W("z", 0, {}, max_loras=1)]
+    assert first_with_room(ranked, "a").name == "y"
+    assert first_with_room(ranked[:1], "a") is None
 
 
 def test_the_simulated_router_overflows_a_full_holder() -> None:
@@ -71,8 +73,8 @@ def test_the_simulated_router_overflows_a_full_holder() -> None:
 
 
 def test_a_full_batch_has_no_room_even_for_its_own_adapter() -> None:
-    busy = W("busy", 64, {"a": 64})
-    assert has_room(busy, "a", 8)
-    assert not has_room(busy, "a", 8, max_seqs=64)
-    assert has_room(W("less", 63, {"a": 63}), "a", 8, max_seqs=64)
-    assert first_with_room([busy, W("next", 3, {"b": 3})], "a", 8, max_seqs=64).name == "next"
+    assert has_room(W("busy", 64, {"a": 64}, max_loras=8), "a")
+    busy = W("busy", 64, {"a": 64}, max_loras=8, max_seqs=64)
+    assert not has_room(busy, "a")
+    assert has_room(W("less", 63, {"a": 63}, max_loras=8, max_seqs=64), "a")
+    assert first_with_room([busy, W("next", 3, {"b": 3}, max_loras=8, max_seqs=64)], "a").name == "next"
