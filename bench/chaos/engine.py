@@ -1,4 +1,7 @@
-"""Run scenarios one after another, each in its own directory, kept only when it failed."""
+"""Run scenarios one after another, each in its own directory, kept only when it failed.
+
+A fleet that never gets ready is that scenario's failed check, not the end of the run.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from pathlib import Path
 
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios import SCENARIOS
-from bench.chaos.scenarios.common import Context
+from bench.chaos.scenarios.common import Context, NotConverged
+from discovery.embedded import EtcdStartFailed
+from router.procs import ProcessStartFailed
 
 
 async def run_scenarios(names: Sequence[str], *, quick: bool, soak_minutes: float,
@@ -19,7 +24,11 @@ async def run_scenarios(names: Sequence[str], *, quick: bool, soak_minutes: floa
     for name in names:
         root = Path(tempfile.mkdtemp(prefix=f"chaos-{name}-", dir=workdir))
         print(f"chaos: {name} ({'quick' if quick else 'full'}) in {root}", file=sys.stderr)
-        result = await SCENARIOS[name](Context(root=root, quick=quick, soak_minutes=soak_minutes))
+        try:
+            result = await SCENARIOS[name](Context(root=root, quick=quick, soak_minutes=soak_minutes))
+        except (NotConverged, ProcessStartFailed, EtcdStartFailed) as exc:
+            result = ScenarioResult(name=name, load="", faults="none (the fleet never got ready)",
+                                    checks={"fleet ready before the fault": False}, samples=[str(exc)])
         results.append(result)
         print(f"chaos: {name}: {'pass' if result.passed else 'FAIL (logs kept)'}", file=sys.stderr)
         if result.passed:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,8 @@ class ChaosFleet:
         self.workers: list[Worker] = []
         self.routers: list[Router] = []
         self.config_path = root / "router.yaml"
+        self._procs: list[ManagedProcess] = []
+        """Every process made here, replaced ones included, so that `stop` leaves none behind whatever failed."""
 
     # -- start ------------------------------------------------------------------------------
     async def start(self, routers: int) -> None:
@@ -99,24 +100,28 @@ class ChaosFleet:
 
     def _worker_proc(self, index: int, port: int | None = None) -> ManagedProcess:
         args = (*self.spec.worker_args, *self.spec.worker_faults.get(index, ()))
-        return sim_worker(self.root, model=BASE, port=port, extra_args=args)
+        return self._track(sim_worker(self.root, model=BASE, port=port, extra_args=args))
 
     def _registrar(self, url: str) -> ManagedProcess:
         argv = python_cli("router", "register", "--etcd", self.etcd.endpoint, "--worker-url", url,
                           "--slots", str(self.spec.slots), "--ttl", str(self.spec.ttl_s),
                           "--health-interval", "0.5", "--health-failures", "2", "--log-level", "WARNING")
-        return ManagedProcess(argv, log_path=self.root / f"registrar-{url.rsplit(':', 1)[1]}.log")
+        return self._track(ManagedProcess(argv, log_path=self.root / f"registrar-{url.rsplit(':', 1)[1]}.log"))
 
     async def start_router(self, router_id: str) -> Router:
         port = free_port()
         argv = python_cli("router", "serve", "--config", str(self.config_path), "--port", str(port),
                           "--etcd", self.etcd.endpoint, "--router-id", router_id)
-        proc = ManagedProcess(argv, health_url=f"http://127.0.0.1:{port}/ready",
-                              log_path=self.root / f"{router_id}.log")
+        proc = self._track(ManagedProcess(argv, health_url=f"http://127.0.0.1:{port}/ready",
+                                          log_path=self.root / f"{router_id}.log"))
         await asyncio.to_thread(proc.start, 60)
         router = Router(router_id, proc, port)
         self.routers.append(router)
         return router
+
+    def _track(self, proc: ManagedProcess) -> ManagedProcess:
+        self._procs.append(proc)
+        return proc
 
     # -- break ------------------------------------------------------------------------------
     def crash_worker(self, worker: Worker) -> None:
@@ -130,12 +135,6 @@ class ChaosFleet:
         worker.proc = self._worker_proc(worker.index, port=worker.port)
         await asyncio.to_thread(worker.proc.start, 60)
 
-    async def revive_worker(self, worker: Worker) -> None:
-        """After `crash_worker`: the host is back, worker and registrar."""
-        worker.proc = self._worker_proc(worker.index, port=worker.port)
-        await asyncio.to_thread(worker.proc.start, 60)
-        worker.registrar = self._registrar(worker.url).start()
-
     def pause(self, router: Router) -> None:
         router.proc.signal(signal.SIGSTOP)
 
@@ -144,8 +143,6 @@ class ChaosFleet:
 
     # -- stop -------------------------------------------------------------------------------
     def stop(self) -> None:
-        procs: Sequence[ManagedProcess] = [r.proc for r in self.routers] + [
-            p for w in self.workers for p in (w.registrar, w.proc)]
-        for proc in procs:
+        for proc in reversed(self._procs):
             proc.kill()
         self.etcd.kill()

@@ -17,7 +17,7 @@ import asyncio
 import enum
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import aiohttp
 import msgspec
@@ -52,6 +52,8 @@ class Tally:
         self.failures: list[str] = []
         self.served_by: Counter[tuple[str, str]] = Counter()
         """(group, worker id from x-lora-router-worker) -> successful answers."""
+        self.unshaped_errors = 0
+        """Error answers not in OpenAI's shape ({"error": {"message", "type", "param", "code"}})."""
 
     def add(self, request: Request, outcome: Outcome, status: int, latency_s: float, detail: str = "") -> None:
         self.outcomes[(request.group, outcome)] += 1
@@ -65,6 +67,7 @@ class Tally:
         """Fold another client's counts into this one (groups kept apart); returns self."""
         self.outcomes.update(other.outcomes)
         self.served_by.update(other.served_by)
+        self.unshaped_errors += other.unshaped_errors
         self.statuses.update(other.statuses)
         for group, values in other.latencies.items():
             self.latencies.setdefault(group, []).extend(values)
@@ -78,8 +81,9 @@ class Tally:
     def sent(self) -> int:
         return sum(self.outcomes.values())
 
-    def percentile(self, q: float, group: str | None = None) -> float | None:
-        values = sorted(v for g, vs in self.latencies.items() if group in (None, g) for v in vs)
+    def percentile(self, q: float, groups: Collection[str] | None = None) -> float | None:
+        """Of the successful requests in `groups` (all if None)."""
+        values = sorted(v for g, vs in self.latencies.items() if groups is None or g in groups for v in vs)
         return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
@@ -158,7 +162,9 @@ class OpenLoop:
                 async with self.session.post(router + "/v1/completions", json=body) as r:
                     status = r.status
                     if status != 200:
-                        self.tally.add(request, Outcome.FAILED, status, 0.0, await r.text())
+                        text = await r.text()
+                        self.tally.add(request, Outcome.FAILED, status, 0.0, text)
+                        self.tally.unshaped_errors += not _openai_error(text, status)
                         return
                     self.tally.served_by[(request.group, r.headers.get(WORKER_HEADER, ""))] += 1
                     if not request.stream:
@@ -185,3 +191,11 @@ async def _read_stream(response: aiohttp.ClientResponse) -> tuple[Outcome, str]:
             return Outcome.CUT, line.decode(errors="replace")
         last = line
     return Outcome.FAILED, f"stream ended without [DONE] or an error event after {last[:80]!r}"
+
+
+def _openai_error(text: str, status: int) -> bool:
+    try:
+        error = msgspec.json.decode(text)["error"]
+        return {"message", "type", "param", "code"} <= error.keys() and error["code"] == status
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        return False

@@ -41,6 +41,7 @@ class ScenarioResult(msgspec.Struct, kw_only=True):
         self.cut_streams = tally.count(Outcome.CUT)
         self.retried = int(retried)
         self.samples.extend(tally.failures)
+        self.checks["every error answer in OpenAI's shape"] = tally.unshaped_errors == 0
 
     @property
     def passed(self) -> bool:

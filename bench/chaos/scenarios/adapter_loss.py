@@ -68,7 +68,7 @@ async def run(ctx: Context) -> ScenarioResult:
     result.figures = {"unloaded adapters back after s": _rounded(unloaded),
                       "restarted worker's share back after s": _rounded(reloaded), "bound s": bound,
                       "404s seen by clients": tally.statuses[404]}
-    result.checks = {
+    result.checks |= {
         "unloaded adapters restored within two reconcile periods": unloaded is not None and unloaded <= bound,
         "restarted worker's adapters restored within two reconcile periods": reloaded is not None
         and reloaded <= bound,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -75,9 +75,9 @@ async def placement_served(session: aiohttp.ClientSession, routers: Sequence[Rou
         if {w["id"] for w in view["workers"]} != alive:
             return False
         epochs.add(view["placement_epoch"])
-        for view in (await loras(session, router.url)).values():
-            wanted = set(view["replica_set"])
-            if len(wanted) < view["replicas"] or not wanted <= alive or not wanted <= set(view["holders"]):
+        for lora in (await loras(session, router.url)).values():
+            wanted = set(lora["replica_set"])
+            if len(wanted) < lora["replicas"] or not wanted <= alive or not wanted <= set(lora["holders"]):
                 return False
     return len(epochs) == 1 and 0 not in epochs
 
@@ -87,23 +87,19 @@ async def quiet(session: aiohttp.ClientSession, router: str) -> bool:
     return sum(w["inflight"] for w in (await status(session, router))["workers"]) == 0
 
 
-async def converge(session: aiohttp.ClientSession, fleet: ChaosFleet, routers: Sequence[Router],
-                   timeout_s: float = 60.0) -> float | None:
-    alive = {w.id for w in fleet.workers}
-    return await time_until(lambda: placement_served(session, routers, alive), timeout_s)
-
-
 class NotConverged(RuntimeError):
     """The fleet never reached its placement before the fault: the scenario has nothing to measure."""
 
 
 async def settle(session: aiohttp.ClientSession, fleet: ChaosFleet, timeout_s: float = 60.0) -> None:
-    if await converge(session, fleet, fleet.routers, timeout_s) is None:
+    """Until every router serves the placement over every live worker."""
+    alive = {w.id for w in fleet.workers}
+    if await time_until(lambda: placement_served(session, fleet.routers, alive), timeout_s) is None:
         raise NotConverged(f"placement not served within {timeout_s}s; logs in {fleet.root}")
 
 
-def latency_ms(tally: Tally, group: str | None = None, label: str = "") -> dict[str, float | None]:
-    """p50 and p99 of the successful requests (of one group), in ms, for a result's figures."""
+def latency_ms(tally: Tally, groups: Collection[str] | None = None, label: str = "") -> dict[str, float | None]:
+    """p50 and p99 of the successful requests (of these groups), in ms, for a result's figures."""
     prefix = f"{label} " if label else ""
-    return {f"{prefix}p{int(q * 100)} ms": None if (v := tally.percentile(q, group)) is None else round(v * 1000, 1)
+    return {f"{prefix}p{int(q * 100)} ms": None if (v := tally.percentile(q, groups)) is None else round(v * 1000, 1)
             for q in (0.5, 0.99)}

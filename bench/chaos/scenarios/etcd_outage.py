@@ -81,10 +81,10 @@ async def run(ctx: Context) -> ScenarioResult:
         tally = (await placed.finish()).merge(await cold.finish())
         result.count(tally, await retries(session, fleet.routers) - before)
     result.recovery_s = None if recovery is None else round(recovery, 1)
-    result.figures = {**latency_ms(tally, "placed", "placed"), **latency_ms(tally, "cold", "cold"), **churn}
+    result.figures = {**latency_ms(tally, ("placed",), "placed"), **latency_ms(tally, ("cold",), "cold"), **churn}
     failed = {g: tally.count(Outcome.FAILED, g) + tally.count(Outcome.HUNG, g) + tally.count(Outcome.CUT, g)
               for g in ("placed", "cold")}
-    result.checks = {
+    result.checks |= {
         "no request for a placed adapter failed": failed["placed"] == 0,
         "cold adapters served during the outage": failed["cold"] == 0 and tally.count(Outcome.OK, "cold") > 0,
         "cold adapters loaded once per router, none unloaded under their clients":

@@ -150,7 +150,7 @@ async def run(ctx: Context) -> ScenarioResult:
     result.figures = {"new leader after kill s": None if took_over is None else round(took_over, 1),
                       "placements written": len(watch.epochs), "most routers claiming leadership": watch.most_leaders,
                       "leaders seen": len(watch.leaders_seen)}
-    result.checks = {
+    result.checks |= {
         "another router led while the leader was paused": replaced is not None,
         "the paused leader stepped down on resuming": stepped_down is not None,
         "a survivor took over after the kill": took_over is not None,
