@@ -4,8 +4,9 @@ The body is forwarded byte for byte; only `model` (and `user`/`stream`) are
 decoded. The one rewrite — `BASE@ADAPTER` or an alias to the adapter's own
 name — re-encodes the top-level object with every other field kept as raw
 JSON. A worker that fails before the client has seen a byte is retried once
-on another holder (within the retry budget); after that, a cut stream ends with
-an SSE error event, never a hang.
+on another holder (within the retry budget), and so is a stream whose worker
+dies before its first chunk (the first token: the client's answer starts only
+with it); after that, a cut stream ends with an SSE error event, never a hang.
 """
 
 from __future__ import annotations
@@ -236,10 +237,17 @@ async def _relay(request: web.Request, rt: RouterRuntime, view: WorkerView,
             _worker_failed(rt, view, exc)
             raise _Retry("body_cut") from None
         return web.Response(status=upstream.status, body=data, headers=headers)
+    chunks = upstream.iter_chunks()
+    try:
+        first = await anext(chunks, b"")
+    except UpstreamError as exc:  # nothing sent yet (for a stream: no token): another holder may answer
+        _worker_failed(rt, view, exc)
+        raise _Retry("body_cut") from None
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     try:
-        async for chunk in upstream.iter_chunks():
+        await response.write(first)
+        async for chunk in chunks:
             await response.write(chunk)
     except UpstreamError as exc:
         _worker_failed(rt, view, exc)

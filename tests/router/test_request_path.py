@@ -55,7 +55,7 @@ def fleet(start_workers: Callable, start_router: Callable, adapter_dirs: Callabl
 
 
 def test_openai_client_chat_and_completions_through_the_router(fleet, poll_until) -> None:
-    router, _, urls, names = fleet(n_workers=2, n_adapters=3, aliases={"support": {"ad-1": 9, "ad-2": 1}})
+    router, *_ = fleet(n_workers=2, n_adapters=3, aliases={"support": {"ad-1": 9, "ad-2": 1}})
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
     for model in ("ad-0", f"{BASE}@ad-0", "support"):
         chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
@@ -77,8 +77,7 @@ def test_openai_client_chat_and_completions_through_the_router(fleet, poll_until
 
 
 def test_every_request_is_served_by_a_holder(fleet, poll_until) -> None:
-    router, _, urls, names = fleet()
-    by_id = {}
+    router, _, _, names = fleet()
 
     async def run() -> list[tuple[str, str]]:
         async with aiohttp.ClientSession() as s:
@@ -162,10 +161,9 @@ def test_a_client_that_goes_away_cancels_the_upstream_stream(fleet, poll_until) 
     body = {"model": names[0], "prompt": "x", "max_tokens": 500_000, "ignore_eos": True, "stream": True}
 
     async def read_a_little_then_leave() -> None:
-        async with aiohttp.ClientSession() as s:
-            async with s.post(router.url + "/v1/completions", json=body) as r:
-                assert r.status == 200
-                await r.content.readline()
+        async with aiohttp.ClientSession() as s, s.post(router.url + "/v1/completions", json=body) as r:
+            assert r.status == 200
+            await r.content.readline()
 
     asyncio.run(read_a_little_then_leave())
     poll_until(lambda: _running(urls[0]) == 0.0, timeout_s=10, what="the worker to drop the abandoned stream")
@@ -191,3 +189,36 @@ def test_a_router_started_before_etcd_waits_for_it(tmp_path, poll_until) -> None
     finally:
         router.kill()
         etcd.kill()
+
+
+def test_a_stream_whose_worker_dies_before_its_first_token_is_retried(start_workers: Callable,
+                                                                     start_router: Callable,
+                                                                     adapter_dirs: Callable, poll_until) -> None:
+    """The worker sent its headers and died in the prefill: the client has seen nothing yet, so the
+    stream is asked of the other holder and arrives whole, with no error event."""
+    root = adapter_dirs("ad-0").parent
+    workers = start_workers(2, extra_args=("--speed", "1"))
+    urls = [worker_url(w) for w in workers]
+    router = start_router(_config(root, ["ad-0"], placement={"defaults": {"min_replicas": 2}}), workers=urls)
+    poll_until(lambda: all("ad-0" in _held(u) for u in urls), timeout_s=20, what="both workers holding it")
+    prompt = " ".join(["x"] * 50_000)  # 50k prompt tokens: a prefill of about 2 s
+    body = {"model": "ad-0", "prompt": prompt, "max_tokens": 3, "ignore_eos": True, "stream": True}
+
+    async def stream_while_killing() -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as s:
+            answer = asyncio.create_task(_post(s, router.url + "/v1/completions", body))
+            busy = await asyncio.to_thread(
+                poll_until, lambda: next((u for u in urls if _running(u) > 0), None), 20, 0.02,
+                "the prefill to start")
+            workers[urls.index(busy)].kill()
+            return await answer
+
+    status, raw = asyncio.run(stream_while_killing())
+    assert status == 200
+    assert raw.rstrip().endswith(b"data: [DONE]"), raw[-300:]
+    assert b'"error"' not in raw
+
+
+async def _post(s: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bytes]:
+    async with s.post(url, json=body) as r:
+        return r.status, await r.read()
