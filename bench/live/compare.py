@@ -16,7 +16,7 @@ from bench.sim.metrics import RunMetrics, compute
 from bench.sim.scenarios import Setup, run_strategy
 from bench.sim.strategies import Strategy
 from bench.workloads import Requests
-from router.picking import power_of_two
+from router.picking import pick_with_room, power_of_two
 
 OURS = "lora-router"
 RATIO_COLUMNS = (("ttft_p50_ms", "TTFT p50"), ("ttft_p99_ms", "TTFT p99"), ("e2e_p99_ms", "e2e p99"),
@@ -24,13 +24,15 @@ RATIO_COLUMNS = (("ttft_p50_ms", "TTFT p50"), ("ttft_p99_ms", "TTFT p99"), ("e2e
 """Lower is better in every one of them."""
 
 
-class PowerOfTwo(Strategy):
-    """lora-router-spread's decisions: power of two on in-flight counts among all workers, adapter-blind."""
+class Spread(Strategy):
+    """lora-router-spread's decisions: the router's own picking with every worker holding every adapter,
+    power of two among the workers whose batch has room for the adapter, else among all."""
 
-    name = "power-of-two"
+    name = "spread"
 
     def pick(self, adapter: int) -> int:
-        return power_of_two(self.fleet.workers, self.rng).index
+        workers = self.fleet.workers
+        return (pick_with_room(workers, adapter, self.rng) or power_of_two(workers, self.rng)).index
 
 
 class FixedMap(Strategy):
@@ -49,10 +51,10 @@ class FixedMap(Strategy):
 def simulate(strategy: str, requests: Requests, names: list[str], setup: Setup, seed: int,
              route_map: list[int] | None = None) -> RunMetrics:
     """`bench.sim.scenarios.run_strategy`, plus the counterparts the simulator does not list:
-    power of two over all workers, and consistent hash on a probed map."""
-    if strategy == PowerOfTwo.name or route_map is not None:
+    the router's picking over all workers, and consistent hash on a probed map."""
+    if strategy == Spread.name or route_map is not None:
         fleet = Fleet(setup.workers, names, setup.params())
-        chosen = PowerOfTwo(fleet, seed) if route_map is None else FixedMap(fleet, seed, route_map)
+        chosen = Spread(fleet, seed) if route_map is None else FixedMap(fleet, seed, route_map)
         return compute(fleet.run(requests, chosen.route), setup.ttft_slo_ms, 0)
     return run_strategy(strategy, requests, names, setup, seed)[0]
 

@@ -4,7 +4,8 @@
   slots (the host LRU, 2 x max_loras), the leader places, reconcilers load, requests go to holders.
 - `lora-router-spread`: our own no-placement baseline, needing no extra package: every adapter is
   registered on every worker beforehand and placed on all of them (min_replicas = workers), so the
-  router's power of two chooses among all workers whatever they hold (`power-of-two` in the simulator).
+  router's picking (power of two among the workers whose batch has room for the adapter) chooses among
+  all workers whatever they hold (`spread` in the simulator).
 - `vllm-router-rr`, `vllm-router-ch`: vllm-router (round robin; consistent hash on X-Session-ID, sent as
   the adapter name) in front of workers that hold every adapter, loaded beforehand with vLLM's call.
   The simulator replays consistent hash with vllm-router's own adapter -> worker map (ringprobe.py).
@@ -80,7 +81,7 @@ def _no_vllm_router() -> str | None:
 
 STRATEGIES: dict[str, LiveStrategy] = {s.name: s for s in (
     LiveStrategy(name="lora-router", sim="lora-router", deploy=_lora_router, places=True),
-    LiveStrategy(name="lora-router-spread", sim="power-of-two", deploy=_spread, places=True),
+    LiveStrategy(name="lora-router-spread", sim="spread", deploy=_spread, places=True),
     LiveStrategy(name="vllm-router-rr", sim="round-robin", deploy=_vllm_router("round_robin"),
                  missing=_no_vllm_router),
     LiveStrategy(name="vllm-router-ch", sim="consistent-hash", deploy=_vllm_router("consistent_hash"),

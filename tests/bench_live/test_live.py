@@ -47,7 +47,7 @@ def test_every_request_answered_counted_and_compared(tmp_path: Path, monkeypatch
         assert 0 < live["ttft_p50_ms"] <= live["ttft_p99_ms"] <= live["e2e_p99_ms"]
         assert set(doc["comparison"]["ratios"][name]) == {c for c, _ in RATIO_COLUMNS}
     assert doc["results"]["lora-router-spread"]["placement_churn"] == 0, "placed everywhere, nothing moves"
-    assert doc["sim_strategies"] == {"lora-router": "lora-router", "lora-router-spread": "power-of-two"}
+    assert doc["sim_strategies"] == {"lora-router": "lora-router", "lora-router-spread": "spread"}
     assert all(p["of"] == 1 for p in doc["comparison"]["pairs"].values())
     assert "ratio to the best baseline" in printed.out and printed.out.count("lora-router-spread") >= 3
 
