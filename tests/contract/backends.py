@@ -16,7 +16,7 @@ from router.procs import ManagedProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "realvllm"))
 
-import vllm_backend  # noqa: E402  (test support module of the real-vLLM suite)
+import vllm_backend
 
 MAX_LORA_RANK = 8
 
