@@ -32,15 +32,6 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     """Wall-clock time of the last attempt."""
 
 
-def by_worker(placement: Placement) -> dict[str, frozenset[str]]:
-    """worker id -> adapters the placement puts there; computed once per placement, not per worker."""
-    index: dict[str, set[str]] = {}
-    for name, replica_set in placement.replica_sets.items():
-        for worker in replica_set.workers:
-            index.setdefault(worker, set()).add(name)
-    return {w: frozenset(names) for w, names in index.items()}
-
-
 class WorkerWork(msgspec.Struct, kw_only=True):
     loads: list[str] = msgspec.field(default_factory=list)
     unloads: list[str] = msgspec.field(default_factory=list)

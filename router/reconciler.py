@@ -28,12 +28,11 @@ import random
 import time
 from collections.abc import Callable
 
-from allocator.model import Placement
-from allocator.plan import plan_actions
+from allocator.plan import DesiredIndex, plan_actions
 from discovery.aio import wait_event
 from discovery.records import AdapterRecord
 from router.fleet import MembershipChange, WorkerView
-from router.reconcile_plan import Failure, WorkerBook, backoff_delay, by_worker, stale, worker_work
+from router.reconcile_plan import Failure, WorkerBook, backoff_delay, stale, worker_work
 from router.runtime import RouterRuntime
 from router.workers import AdapterRejected, WorkerCallFailed
 
@@ -77,7 +76,8 @@ class Reconciler:
         self._agents: dict[str, _Agent] = {}
         self._wake = asyncio.Event()
         self._managed: set[str] = set()
-        self._index: tuple[Placement, dict[str, frozenset[str]]] | None = None
+        self._index: DesiredIndex | None = None
+        """The placement indexed once for the many plan rounds against it (one after every finished load)."""
         self._unmet_since: dict[tuple[str, str], float] = {}
         self._idle_since: dict[tuple[str, str], float] = {}
         self._labels: set[str] = set()
@@ -133,7 +133,7 @@ class Reconciler:
         self._managed.update(fleet.placement.replica_sets)
         holdings = {wid: frozenset(v.holds) for wid, v in fleet.workers.items()}
         loading = {wid: frozenset(a.loading) for wid, a in self._agents.items() if a.loading}
-        actions = plan_actions(fleet.placement, holdings, loading, self._rt.config.placement.plan)
+        actions = plan_actions(self._placement_index(), holdings, loading, self._rt.config.placement.plan)
         control = self._rt.config.control
         work = worker_work(actions, fleet.placement, fleet.catalog, self._managed, self._idle_since,
                            self._clock(), 2 * control.tick_s + control.reconcile_s,
@@ -143,11 +143,14 @@ class Reconciler:
             agent.loads, agent.unloads = (todo.loads, todo.unloads) if todo else ([], [])
             agent.wake.set()
 
-    def _desired(self, worker_id: str) -> frozenset[str]:
+    def _placement_index(self) -> DesiredIndex:
         placement = self._rt.fleet.placement
-        if self._index is None or self._index[0] is not placement:
-            self._index = (placement, by_worker(placement))
-        return self._index[1].get(worker_id, frozenset())
+        if self._index is None or self._index.placement is not placement:
+            self._index = DesiredIndex(placement)
+        return self._index
+
+    def _desired(self, worker_id: str) -> frozenset[str]:
+        return self._placement_index().on.get(worker_id, frozenset())
 
     # -- agents -----------------------------------------------------------------------------
     def _sync_agents(self) -> None:

@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allocator.model import Action, Placement, ReplicaSet
+from allocator.plan import DesiredIndex
 from discovery.records import AdapterRecord
 from router.reconcile_plan import (
     WorkerBook,
     WorkerWork,
     backoff_delay,
-    by_worker,
     stale,
     worker_work,
 )
@@ -28,9 +28,9 @@ def _placement(**sets: tuple[str, ...]) -> Placement:
     return Placement(epoch=1, replica_sets={n: ReplicaSet(workers=w, replicas=len(w)) for n, w in sets.items()})
 
 
-def test_by_worker_inverts_the_placement() -> None:
-    index = by_worker(_placement(a=("w1", "w2"), b=("w2",), c=()))
-    assert index == {"w1": frozenset({"a"}), "w2": frozenset({"a", "b"})}
+def test_the_desired_index_inverts_the_placement() -> None:
+    index = DesiredIndex(_placement(a=("w1", "w2"), b=("w2",), c=()))
+    assert index.on == {"w1": frozenset({"a"}), "w2": frozenset({"a", "b"})}
 
 
 def _work(actions: list[Action], placement: Placement, catalog: dict[str, AdapterRecord], managed: set[str],
@@ -83,9 +83,9 @@ def test_a_changed_source_is_stale() -> None:
 
 
 @given(st.dictionaries(st.sampled_from("abcdef"), st.lists(st.sampled_from(["w1", "w2", "w3"]), unique=True)))
-def test_by_worker_round_trips(sets: dict[str, list[str]]) -> None:
+def test_the_desired_index_round_trips(sets: dict[str, list[str]]) -> None:
     placement = _placement(**{n: tuple(ws) for n, ws in sets.items()})
-    index = by_worker(placement)
+    index = DesiredIndex(placement).on
     pairs = {(w, n) for w, names in index.items() for n in names}
     assert pairs == {(w, n) for n, ws in sets.items() for w in ws}
 
