@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from bench.promtext import metric_sum
+
 POLL_S = 0.1
 
 
@@ -50,15 +52,6 @@ async def loras(session: aiohttp.ClientSession, router: str) -> dict[str, dict[s
 async def worker_holds(session: aiohttp.ClientSession, worker: str) -> set[str]:
     data = await get_json(session, worker + "/v1/models")
     return {m["id"] for m in data["data"] if m.get("parent") is not None}
-
-
-def metric_sum(text: str, name: str, where: str = "") -> float:
-    """The sum of the samples of one metric in Prometheus text whose labels contain `where` (all if empty)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ") and where in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def metrics_sum(session: aiohttp.ClientSession, routers: Sequence[str], name: str, where: str = "") -> float:

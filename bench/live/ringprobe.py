@@ -14,6 +14,7 @@ import aiohttp
 from bench.live import counters
 from bench.live.fleet import BASE_MODEL
 from bench.live.replay import SESSION_HEADER
+from bench.promtext import metric_sum
 
 
 class RingProbeFailed(RuntimeError):
@@ -24,7 +25,7 @@ async def _busy(session: aiohttp.ClientSession, workers: list[str]) -> list[floa
     out = []
     for w in workers:
         async with session.get(w + "/metrics") as r:
-            out.append(counters.series(await r.text(), counters.BUSY))
+            out.append(metric_sum(await r.text(), counters.BUSY))
     return out
 
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import aiohttp
 
 from allocator.model import Action, Placement, ReplicaSet
-from bench.chaos.observe import loras, metric_sum, status, time_until, worker_holds
+from bench.chaos.observe import loras, status, time_until, worker_holds
+from bench.promtext import metric_sum
 from discovery.records import AdapterRecord
 from router.devfleet import worker_url
 from router.reconcile_plan import WorkerWork, worker_work
