@@ -1,8 +1,11 @@
-"""Reading a client's request body: bounded in size and in time.
+"""Reading a client's request body: bounded in size and in time, decoded once.
 
 A body that trickles in (slowloris) would otherwise hold a connection and a
 handler task for as long as the client likes: aiohttp has no body read
-timeout of its own.
+timeout of its own. aiohttp decodes a `Content-Encoding` (gzip, deflate)
+while reading, and the size limit applies to the decoded bytes, so a
+compression bomb is a 413; a body that does not decode is the client's
+error (400), never the worker's (aiohttp's parser then closes the connection).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from router.errors import PayloadTooLarge, RequestTimeout
+from router.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -24,5 +28,9 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
+    except RequestPayloadError:
+        encoding = request.headers.get("Content-Encoding", "identity")[:32]
+        raise BadRequest("The request body could not be read: it was cut short, or it does not decode "
+                         f"as its Content-Encoding ({encoding}) says.") from None
     except TimeoutError:
         raise RequestTimeout(f"The request body was not received within {timeout_s:g} s.") from None

@@ -114,6 +114,18 @@ class UpstreamFailed(RouterError):
     type = "BadGatewayError"
 
 
+class GatewayTimeout(RouterError):
+    """The worker did not answer within timeouts.read_s; the request is not sent again anywhere."""
+
+    status = 504
+    type = "GatewayTimeoutError"
+
+
+class AnswerCut(ConnectionError):
+    """The worker stopped in the middle of an answer whose head the client already has: the client's
+    connection is closed so the truncation shows as a failure, not as a short success."""
+
+
 class HttpStatusError(RouterError):
     """An HTTP-level refusal from aiohttp itself (no route, wrong method), in OpenAI shape."""
 

@@ -88,6 +88,7 @@ class Fleet:
         self.catalog: dict[str, AdapterRecord] = {}
         self.placement = Placement()
         self._holders: dict[str, set[str]] = {}
+        self._bases: frozenset[str] = frozenset()
         self.membership_revision = 0
 
     # -- membership -------------------------------------------------------------------------
@@ -108,11 +109,13 @@ class Fleet:
                 view.healthy = True
                 view.failures = 0
             view.record = record
+        self._bases = frozenset(b for v in self.workers.values() for b in v.record.base_models)
         self.membership_revision += 1
         return MembershipChange(added, removed, restarted)
 
-    def bases(self) -> set[str]:
-        return {b for v in self.workers.values() for b in v.record.base_models}
+    def bases(self) -> frozenset[str]:
+        """Every base model some worker serves; kept with the membership, read on every request."""
+        return self._bases
 
     # -- holdings ---------------------------------------------------------------------------
     def set_holdings(self, worker_id: str, adapters: Iterable[str]) -> None:

@@ -20,13 +20,22 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from router.errors import BadRequest, HttpStatusError, InternalError, PayloadTooLarge, RouterError
+from router.errors import (
+    AnswerCut,
+    BadRequest,
+    HttpStatusError,
+    InternalError,
+    PayloadTooLarge,
+    RouterError,
+)
 
 
 class _OpenAIErrorHandler(RequestHandler):
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         error: RouterError
+        if isinstance(exc, AnswerCut):
+            raise exc  # logged where it happened; the connection closes with the answer unfinished
         if status >= 500:
             self.log_exception("Error handling %s %s", request.method, request.path, exc_info=exc)
             if request.writer.output_size > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 import msgspec
 
@@ -24,7 +25,7 @@ def resolve(
     requested: str,
     *,
     caller: Caller,
-    bases: set[str],
+    bases: AbstractSet[str],
     catalog: Mapping[str, AdapterRecord],
     aliases: Mapping[str, Mapping[str, float]],
     sticky_key: str,
@@ -54,5 +55,5 @@ def resolve(
     return Target(base=record.base_model, adapter=name, model=name)
 
 
-def _valid(bases: set[str]) -> str:
+def _valid(bases: AbstractSet[str]) -> str:
     return ", ".join(sorted(bases))

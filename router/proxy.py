@@ -13,18 +13,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
 
 from router.bodies import read_body
-from router.errors import NOT_JSON, BadRequest, NoWorkerAvailable, UpstreamFailed
+from router.errors import (
+    NOT_JSON,
+    AnswerCut,
+    BadRequest,
+    GatewayTimeout,
+    NoWorkerAvailable,
+    UpstreamFailed,
+)
 from router.fleet import WorkerView
 from router.names import Target, resolve
 from router.outlier import should_eject
 from router.picking import pick_with_room, power_of_two
 from router.runtime import RouterRuntime
-from router.upstream import UpstreamError, UpstreamResponse
+from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,10 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
 })
+NOT_FORWARDED = HOP_BY_HOP | {"expect", "content-encoding"}
+"""Request headers the router answers itself: `Expect` (aiohttp sends the client its 100 Continue
+when the body is read; the worker gets the whole body at once) and `Content-Encoding` (aiohttp
+decodes the body, so the worker gets plain JSON)."""
 ADAPTER_MISSING = "adapter_missing"
 """Retry reason of a 404 from a holder: the worker lost the adapter (restart, unload behind our back)."""
 BUFFER_LIMIT = 1 << 20
@@ -85,8 +97,8 @@ def _header_text(request: web.Request, name: str) -> str:
     return request.headers.get(name, "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _configured_base(rt: RouterRuntime) -> set[str]:
-    return {rt.config.base_model} if rt.config.base_model else set()
+def _configured_base(rt: RouterRuntime) -> frozenset[str]:
+    return frozenset({rt.config.base_model} if rt.config.base_model else ())
 
 
 def _parse_fields(body: bytes) -> RequestFields:
@@ -119,7 +131,7 @@ def _candidates(rt: RouterRuntime, target: Target, tried: set[str]) -> list[Work
 
 def _forwarded_headers(request: web.Request) -> str:
     """End-to-end request headers as one pre-encoded block; the client's key never reaches a worker."""
-    drop = HOP_BY_HOP
+    drop = NOT_FORWARDED
     connection = request.headers.get("Connection")
     if connection:
         drop = drop | {t.strip().lower() for t in connection.split(",")}
@@ -180,6 +192,9 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view
     try:
         try:
             upstream = await rt.upstream.request(origin.host, origin.port, origin.tls, head, body)
+        except UpstreamTimeout as exc:
+            _worker_failed(rt, view, exc)
+            raise _timed_out(target) from None
         except UpstreamError as exc:
             _worker_failed(rt, view, exc)
             raise _Retry("connect") from None
@@ -189,7 +204,11 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view
                 raise _Retry(ADAPTER_MISSING if upstream.status == 404 else "worker_5xx")
             if upstream.status < 500:
                 view.failures = 0
-            response = await _relay(request, rt, view, upstream)
+            response = await _relay(request, rt, target, view, upstream)
+        except AnswerCut:
+            upstream.close()
+            rt.metrics.requests.labels(request.path, rt.metrics.adapter(target.adapter), "502").inc()
+            raise
         except BaseException:
             upstream.close()
             raise
@@ -225,25 +244,33 @@ def _response_headers(rt: RouterRuntime, view: WorkerView, upstream: UpstreamRes
     return headers
 
 
-async def _relay(request: web.Request, rt: RouterRuntime, view: WorkerView,
+async def _relay(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView,
                  upstream: UpstreamResponse) -> web.StreamResponse:
+    """Relay the answer. A non-streaming answer is read whole up to BUFFER_LIMIT, so a worker dying
+    in it is retried elsewhere; past that, or for a stream, the client has the head already: a stream
+    cut then ends with an SSE error event, any other answer cut then ends with the connection closed,
+    so the client sees a truncated body fail rather than succeed."""
     headers = _response_headers(rt, view, upstream)
     streaming = upstream.content_type.startswith("text/event-stream")
-    length = upstream.content_length
-    if not streaming and length is not None and length <= BUFFER_LIMIT:
-        try:
-            data = await upstream.read()
-        except UpstreamError as exc:
-            _worker_failed(rt, view, exc)
-            raise _Retry("body_cut") from None
-        return web.Response(status=upstream.status, body=data, headers=headers)
     chunks = upstream.iter_chunks()
+    first = b""
     try:
-        first = await anext(chunks, b"")
+        if streaming:
+            first = await anext(chunks, b"")
+        else:
+            buffered = await _read_up_to(chunks, BUFFER_LIMIT)
+            if upstream.complete():
+                return web.Response(status=upstream.status, body=buffered, headers=headers)
+            first = buffered
+    except UpstreamTimeout as exc:
+        _worker_failed(rt, view, exc)
+        raise _timed_out(target) from None
     except UpstreamError as exc:  # nothing sent yet (for a stream: no token): another holder may answer
         _worker_failed(rt, view, exc)
         raise _Retry("body_cut") from None
     response = web.StreamResponse(status=upstream.status, headers=headers)
+    if not streaming and upstream.content_length is not None:
+        response.content_length = upstream.content_length  # a cut stays visible as a short body
     await response.prepare(request)
     try:
         await response.write(first)
@@ -251,10 +278,31 @@ async def _relay(request: web.Request, rt: RouterRuntime, view: WorkerView,
             await response.write(chunk)
     except UpstreamError as exc:
         _worker_failed(rt, view, exc)
-        if streaming:
-            await response.write(_sse_error("The worker stopped in the middle of the stream."))
+        if not streaming:
+            assert request.transport is not None
+            request.transport.close()
+            raise AnswerCut from None
+        await response.write(_sse_error("The worker stopped in the middle of the stream."))
     await response.write_eof()
     return response
+
+
+async def _read_up_to(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The answer's first bytes: all of it when it ends within `limit`."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _timed_out(target: Target) -> GatewayTimeout:
+    return GatewayTimeout(f"The worker serving model '{target.model}' did not answer in time; "
+                          "the request was not sent again, since the worker may still be working on it.")
 
 
 def _sse_error(message: str) -> bytes:

@@ -6,6 +6,12 @@ proxy needs none of that. This client writes one pre-built request, parses the
 answer with httptools (llhttp, the parser Node.js uses) and hands body chunks
 over as they arrive, with back-pressure. An idle pooled connection that the
 worker closed is detected and replaced before the request counts as failed.
+
+A pooled connection carries many clients' requests, so its framing is what
+keeps one client's answer from reaching another. Interim answers (1xx) are
+skipped, never taken for the answer; a connection goes back to the pool only
+when its answer was read to the end, nothing more arrived after it, and the
+parser is between messages; a byte that arrives on an idle connection closes it.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class UpstreamError(Exception):
 
 
 class UpstreamTimeout(UpstreamError):
-    pass
+    """The worker took too long: it may be working on the request, so it is never sent again."""
 
 
 class UpstreamResponse:
@@ -67,6 +73,10 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         parts = [chunk async for chunk in self.iter_chunks()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def complete(self) -> bool:
+        """The whole answer has been read."""
+        return self._conn.complete and not self._conn.chunks
 
     def close(self) -> None:
         """Abandon the exchange (client gone, error): the connection cannot be reused."""
@@ -100,6 +110,11 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.headers_done = False
+        self.interim = False
+        """The head being parsed is a 1xx interim answer: skipped, the real one follows."""
+        self.dirty = False
+        """Bytes arrived that belong to no request of ours: the connection is never reused."""
+        self.idle = False
         self.closed = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -109,6 +124,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # nothing was asked: whatever this is, the framing can no longer be trusted
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -121,10 +139,21 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamError("connection closed by worker", before_response=not self.headers_done))
 
     # -- httptools callbacks ---------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request
+            self.dirty = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            self.headers = []
+            return
         for name, value in self.headers:
             lowered = name.lower()
             if lowered == "content-type":
@@ -135,6 +164,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -143,6 +174,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.complete:
+            return
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
         self._wake()
@@ -158,6 +194,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.headers_done = False
+        self.interim = False
         self.error = None
 
     async def wait(self, timeout: float | None) -> None:
@@ -185,7 +222,7 @@ class _Connection(asyncio.Protocol):
         return chunk
 
     def finish(self) -> None:
-        if self.complete and not self.closed and self.keep_alive:
+        if self.complete and self.keep_alive and not (self.closed or self.dirty or self.chunks or self.error):
             self.pool.put_idle(self)
         else:
             self.close()
@@ -225,6 +262,7 @@ class _HostPool:
 
     def put_idle(self, conn: _Connection) -> None:
         conn.reset()
+        conn.idle = True
         self.idle.append(conn)
 
     async def connect(self) -> _Connection:
@@ -265,8 +303,10 @@ class UpstreamPool:
     async def request(self, host: str, port: int, tls: bool, head: bytes, body: bytes) -> UpstreamResponse:
         """Send `head` (request line + headers, ending in a blank line) and `body`; return at the headers.
 
-        A reused connection that turns out to be closed gets one fresh retry:
-        the worker never saw the request, so this is not a worker failure.
+        A reused connection that the worker had closed (it says nothing and
+        ends, or resets) is replaced by another: the worker never saw the
+        request, so this is not a worker failure. A timeout is never retried:
+        the worker may be working on the request.
         """
         pool = self._pool(host, port, tls)
         while pool.idle:
@@ -276,12 +316,13 @@ class UpstreamPool:
             try:
                 return await self._exchange(conn, head, body)
             except UpstreamError as exc:
-                if not exc.before_response:
+                if not exc.before_response or isinstance(exc, UpstreamTimeout):
                     raise
         return await self._exchange(await pool.connect(), head, body)
 
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> UpstreamResponse:
         assert conn.transport is not None
+        conn.idle = False
         try:
             conn.transport.write(head + body)
             while not conn.headers_done:

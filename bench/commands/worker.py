@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-rate", type=float, default=0.0,
                    help="fraction of inference requests answered with a 500 (fault injection)")
     p.add_argument("--slow-s", type=float, default=0.0, help="extra delay before each inference answer")
+    p.add_argument("--early-hints", action="store_true",
+                   help="send an interim 103 Early Hints before each inference answer (fault injection)")
+    p.add_argument("--cut-rate", type=float, default=0.0,
+                   help="fraction of inference answers cut in the middle of the body (fault injection)")
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection")
 
 
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     options = WorkerOptions(model=args.model, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
                             max_lora_rank=args.max_lora_rank, max_num_seqs=args.max_num_seqs,
                             max_model_len=args.max_model_len, api_key=args.api_key, lora_modules=modules,
-                            speed=args.speed, fail_rate=args.fail_rate, slow_s=args.slow_s, seed=args.seed)
+                            speed=args.speed, fail_rate=args.fail_rate, slow_s=args.slow_s,
+                            early_hints=args.early_hints, cut_rate=args.cut_rate, seed=args.seed)
     worker = SimulatedWorker(options)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(worker, args.host, args.port))

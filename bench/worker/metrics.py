@@ -17,6 +17,9 @@ class WorkerMetrics:
         """(running, waiting) label values -> last timestamp: vLLM keeps old label sets in the output."""
         self.served_once = False
         """vLLM shows no lora_requests_info series at all before its engine has run a request."""
+        self.received = 0
+        """Inference requests that arrived, counted before anything else: tests read it to tell a
+        request the router sent twice from one it sent once."""
 
     def render(self, engine: EngineModel, busy_s: float) -> str:
         if self.served_once:
@@ -40,6 +43,8 @@ class WorkerMetrics:
         lines += _counter("lora_sim_adapter_loads_total", "Adapter weights read from disk into the host cache; "
                           "simulator only.", engine.host_loads)
         lines += _counter("lora_sim_busy_seconds_total", "Modelled engine step time; simulator only.", busy_s)
+        lines += _counter("lora_sim_requests_received_total", "Inference requests that arrived; simulator only.",
+                          self.received)
         if self._lora_info:
             lines += ["# HELP vllm:lora_requests_info Running stats on lora requests.",
                       "# TYPE vllm:lora_requests_info gauge"]

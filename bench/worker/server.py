@@ -7,7 +7,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -35,6 +35,8 @@ class WorkerOptions(msgspec.Struct, kw_only=True):
     speed: float = 1.0
     fail_rate: float = 0.0
     slow_s: float = 0.0
+    early_hints: bool = False
+    cut_rate: float = 0.0
     seed: int = 0
 
 
@@ -63,6 +65,10 @@ class GenerateRequest(msgspec.Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </v1/models>; rel=preload\r\n\r\n"
+"""An interim answer before the real one (fault injection): HTTP/1.1 lets a server send any number."""
 
 
 class Reply(Exception):
@@ -112,7 +118,8 @@ class SimulatedWorker:
             self.registry.add(name, path, self.registry.check(name, path, False), self.started)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth, self._not_found_as_json])
+        # vLLM (uvicorn, FastAPI) sets no body size limit; aiohttp's default is 1 MiB.
+        app = web.Application(middlewares=[self._auth, self._not_found_as_json], client_max_size=1 << 30)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/v1/models", self.models)
@@ -221,6 +228,7 @@ class SimulatedWorker:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        self.metrics.received += 1
         req = await self._decode(request, GenerateRequest)
         adapter = self._resolve(req.model)
         if self.options.slow_s:
@@ -231,48 +239,35 @@ class SimulatedWorker:
         max_tokens = req.max_completion_tokens or req.max_tokens or 16
         n_out = max_tokens if req.ignore_eos else textgen.natural_length(req.model, prompt, max_tokens)
         finish = "length" if n_out >= max_tokens else "stop"
-        usage = {"prompt_tokens": textgen.prompt_tokens(prompt), "total_tokens": 0, "completion_tokens": n_out,
-                 "prompt_tokens_details": None}
-        usage["total_tokens"] = usage["prompt_tokens"] + n_out  # type: ignore[operator]
+        n_in = textgen.prompt_tokens(prompt)
+        usage: dict[str, object] = {"prompt_tokens": n_in, "total_tokens": n_in + n_out, "completion_tokens": n_out,
+                                    "prompt_tokens_details": None}
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        tokens = self.engine.generate(adapter, usage["prompt_tokens"], n_out)  # type: ignore[arg-type]
+        tokens = self.engine.generate(adapter, n_in, n_out)
         self.metrics.served_once = True
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._stream(request, tokens, chat, req.model, prompt, ident, created, finish, n_out,
-                                      usage if include_usage else None)
+        if self.options.early_hints:
+            await request.writer.write(EARLY_HINTS)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = _sse_events(tokens, chat, req.model, prompt, ident, created, finish, n_out,
+                             usage if include_usage else None) if req.stream else None
+        if self.options.cut_rate and self.rng.random() < self.options.cut_rate:
+            if events is not None:
+                return await _cut(request, "text/event-stream; charset=utf-8", b"".join([e async for e in events]))
+            words = [textgen.token(req.model, prompt, i) async for i in tokens]
+            return await _cut(request, "application/json", msgspec.json.encode(
+                _final(chat, ident, created, req.model, " " + " ".join(words), finish, usage)))
+        if events is not None:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+            await response.prepare(request)
+            async for event in events:
+                await response.write(event)
+            await response.write_eof()
+            return response
         words = [textgen.token(req.model, prompt, i) async for i in tokens]
         text = " " + " ".join(words)
         return web.Response(body=msgspec.json.encode(
             _final(chat, ident, created, req.model, text, finish, usage)), content_type="application/json")
-
-    async def _stream(self, request: web.Request, tokens, chat: bool, model: str, prompt: str, ident: str,
-                      created: int, finish: str, n_out: int, usage: dict[str, object] | None
-                      ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-        await response.prepare(request)
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        if chat:
-            first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                     "finish_reason": None}
-            await response.write(_sse({"id": ident, "object": obj, "created": created, "model": model,
-                                       "choices": [first]}))
-        async for i in tokens:
-            piece = " " + textgen.token(model, prompt, i)
-            last = i == n_out - 1
-            choice: dict[str, object] = ({"index": 0, "delta": {"content": piece}, "logprobs": None,
-                                          "finish_reason": finish if last else None} if chat else
-                                         {"index": 0, "text": piece, "logprobs": None,
-                                          "finish_reason": finish if last else None, "stop_reason": None})
-            await response.write(_sse({"id": ident, "object": obj, "created": created, "model": model,
-                                       "choices": [choice]}))
-        if usage is not None:
-            await response.write(_sse({"id": ident, "object": obj, "created": created, "model": model,
-                                       "choices": [], "usage": usage}))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = await self._decode(request, GenerateRequest)
@@ -302,6 +297,40 @@ def _prompt_text(req: GenerateRequest, chat: bool) -> str:
     if isinstance(req.prompt, list):
         return " ".join(req.prompt)
     return req.prompt or ""
+
+
+async def _sse_events(tokens: AsyncIterator[int], chat: bool, model: str, prompt: str, ident: str, created: int,
+                      finish: str, n_out: int, usage: dict[str, object] | None) -> AsyncIterator[bytes]:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    if chat:
+        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None}
+        yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [first]})
+    async for i in tokens:
+        piece = " " + textgen.token(model, prompt, i)
+        last = i == n_out - 1
+        choice: dict[str, object] = ({"index": 0, "delta": {"content": piece}, "logprobs": None,
+                                      "finish_reason": finish if last else None} if chat else
+                                     {"index": 0, "text": piece, "logprobs": None,
+                                      "finish_reason": finish if last else None, "stop_reason": None})
+        yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [choice]})
+    if usage is not None:
+        yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [],
+                    "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+async def _cut(request: web.Request, content_type: str, answer: bytes) -> web.StreamResponse:
+    """Half an answer, then the connection closed: a worker dying mid-body (fault injection).
+
+    Sent chunked, with no Content-Length, so a proxy cannot tell the answer is short from its size.
+    """
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    await response.prepare(request)
+    await response.write(answer[: len(answer) // 2])
+    assert request.transport is not None
+    request.transport.close()
+    return response
 
 
 def _sse(payload: dict[str, object]) -> bytes:

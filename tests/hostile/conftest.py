@@ -28,7 +28,7 @@ def hostile_router(start_workers: Callable, start_router: Callable, adapter_dirs
                    tmp_path: Path) -> Callable[..., Hostile]:
     """Start the router; keyword arguments are merged into the config's sections."""
 
-    def start(**sections: dict[str, Any]) -> Hostile:
+    def start(*, workers: int = 1, worker_args: tuple[str, ...] = (), **sections: dict[str, Any]) -> Hostile:
         root = adapter_dirs("acme-chat").parent
         adapter_dirs("globex-chat")
         (tmp_path / "admin-keys").write_text(ADMIN + "\n")
@@ -47,7 +47,8 @@ def hostile_router(start_workers: Callable, start_router: Callable, adapter_dirs
         }
         for section, values in sections.items():
             config[section] = {**config.get(section, {}), **values}
-        worker = start_workers(1, extra_args=("--speed", "0", "--max-loras", "4", "--max-cpu-loras", "64"))[0]
-        return Hostile(start_router(config, workers=[worker_url(worker)]), root, tmp_path)
+        procs = start_workers(workers, extra_args=("--speed", "0", "--max-loras", "4", "--max-cpu-loras", "64",
+                                                    *worker_args))
+        return Hostile(start_router(config, workers=[worker_url(p) for p in procs]), root, tmp_path)
 
     return start
