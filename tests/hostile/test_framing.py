@@ -198,7 +198,6 @@ def test_a_read_timeout_never_sends_the_inference_twice(hostile_router: Callable
     assert _worker_counter(worker_port, "lora_sim_requests_received_total") == before + 1
 
 
-@pytest.mark.slow
 def test_thousands_of_mixed_requests_from_two_tenants_each_get_their_own_answer(
         hostile_router: Callable) -> None:
     """Plain, Expect, chunked, pipelined, gzip and streamed requests at once, over workers that send

@@ -19,7 +19,17 @@ from typing import Any
 
 import pytest
 from control.control_helpers import until
-from openai_calls import Reply, bearer, call, chat_deltas, greedy, greedy_text, listed
+from hostile.wire import Wire, head
+from openai_calls import (
+    GREEDY_TOKENS,
+    Reply,
+    bearer,
+    call,
+    chat_deltas,
+    greedy,
+    greedy_text,
+    listed,
+)
 from vllm_backend import TinyModel
 
 from discovery.embedded import EmbeddedEtcd
@@ -154,6 +164,7 @@ async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_ever
         outputs[name] = text
     base = await greedy_text(fleet.router.url, tiny_model.served_name, prompt)
     assert len({*outputs.values(), base}) == len(names) + 1, outputs
+    _expect_and_plain_on_one_connection(fleet, names, prompt, outputs)
 
     chat = {"model": names[0], "messages": [{"role": "user", "content": "tell me a story"}],
             "max_tokens": 8, "temperature": 0, "ignore_eos": True}
@@ -177,6 +188,26 @@ async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_ever
     for name in (names[0], names[2]):
         assert await greedy_text(fleet.router.url, name, prompt) == outputs[name]
     assert_no_secret(replies, *fleet.logs())
+
+
+def _expect_and_plain_on_one_connection(fleet: RealFleet, names: list[str], prompt: str,
+                                        outputs: Mapping[str, str]) -> None:
+    """uvicorn (vLLM's server) answers `Expect: 100-continue` with an interim 100 when the header
+    reaches it; each request still gets its own adapter's answer, and so do the plain ones after."""
+    with Wire(fleet.router.port) as wire:
+        for i in range(2 * len(names)):
+            name = names[i % len(names)]
+            body = json.dumps({"model": name, "prompt": prompt, "max_tokens": GREEDY_TOKENS, "temperature": 0,
+                               "ignore_eos": True}).encode()
+            if i % 2:
+                wire.send(head("/v1/completions", "-", None, len(body)) + body)
+            else:
+                wire.send(head("/v1/completions", "-", {"Expect": "100-continue"}, len(body)))
+                assert wire.answer().status == 100
+                wire.send(body)
+            answer = wire.final()
+            assert answer.status == 200, answer.body[:300]
+            assert json.loads(answer.body)["choices"][0]["text"] == outputs[name]
 
 
 async def _nowhere(fleet: RealFleet, name: str) -> bool:
