@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router import proxy
-from router.errors import HttpStatusError, RouterError
+from router.errors import ExpectationFailed, HttpStatusError, PayloadTooLarge, RouterError
 from router.proxy import RUNTIME
 from router.runtime import RouterRuntime
 
@@ -50,6 +50,27 @@ def _route(request: web.Request) -> str:
     """The route's template (/v1/loras/{name}): a label per client-chosen path would grow without bound."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else request.path
+
+
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue` is the router's to answer (it is never forwarded): the client is asked
+    for its body only when its key is good and the announced body fits; else it gets the error at
+    once, without uploading, and the connection closes (the unsent body cannot be skipped)."""
+    rt = request.app[RUNTIME]
+    try:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise ExpectationFailed("Only 'Expect: 100-continue' is supported.")
+        rt.auth.caller(request.headers.get("Authorization"))
+        limit = rt.config.security.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
+    except RouterError as error:
+        response = _error_response(error)
+        response.force_close()
+        return response
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer proper has not started
+    return None
 
 
 @web.middleware
@@ -109,9 +130,8 @@ async def list_models(request: web.Request) -> web.Response:
 def build_app(runtime: RouterRuntime, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=runtime.config.security.max_body_bytes)
     app[RUNTIME] = runtime
-    app.router.add_post("/v1/chat/completions", proxy.handle)
-    app.router.add_post("/v1/completions", proxy.handle)
-    app.router.add_post("/v1/embeddings", proxy.handle)
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        app.router.add_post(path, proxy.handle, expect_handler=expect_continue)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -84,6 +84,13 @@ class PayloadTooLarge(RouterError):
     type = "BadRequestError"
 
 
+class ExpectationFailed(RouterError):
+    """An `Expect` header other than 100-continue: HTTP/1.1 says 417."""
+
+    status = 417
+    type = "BadRequestError"
+
+
 class RequestTimeout(RouterError):
     """The client did not send its whole request in time."""
 

@@ -66,6 +66,21 @@ def test_expect_100_continue_is_answered_by_the_router_and_leaves_the_pool_clean
     _plain_rounds(env.port, tags, 10)
 
 
+@pytest.mark.parametrize(("key", "expect", "length", "status"), [
+    ("not-a-key", "100-continue", 100, 401),
+    (ACME, "100-continue", 5 << 20, 413),
+    (ACME, "something-else", 100, 417),
+], ids=["bad-key", "too-large", "unknown-expectation"])
+def test_expect_is_refused_before_the_upload_when_the_request_cannot_succeed(
+        hostile_router: Callable, key: str, expect: str, length: int, status: int) -> None:
+    env = hostile_router()
+    with Wire(env.port) as wire:
+        wire.send(head("/v1/completions", key, {"Expect": expect}, length))
+        answer = wire.answer()  # no 100 Continue first: the client is not asked for its body
+        assert_openai_error(answer.status, answer.body, status)
+        assert wire.at_eof()
+
+
 def test_curl_with_a_large_body_gets_its_own_answer(hostile_router: Callable, tmp_path) -> None:
     """curl sends `Expect: 100-continue` by itself for bodies over 1 MiB."""
     curl = shutil.which("curl")
