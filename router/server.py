@@ -61,6 +61,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
         auto_decompress=False, skip_auto_headers=("User-Agent",))
     runtime = RouterRuntime(loaded, session, options.router_id)
+    reloader = ConfigReloader(runtime, options.config)
     if not runtime.auth.enabled:
         log.warning("no API keys configured: the router is open to anyone who can reach it")
     catalog = CatalogStore(client)
@@ -72,7 +73,6 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
                  else WorkerRegistry(client))
     reconciler = Reconciler(runtime)
     control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog)
-    reloader = ConfigReloader(runtime, options.config)
     await _until_etcd_answers("declare the config's adapters", lambda: declare_config_adapters(catalog, runtime))
 
     async def follow_membership() -> None:

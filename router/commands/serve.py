@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]) -> int:
-    """N full routers on one port; the parent only supervises and forwards SIGTERM."""
+    """N full routers on one port; the parent only supervises and forwards SIGTERM and SIGHUP (reload)."""
     children = []
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
@@ -82,7 +82,12 @@ def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]
         for child in children:
             child.signal(signal.SIGTERM)
 
+    def reload(_sig: int, _frame: object) -> None:
+        for child in children:
+            child.signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     codes = [child.proc.wait() for child in children if child.proc is not None]
     return 0 if stopping else max(codes, default=0)

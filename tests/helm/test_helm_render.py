@@ -99,7 +99,7 @@ def test_router_probes_and_ports() -> None:
 def test_router_command_line_matches_the_serve_cli(scenario: str) -> None:
     manifests = render(scenarios()[scenario])
     args = parse_cli("serve", router_args(manifests))
-    assert (args.config, args.host, args.port) == ("/etc/lora-router/config.yaml", "0.0.0.0", 8000)
+    assert (args.config, args.host, args.port) == ("/etc/lora-router/config/config.yaml", "0.0.0.0", 8000)
     assert args.router_id == "$(POD_NAME)"
     assert args.etcd_prefix == "/lora-router"
     env = container(find(manifests, "Deployment", ROUTER), "router")["env"]
@@ -123,6 +123,23 @@ def test_router_security_context_and_writable_dirs() -> None:
 
 
 # --- config ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scenario", scenarios().keys())
+def test_config_and_keys_are_mounted_as_directories_so_updates_reach_the_router(scenario: str) -> None:
+    """A subPath mount is a copy the kubelet never updates: a rotated Secret would need a restart."""
+    manifests = render(scenarios()[scenario])
+    for manifest in manifests:
+        if manifest["kind"] in ("Deployment", "StatefulSet"):
+            for c in manifest["spec"]["template"]["spec"]["containers"]:
+                assert all("subPath" not in m for m in c.get("volumeMounts", [])), (manifest["kind"], c["name"])
+    deployment = find(manifests, "Deployment", ROUTER)
+    mounts = {m["mountPath"]: m["name"] for m in container(deployment, "router")["volumeMounts"]}
+    config_path = Path(flag(router_args(manifests), "--config"))
+    volume = {v["name"]: v for v in pod_spec(deployment)["volumes"]}[mounts[str(config_path.parent)]]
+    assert volume["configMap"]["name"] == ROUTER
+    assert config_path.name in find(manifests, "ConfigMap", ROUTER)["data"]
+    for path in config_key_files(rendered_config(manifests)):
+        assert str(Path(path).parent) in mounts, path
 
 def test_default_config_is_the_values_config() -> None:
     manifests = render(None)
