@@ -15,6 +15,7 @@ from typing import Annotated
 import msgspec
 
 from allocator.config import ConfigError, ReplicaConfig, decode_config
+from discovery.connect import EtcdSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -108,6 +109,9 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     worker_api_key_env: str | None = None
     sticky_header: str = "x-lora-router-user"
     metrics_adapter_cap: int = 200
+    etcd: EtcdSettings = EtcdSettings()
+    """How every command reaches etcd (flags and LORA_ROUTER_ETCD* environment variables override it);
+    read at start: a change applies on the next start."""
 
 
 class Secrets(msgspec.Struct, kw_only=True):

@@ -21,9 +21,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from discovery.connect import EtcdSettings, connect
 from discovery.election import LeaderElection
 from discovery.errors import EtcdUnavailable
-from discovery.etcd import EtcdClient
 from discovery.registry import WorkerRegistry
 from discovery.static import StaticDiscovery
 from discovery.stores import CatalogStore, DemandStore, PlacementStore
@@ -46,17 +46,15 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     config: str | None
     host: str = "127.0.0.1"
     port: int = 8000
-    etcd: list[str] = []
+    etcd: EtcdSettings
     workers: list[str] = []
     router_id: str
-    etcd_prefix: str = "/lora-router"
     reuse_port: bool = False
 
 
 async def serve(options: ServeOptions, started: Callable[[int], None] | None = None) -> None:
     loaded = load_config(options.config)
-    client = await _until_etcd_answers("connect to etcd",
-                                       lambda: EtcdClient.connect(options.etcd, prefix=options.etcd_prefix))
+    client = await _until_etcd_answers("connect to etcd", lambda: connect(options.etcd))
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
         auto_decompress=False, skip_auto_headers=("User-Agent",))
