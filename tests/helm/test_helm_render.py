@@ -361,6 +361,39 @@ def test_external_etcd_renders_no_etcd_objects() -> None:
     assert flag(container(find(manifests, "Deployment", VLLM), "registrar")["args"], "--etcd") == endpoints
 
 
+SECURED_ETCD = {"endpoints": ["https://etcd-a.example:2379", "https://etcd-b.example:2379"],
+                "tls": {"existingSecret": "etcd-client-tls"},
+                "auth": {"user": "lora-router", "existingSecret": "etcd-lora-router", "passwordKey": "pw"}}
+
+
+def test_routers_and_registrars_reach_a_tls_and_password_etcd() -> None:
+    """Each credential flag names a file mounted from the operator's Secrets, parsed by the real CLIs."""
+    values = copy.deepcopy(TRIAL_VALUES)
+    values["etcd"] = {"external": SECURED_ETCD}
+    manifests = render(values)
+    assert "StatefulSet" not in kinds(manifests)
+    for deployment, name, command in ((ROUTER, "router", "serve"), (VLLM, "registrar", "register")):
+        manifest = find(manifests, "Deployment", deployment)
+        args = parse_cli(command, container(manifest, name)["args"])
+        assert args.etcd == ",".join(SECURED_ETCD["endpoints"])
+        assert args.etcd_user == "lora-router"
+        files = mounted_key_files(manifest, name)
+        assert {args.etcd_ca: files[args.etcd_ca], args.etcd_cert: files[args.etcd_cert],
+                args.etcd_key: files[args.etcd_key], args.etcd_password_file: files[args.etcd_password_file]} == {
+            "/etc/lora-router/etcd/ca.crt": ("etcd-client-tls", "ca.crt"),
+            "/etc/lora-router/etcd/tls.crt": ("etcd-client-tls", "tls.crt"),
+            "/etc/lora-router/etcd/tls.key": ("etcd-client-tls", "tls.key"),
+            "/etc/lora-router/etcd/password": ("etcd-lora-router", "pw")}, (deployment, name)
+    unsecured = render(TRIAL_VALUES)
+    assert "--etcd-ca" not in router_args(unsecured) and "--etcd-user" not in router_args(unsecured)
+
+
+def test_an_etcd_user_without_its_password_secret_is_refused() -> None:
+    values = {"etcd": {"external": {"endpoints": ["https://etcd:2379"], "auth": {"user": "lora-router"}}}}
+    with pytest.raises(Exception, match="auth.existingSecret"):
+        render(values)
+
+
 def test_single_member_etcd_has_no_pdb() -> None:
     manifests = render({"etcd": {"replicas": 1}})
     assert find(manifests, "StatefulSet", ETCD)["spec"]["replicas"] == 1
