@@ -14,9 +14,12 @@ from pathlib import Path
 import uvloop
 
 from discovery.connect import EtcdSettings, add_etcd_arguments, as_argv, settings_from_args
-from discovery.embedded import EmbeddedEtcd
+from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
 from router.procs import ManagedProcess, python_cli
 from router.server import ServeOptions, default_state_dir, serve
+
+EMBEDDED_ETCD_PORT = 2379
+"""etcd's own default: a `serve` with the embedded etcd is where registrars expect an etcd."""
 
 HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconciliation."
 
@@ -31,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N router processes on one port (SO_REUSEPORT), each a full router")
     p.add_argument("--state-dir", default=None, help="where the embedded etcd keeps its data")
+    p.add_argument("--embedded-etcd-port", type=int, default=EMBEDDED_ETCD_PORT, metavar="PORT",
+                   help=f"client port of the embedded etcd, the same on every start so registrars find it again "
+                        f"(default {EMBEDDED_ETCD_PORT}, its peer port is PORT+1; 0 = any free port)")
+    p.add_argument("--embedded-etcd-host", default="127.0.0.1", metavar="ADDR",
+                   help="address the embedded etcd serves clients on (default 127.0.0.1; 0.0.0.0 for registrars "
+                        "on other machines)")
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     add_etcd_arguments(p, "comma-separated etcd endpoints; none anywhere = start an embedded etcd", config_flag=False)
@@ -48,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not etcd.endpoints:
         state = Path(args.state_dir) if args.state_dir else default_state_dir()
-        embedded = EmbeddedEtcd(state / "etcd")
-        embedded.start()
+        port = args.embedded_etcd_port
+        embedded = EmbeddedEtcd(state / "etcd", client_port=port or None, peer_port=port + 1 if port else None,
+                                host=args.embedded_etcd_host)
+        try:
+            embedded.start()
+        except (EtcdStartFailed, EtcdBinaryNotFound) as exc:
+            print(f"lora-router serve: embedded etcd: {exc}", file=sys.stderr)
+            return 2
         etcd = EtcdSettings(endpoints=[embedded.endpoint], prefix=etcd.prefix)
         logging.getLogger(__name__).info("embedded etcd at %s (data in %s)", embedded.endpoint, state)
     try:
