@@ -90,7 +90,8 @@ class ConfigReloader:
                     "%s: nothing changed, config version %s", trigger, old)
             return False
         self.reloads += 1
-        log.info("%s: config version %s -> %s, changed: %s", trigger, old, loaded.version, ", ".join(changed))
+        named = [loaded.source if part == "config" else part for part in changed]
+        log.info("%s: config version %s -> %s, changed: %s", trigger, old, loaded.version, ", ".join(named))
         return True
 
     def _stamps(self) -> dict[str, Stamp]:
