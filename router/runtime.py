@@ -13,7 +13,7 @@ from router.coldstart import ColdStarter
 from router.config import LoadedConfig
 from router.demand import DemandCounter
 from router.fleet import Fleet
-from router.keyrefs import WorkerKeys
+from router.keyrefs import WorkerKeys, key_ref_path
 from router.metrics import RouterMetrics
 from router.retrybudget import RetryBudget
 from router.upstream import UpstreamPool
@@ -65,8 +65,10 @@ class RouterRuntime:
     def leader_id(self) -> str | None:
         return self.election.leader_id if self.election is not None else None
 
-    def refresh_worker_keys(self) -> None:
-        """Per-worker keys from the records' references; workers without one use the global key."""
+    def refresh_worker_keys(self) -> list[str]:
+        """Per-worker keys from the records' references; workers without one use the global key.
+
+        Returns the ids of workers whose key changed (for the reload log line; never the keys)."""
         by_url: dict[str, str] = {}
         lines: dict[str, str] = {}
         for view in self.fleet.workers.values():
@@ -75,7 +77,13 @@ class RouterRuntime:
                 by_url[view.url] = key
                 lines[view.id] = f"Authorization: Bearer {key}\r\n"
         self.workers.set_worker_keys(by_url)
-        self.auth_lines = lines
+        old, self.auth_lines = self.auth_lines, lines
+        return sorted(w for w in old.keys() | lines.keys() if old.get(w) != lines.get(w))
+
+    def worker_key_files(self) -> list[str]:
+        """Files the workers' key references name: a reload re-reads them, the reloader watches them."""
+        refs = {view.record.api_key_ref for view in self.fleet.workers.values()}
+        return sorted({path for ref in refs if ref and (path := key_ref_path(ref)) is not None})
 
     def auth_line(self, worker_id: str) -> str:
         return self.auth_lines.get(worker_id, self.worker_auth_line)

@@ -21,9 +21,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from discovery.connect import EtcdSettings, connect
 from discovery.election import LeaderElection
 from discovery.errors import EtcdUnavailable
-from discovery.etcd import EtcdClient
 from discovery.registry import WorkerRegistry
 from discovery.static import StaticDiscovery
 from discovery.stores import CatalogStore, DemandStore, PlacementStore
@@ -46,21 +46,20 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     config: str | None
     host: str = "127.0.0.1"
     port: int = 8000
-    etcd: list[str] = []
+    etcd: EtcdSettings
     workers: list[str] = []
     router_id: str
-    etcd_prefix: str = "/lora-router"
     reuse_port: bool = False
 
 
 async def serve(options: ServeOptions, started: Callable[[int], None] | None = None) -> None:
     loaded = load_config(options.config)
-    client = await _until_etcd_answers("connect to etcd",
-                                       lambda: EtcdClient.connect(options.etcd, prefix=options.etcd_prefix))
+    client = await _until_etcd_answers("connect to etcd", lambda: connect(options.etcd))
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
         auto_decompress=False, skip_auto_headers=("User-Agent",))
     runtime = RouterRuntime(loaded, session, options.router_id)
+    reloader = ConfigReloader(runtime, options.config)
     if not runtime.auth.enabled:
         log.warning("no API keys configured: the router is open to anyone who can reach it")
     catalog = CatalogStore(client)
@@ -72,7 +71,6 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
                  else WorkerRegistry(client))
     reconciler = Reconciler(runtime)
     control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog)
-    reloader = ConfigReloader(runtime, options.config)
     await _until_etcd_answers("declare the config's adapters", lambda: declare_config_adapters(catalog, runtime))
 
     async def follow_membership() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from discovery.connect import add_etcd_arguments, client_from_args
+from discovery.connect import EtcdSettings, add_etcd_arguments, connect, settings_from_args
 from discovery.errors import DiscoveryError
 from discovery.probe import WorkerProbe
 from discovery.registrar import Registrar, RegistrarConfig
@@ -68,12 +68,12 @@ def _api_key(path: str | None) -> str | None:
     return lines[0].strip() if lines and lines[0].strip() else None
 
 
-async def _main(args: argparse.Namespace, config: RegistrarConfig, api_key: str | None) -> None:
+async def _main(etcd: EtcdSettings, config: RegistrarConfig, api_key: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    client = await client_from_args(args, check=False)
+    client = await connect(etcd, check=False)
     try:
         async with aiohttp.ClientSession() as session:
             probe = WorkerProbe(session, config.worker_url, api_key)
@@ -94,12 +94,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--slots must be >= 0, --ttl and --health-failures >= 1, "
                              "--health-interval and --weight > 0")
         api_key = _api_key(args.api_key_file)
+        etcd = settings_from_args(args)
+        if not etcd.endpoints:
+            raise ValueError("no etcd endpoint: give --etcd, LORA_ROUTER_ETCD or etcd.endpoints in --config")
     except (OSError, ValueError) as exc:
         print(f"lora-router register: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_main(args, config, api_key))
-    except DiscoveryError as exc:
+        asyncio.run(_main(etcd, config, api_key))
+    except (DiscoveryError, OSError) as exc:
         log.error("registrar stopped: %s: %s", type(exc).__name__, exc)
         return 1
     return 0

@@ -13,9 +13,13 @@ from pathlib import Path
 
 import uvloop
 
-from discovery.embedded import EmbeddedEtcd
+from discovery.connect import EtcdSettings, add_etcd_arguments, as_argv, settings_from_args
+from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
 from router.procs import ManagedProcess, python_cli
 from router.server import ServeOptions, default_state_dir, serve
+
+EMBEDDED_ETCD_PORT = 2379
+"""etcd's own default: a `serve` with the embedded etcd is where registrars expect an etcd."""
 
 HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconciliation."
 
@@ -24,16 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="router config file (YAML); defaults apply when omitted")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
-    p.add_argument("--etcd", help="comma-separated etcd endpoints; omitted = start an embedded etcd")
     p.add_argument("--worker", action="append", default=[], metavar="URL",
                    help="a worker URL (repeatable): static discovery instead of the etcd worker registry")
     p.add_argument("--router-id", default=None, help="this router's id (default: hostname-pid)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N router processes on one port (SO_REUSEPORT), each a full router")
     p.add_argument("--state-dir", default=None, help="where the embedded etcd keeps its data")
-    p.add_argument("--etcd-prefix", default="/lora-router", help="key prefix in etcd (default /lora-router)")
+    p.add_argument("--embedded-etcd-port", type=int, default=EMBEDDED_ETCD_PORT, metavar="PORT",
+                   help=f"client port of the embedded etcd, the same on every start so registrars find it again "
+                        f"(default {EMBEDDED_ETCD_PORT}, its peer port is PORT+1; 0 = any free port)")
+    p.add_argument("--embedded-etcd-host", default="127.0.0.1", metavar="ADDR",
+                   help="address the embedded etcd serves clients on (default 127.0.0.1; 0.0.0.0 for registrars "
+                        "on other machines)")
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_etcd_arguments(p, "comma-separated etcd endpoints; none anywhere = start an embedded etcd", config_flag=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,19 +50,28 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     router_id = args.router_id or f"{socket.gethostname()}-{os.getpid()}"
     embedded: EmbeddedEtcd | None = None
-    endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()] if args.etcd else []
-    if not endpoints:
+    try:
+        etcd = settings_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"lora-router serve: {exc}", file=sys.stderr)
+        return 2
+    if not etcd.endpoints:
         state = Path(args.state_dir) if args.state_dir else default_state_dir()
-        embedded = EmbeddedEtcd(state / "etcd")
-        embedded.start()
-        endpoints = [embedded.endpoint]
+        port = args.embedded_etcd_port
+        embedded = EmbeddedEtcd(state / "etcd", client_port=port or None, peer_port=port + 1 if port else None,
+                                host=args.embedded_etcd_host)
+        try:
+            embedded.start()
+        except (EtcdStartFailed, EtcdBinaryNotFound) as exc:
+            print(f"lora-router serve: embedded etcd: {exc}", file=sys.stderr)
+            return 2
+        etcd = EtcdSettings(endpoints=[embedded.endpoint], prefix=etcd.prefix)
         logging.getLogger(__name__).info("embedded etcd at %s (data in %s)", embedded.endpoint, state)
     try:
         if args.workers > 1:
-            return _run_children(args, router_id, endpoints)
-        options = ServeOptions(config=args.config, host=args.host, port=args.port, etcd=endpoints,
-                               workers=args.worker, router_id=router_id, etcd_prefix=args.etcd_prefix,
-                               reuse_port=args.reuse_port)
+            return _run_children(args, router_id, etcd)
+        options = ServeOptions(config=args.config, host=args.host, port=args.port, etcd=etcd,
+                               workers=args.worker, router_id=router_id, reuse_port=args.reuse_port)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(options))
         return 0
@@ -62,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
-def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]) -> int:
-    """N full routers on one port; the parent only supervises and forwards SIGTERM."""
+def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings) -> int:
+    """N full routers on one port; the parent only supervises and forwards SIGTERM and SIGHUP (reload)."""
     children = []
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
-                          "--etcd", ",".join(endpoints), "--router-id", f"{router_id}-{i}",
-                          "--etcd-prefix", args.etcd_prefix, "--reuse-port", "--log-level", args.log_level)
+                          *as_argv(etcd), "--router-id", f"{router_id}-{i}",
+                          "--reuse-port", "--log-level", args.log_level)
         if args.config:
             argv += ["--config", args.config]
         for url in args.worker:
@@ -82,7 +100,12 @@ def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]
         for child in children:
             child.signal(signal.SIGTERM)
 
+    def reload(_sig: int, _frame: object) -> None:
+        for child in children:
+            child.signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     codes = [child.proc.wait() for child in children if child.proc is not None]
     return 0 if stopping else max(codes, default=0)

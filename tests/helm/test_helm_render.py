@@ -99,7 +99,7 @@ def test_router_probes_and_ports() -> None:
 def test_router_command_line_matches_the_serve_cli(scenario: str) -> None:
     manifests = render(scenarios()[scenario])
     args = parse_cli("serve", router_args(manifests))
-    assert (args.config, args.host, args.port) == ("/etc/lora-router/config.yaml", "0.0.0.0", 8000)
+    assert (args.config, args.host, args.port) == ("/etc/lora-router/config/config.yaml", "0.0.0.0", 8000)
     assert args.router_id == "$(POD_NAME)"
     assert args.etcd_prefix == "/lora-router"
     env = container(find(manifests, "Deployment", ROUTER), "router")["env"]
@@ -123,6 +123,23 @@ def test_router_security_context_and_writable_dirs() -> None:
 
 
 # --- config ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scenario", scenarios().keys())
+def test_config_and_keys_are_mounted_as_directories_so_updates_reach_the_router(scenario: str) -> None:
+    """A subPath mount is a copy the kubelet never updates: a rotated Secret would need a restart."""
+    manifests = render(scenarios()[scenario])
+    for manifest in manifests:
+        if manifest["kind"] in ("Deployment", "StatefulSet"):
+            for c in manifest["spec"]["template"]["spec"]["containers"]:
+                assert all("subPath" not in m for m in c.get("volumeMounts", [])), (manifest["kind"], c["name"])
+    deployment = find(manifests, "Deployment", ROUTER)
+    mounts = {m["mountPath"]: m["name"] for m in container(deployment, "router")["volumeMounts"]}
+    config_path = Path(flag(router_args(manifests), "--config"))
+    volume = {v["name"]: v for v in pod_spec(deployment)["volumes"]}[mounts[str(config_path.parent)]]
+    assert volume["configMap"]["name"] == ROUTER
+    assert config_path.name in find(manifests, "ConfigMap", ROUTER)["data"]
+    for path in config_key_files(rendered_config(manifests)):
+        assert str(Path(path).parent) in mounts, path
 
 def test_default_config_is_the_values_config() -> None:
     manifests = render(None)
@@ -342,6 +359,39 @@ def test_external_etcd_renders_no_etcd_objects() -> None:
     endpoints = ",".join(TRIAL_VALUES["etcd"]["external"]["endpoints"])
     assert flag(router_args(manifests), "--etcd") == endpoints
     assert flag(container(find(manifests, "Deployment", VLLM), "registrar")["args"], "--etcd") == endpoints
+
+
+SECURED_ETCD = {"endpoints": ["https://etcd-a.example:2379", "https://etcd-b.example:2379"],
+                "tls": {"existingSecret": "etcd-client-tls"},
+                "auth": {"user": "lora-router", "existingSecret": "etcd-lora-router", "passwordKey": "pw"}}
+
+
+def test_routers_and_registrars_reach_a_tls_and_password_etcd() -> None:
+    """Each credential flag names a file mounted from the operator's Secrets, parsed by the real CLIs."""
+    values = copy.deepcopy(TRIAL_VALUES)
+    values["etcd"] = {"external": SECURED_ETCD}
+    manifests = render(values)
+    assert "StatefulSet" not in kinds(manifests)
+    for deployment, name, command in ((ROUTER, "router", "serve"), (VLLM, "registrar", "register")):
+        manifest = find(manifests, "Deployment", deployment)
+        args = parse_cli(command, container(manifest, name)["args"])
+        assert args.etcd == ",".join(SECURED_ETCD["endpoints"])
+        assert args.etcd_user == "lora-router"
+        files = mounted_key_files(manifest, name)
+        assert {args.etcd_ca: files[args.etcd_ca], args.etcd_cert: files[args.etcd_cert],
+                args.etcd_key: files[args.etcd_key], args.etcd_password_file: files[args.etcd_password_file]} == {
+            "/etc/lora-router/etcd/ca.crt": ("etcd-client-tls", "ca.crt"),
+            "/etc/lora-router/etcd/tls.crt": ("etcd-client-tls", "tls.crt"),
+            "/etc/lora-router/etcd/tls.key": ("etcd-client-tls", "tls.key"),
+            "/etc/lora-router/etcd/password": ("etcd-lora-router", "pw")}, (deployment, name)
+    unsecured = render(TRIAL_VALUES)
+    assert "--etcd-ca" not in router_args(unsecured) and "--etcd-user" not in router_args(unsecured)
+
+
+def test_an_etcd_user_without_its_password_secret_is_refused() -> None:
+    values = {"etcd": {"external": {"endpoints": ["https://etcd:2379"], "auth": {"user": "lora-router"}}}}
+    with pytest.raises(Exception, match="auth.existingSecret"):
+        render(values)
 
 
 def test_single_member_etcd_has_no_pdb() -> None:

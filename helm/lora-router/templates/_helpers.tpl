@@ -88,6 +88,57 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* etcd client credentials: files under one directory, and the flags naming them. */}}
+{{- define "lora-router.etcd.clientDir" -}}/etc/lora-router/etcd{{- end }}
+
+{{/* The --etcd-* credential flags of routers and registrars, as YAML (read with fromYamlArray). */}}
+{{- define "lora-router.etcd.clientArgs" -}}
+{{- $e := .Values.etcd.external }}
+{{- $dir := include "lora-router.etcd.clientDir" . }}
+{{- $args := list }}
+{{- if $e.tls.existingSecret }}
+{{- if $e.tls.caKey }}{{ $args = concat $args (list "--etcd-ca" (printf "%s/ca.crt" $dir)) }}{{ end }}
+{{- if $e.tls.certKey }}{{ $args = concat $args (list "--etcd-cert" (printf "%s/tls.crt" $dir)) }}{{ end }}
+{{- if $e.tls.keyKey }}{{ $args = concat $args (list "--etcd-key" (printf "%s/tls.key" $dir)) }}{{ end }}
+{{- end }}
+{{- if $e.auth.user }}
+{{- if not $e.auth.existingSecret }}
+{{- fail "etcd.external.auth.user needs etcd.external.auth.existingSecret (the Secret with the password)" }}
+{{- end }}
+{{- $args = concat $args (list "--etcd-user" $e.auth.user "--etcd-password-file" (printf "%s/password" $dir)) }}
+{{- end }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* The volume of etcd client files, or nothing when etcd needs none. */}}
+{{- define "lora-router.etcd.clientVolume" -}}
+{{- $e := .Values.etcd.external }}
+{{- if or $e.tls.existingSecret $e.auth.user }}
+- name: etcd-client
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- with $e.tls.existingSecret }}
+      - secret:
+          name: {{ . }}
+          items:
+            {{- range $key, $path := dict "caKey" "ca.crt" "certKey" "tls.crt" "keyKey" "tls.key" }}
+            {{- with get $e.tls $key }}
+            - key: {{ . }}
+              path: {{ $path }}
+            {{- end }}
+            {{- end }}
+      {{- end }}
+      {{- if $e.auth.user }}
+      - secret:
+          name: {{ $e.auth.existingSecret }}
+          items:
+            - key: {{ $e.auth.passwordKey }}
+              path: password
+      {{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Secrets: key files mounted under one directory from one projected volume. */}}
 {{- define "lora-router.secretsDir" -}}/etc/lora-router/secrets{{- end }}
 
