@@ -133,7 +133,8 @@ class Reconciler:
         self._managed.update(fleet.placement.replica_sets)
         holdings = {wid: frozenset(v.holds) for wid, v in fleet.workers.items()}
         loading = {wid: frozenset(a.loading) for wid, a in self._agents.items() if a.loading}
-        actions = plan_actions(self._placement_index(), holdings, loading, self._rt.config.placement.plan)
+        actions = plan_actions(self._placement_index(), holdings, loading, self._rt.config.placement.plan,
+                               self._rt.estimates)
         control = self._rt.config.control
         work = worker_work(actions, fleet.placement, fleet.catalog, self._managed, self._idle_since,
                            self._clock(), 2 * control.tick_s + control.reconcile_s,

@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 
+from allocator.model import Demand
 from discovery.election import LeaderElection
 from router.auth import Authenticator
 from router.coldstart import ColdStarter
@@ -28,6 +29,8 @@ class RouterRuntime:
         self.rng = rng or random.Random()
         self.fleet = Fleet()
         self.demand = DemandCounter()
+        self.estimates: dict[str, Demand] = {}
+        """This router's smoothed demand per adapter as of its last control tick (what it reports to etcd)."""
         self.metrics = RouterMetrics(loaded.config.metrics_adapter_cap)
         self.started_at = time.time()
         self.election: LeaderElection | None = None
