@@ -93,7 +93,10 @@ class ControlLoop:
                 await self.place(now)
 
     async def tick(self, now: float) -> None:
-        """One full tick: sample, publish, and place if leader."""
+        """One full tick: sample, publish, and place if leader.
+
+        Every router publishes, so every router learns here whether etcd answers, followers included.
+        """
         self.ticks += 1
         self.last_tick_at = now
         self.sample(now)
@@ -101,9 +104,10 @@ class ControlLoop:
             await self._demand_store.publish(self._rt.router_id, self._rt.estimates, at=now)
         except EtcdUnavailable as exc:
             self._etcd_failed("publishing demand", exc)
-            return
-        self._rt.etcd_reachable = True
-        await self.place(now)
+        else:
+            self._rt.etcd_reachable = True
+            await self.place(now)
+        self._rt.sample_metrics()
 
     def sample(self, now: float) -> None:
         """Fold the arrivals since the last sample and the in-flight counts into the estimates."""
@@ -126,7 +130,6 @@ class ControlLoop:
         except EtcdUnavailable as exc:
             self._etcd_failed("reading demand", exc)
             return
-        rt.metrics.etcd_up.set(1)
         if self._catalog is not None and rt.loaded.version != self._declared_version:
             self._declared_version = rt.loaded.version
             try:
@@ -155,6 +158,5 @@ class ControlLoop:
 
     def _etcd_failed(self, what: str, exc: EtcdUnavailable) -> None:
         self._rt.etcd_reachable = False
-        self._rt.metrics.etcd_up.set(0)
         log.warning("control tick: %s failed: %s: %s", what, type(exc).__name__, exc)
 

@@ -29,6 +29,8 @@ from router.upstream import UpstreamError, UpstreamResponse
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", RouterRuntime)
+ADAPTER = web.RequestKey("adapter", str)
+"""The resolved adapter, for the metrics recorded when the response starts (router.app)."""
 WORKER_HEADER = "x-lora-router-worker"
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -73,6 +75,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     adapter = target.adapter
     if adapter is None:
         return await _forward(request, rt, target, body)
+    request[ADAPTER] = adapter
     rt.demand.started(adapter)
     try:
         return await _forward(request, rt, target, body)

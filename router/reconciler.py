@@ -337,8 +337,8 @@ class Reconciler:
         unmet: dict[tuple[str, str], float] = {}
         labels = {metrics.adapter(name) for name in fleet.placement.replica_sets}
         for label in self._labels - labels:
-            metrics.replicas_desired.remove(label)
-            metrics.replicas_holding.remove(label)
+            metrics.forget(metrics.replicas_desired, label)
+            metrics.forget(metrics.replicas_holding, label)
         self._labels = labels
         for name, replica_set in fleet.placement.replica_sets.items():
             label = metrics.adapter(name)

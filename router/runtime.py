@@ -35,7 +35,6 @@ class RouterRuntime:
         self.started_at = time.time()
         self.election: LeaderElection | None = None
         """Set by the control loop; leadership is read from it live (see `is_leader`)."""
-        self.metrics.is_leader.set_function(lambda: 1 if self.is_leader else 0)
         self.placement_seen = False
         self.etcd_reachable = True
         """As of the control loop's last etcd call; while False the placement cannot follow demand."""
@@ -82,6 +81,11 @@ class RouterRuntime:
 
     def auth_line(self, worker_id: str) -> str:
         return self.auth_lines.get(worker_id, self.worker_auth_line)
+
+    def sample_metrics(self) -> None:
+        """Mirror leadership and etcd reachability in the gauges, as of now (leadership is live, see
+        `is_leader`); at every control tick and scrape."""
+        self.metrics.sample(leader=self.is_leader, etcd_connected=self.etcd_reachable)
 
     def ready(self) -> bool:
         return bool(self.fleet.workers) and self.placement_seen

@@ -9,11 +9,15 @@ import os
 import signal
 import socket
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
+from prometheus_client.multiprocess import mark_process_dead
 
 from discovery.embedded import EmbeddedEtcd
+from router.metrics import MULTIPROC_DIR
 from router.procs import ManagedProcess, python_cli
 from router.server import ServeOptions, default_state_dir, serve
 
@@ -63,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]) -> int:
-    """N full routers on one port; the parent only supervises and forwards SIGTERM."""
+    """N full routers on one port; the parent supervises, forwards SIGTERM, and gives them one
+    fresh metrics directory, so that whichever child a scrape reaches answers for all of them."""
+    with tempfile.TemporaryDirectory(prefix="lora-router-metrics-") as metrics_dir:
+        return _supervise(args, router_id, endpoints, metrics_dir)
+
+
+def _supervise(args: argparse.Namespace, router_id: str, endpoints: list[str], metrics_dir: str) -> int:
     children = []
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
@@ -73,7 +83,7 @@ def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]
             argv += ["--config", args.config]
         for url in args.worker:
             argv += ["--worker", url]
-        children.append(ManagedProcess(argv).start())
+        children.append(ManagedProcess(argv, env={MULTIPROC_DIR: metrics_dir}).start())
     stopping = False
 
     def stop(_sig: int, _frame: object) -> None:
@@ -84,5 +94,13 @@ def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    codes = [child.proc.wait() for child in children if child.proc is not None]
+    def reap(child: ManagedProcess) -> int:
+        """A dead child's gauges leave the scrapes at once; its counts stay in the sums."""
+        assert child.proc is not None
+        code = child.proc.wait()
+        mark_process_dead(child.pid, metrics_dir)
+        return code
+
+    with ThreadPoolExecutor(len(children)) as pool:
+        codes = list(pool.map(reap, children))
     return 0 if stopping else max(codes, default=0)
