@@ -94,12 +94,12 @@ def _inference(handler: Handler) -> Handler:
     """Counts the request in flight while its handler runs, and marks its arrival for `_first_byte`."""
     async def counted(request: web.Request) -> web.StreamResponse:
         request[STARTED] = time.monotonic()
-        inflight = request.app[RUNTIME].metrics.inflight
-        inflight.inc()
+        metrics = request.app[RUNTIME].metrics
+        metrics.requests_in_flight += 1
         try:
             return await handler(request)
         finally:
-            inflight.dec()
+            metrics.requests_in_flight -= 1
     return counted
 
 
@@ -107,8 +107,7 @@ async def _first_byte(request: web.Request, _response: web.StreamResponse) -> No
     """Runs as the response's head is sent: answers, errors and streams alike."""
     started = request.get(STARTED)
     if started is not None:
-        metrics = request.app[RUNTIME].metrics
-        metrics.ttft.labels(metrics.adapter(request.get(ADAPTER))).observe(time.monotonic() - started)
+        request.app[RUNTIME].metrics.first_byte(request.get(ADAPTER), time.monotonic() - started)
 
 
 async def openapi(_request: web.Request) -> web.Response:

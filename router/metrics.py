@@ -10,7 +10,7 @@ value is kept in prometheus_client's shared files: counters and histograms
 are summed over the processes (a dead one's counts included), each gauge is
 combined by the mode that answers for the router as a whole (in flight:
 summed; leader: any process leads; etcd, worker health: the worst view).
-Gauges sampled from live state (leader, etcd, event-loop tasks) are sampled
+Gauges sampled from live state (leader, etcd, in flight, event-loop tasks) are sampled
 by each process at every control tick and by the scraped one at the scrape.
 Per-worker and per-adapter series of what is gone are dropped at the scrape,
 because the shared files cannot forget a label set.
@@ -77,6 +77,9 @@ class RouterMetrics:
                                  ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
         self.inflight = Gauge("lora_router_inflight_requests", "Inference requests in flight through the router.",
                               registry=r, multiprocess_mode="livesum")
+        self.requests_in_flight = 0
+        """Counted by the request path, copied into `inflight` by `sample`: an int costs it nothing."""
+        self._first_byte: dict[str, Histogram] = {}
         self.cold_starts = Counter("lora_router_cold_starts", "Cold starts (first load of an adapter).",
                                    ["adapter", "outcome"], registry=r)
         self.cold_start_wait = Histogram("lora_router_cold_start_wait_seconds",
@@ -123,7 +126,16 @@ class RouterMetrics:
         """Set the gauges that mirror live state; called on the event loop."""
         self.is_leader.set(1 if leader else 0)
         self.etcd_up.set(1 if etcd_connected else 0)
+        self.inflight.set(self.requests_in_flight)
         self.asyncio_tasks.set(len(asyncio.all_tasks()))
+
+    def first_byte(self, adapter: str | None, seconds: float) -> None:
+        """On every inference response: the labelled child is looked up once per adapter, not per request."""
+        label = self.adapter(adapter)
+        child = self._first_byte.get(label)
+        if child is None:
+            child = self._first_byte[label] = self.ttft.labels(label)
+        child.observe(seconds)
 
     def workers_changed(self, joined: Iterable[str], left: Iterable[str]) -> None:
         """A worker is exported as healthy from the moment it is known, and not at all once it is gone."""

@@ -124,6 +124,10 @@ async def test_two_processes_answer_every_scrape_for_the_whole_router(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         statuses = await asyncio.gather(*(complete(http, router, "a1") for _ in range(100)))
     assert statuses == [200] * 100
+
+    async def none_in_flight() -> bool:  # the other process's count is as of its last tick
+        return all([total(await scrape(router), "lora_router_inflight_requests") == 0 for _ in range(4)])
+    await until(none_in_flight, 5, "no request in flight on any scrape")
     for _ in range(8):
         scraped = await scrape(router)
         assert total(scraped, "lora_router_requests_total", route="/v1/completions", status="200") == 100
