@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).info("embedded etcd at %s (data in %s)", embedded.endpoint, state)
     try:
         if args.workers > 1:
-            return _run_children(args, router_id, endpoints)
+            with tempfile.TemporaryDirectory(prefix="lora-router-metrics-") as metrics_dir:
+                return _run_children(args, router_id, endpoints, metrics_dir)
         options = ServeOptions(config=args.config, host=args.host, port=args.port, etcd=endpoints,
                                workers=args.worker, router_id=router_id, etcd_prefix=args.etcd_prefix,
                                reuse_port=args.reuse_port)
@@ -66,14 +67,11 @@ def run(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
-def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str]) -> int:
-    """N full routers on one port; the parent supervises, forwards SIGTERM, and gives them one
-    fresh metrics directory, so that whichever child a scrape reaches answers for all of them."""
-    with tempfile.TemporaryDirectory(prefix="lora-router-metrics-") as metrics_dir:
-        return _supervise(args, router_id, endpoints, metrics_dir)
+def _run_children(args: argparse.Namespace, router_id: str, endpoints: list[str], metrics_dir: str) -> int:
+    """N full routers on one port; the parent only supervises and forwards SIGTERM.
 
-
-def _supervise(args: argparse.Namespace, router_id: str, endpoints: list[str], metrics_dir: str) -> int:
+    They share `metrics_dir` (fresh per start): whichever child a scrape reaches answers for all.
+    """
     children = []
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
@@ -94,6 +92,7 @@ def _supervise(args: argparse.Namespace, router_id: str, endpoints: list[str], m
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
     def reap(child: ManagedProcess) -> int:
         """A dead child's gauges leave the scrapes at once; its counts stay in the sums."""
         assert child.proc is not None
