@@ -12,10 +12,10 @@ constants from the placement config) and published as this router's leased
 report. The leader sums every router's report, runs the allocator over the
 catalog and the membership with the previous placement (for stickiness and the
 scale-down cooldown, whose clock is wall time because the next leader may be
-another host), and writes the result only when its assignments or replica counts changed: the
-written document carries no demand (see `durable`), so an idle or steady fleet costs etcd no
-placement writes. After a config
-reload the leader also writes the config's new or changed `adapters:` entries. A write refused
+another host), and writes the result only when its assignments or replica counts
+changed: the written document carries no demand (see `durable`), so an idle or
+steady fleet costs etcd no placement writes. After a config reload the leader
+also writes the config's new or changed `adapters:` entries. A write refused
 because leadership was lost is logged and waits for the next tick; so is an
 etcd that does not answer: a tick never stops the loop.
 """
@@ -119,7 +119,7 @@ class ControlLoop:
             dt = now - self._sampled_at
         self._sampled_at = now
         self._rt.estimates = update_all(self._rt.estimates, arrivals, self._rt.demand.inflight, dt,
-                                    placement.rise_tau_s, placement.fall_tau_s)
+                                        placement.rise_tau_s, placement.fall_tau_s)
 
     async def place(self, now: float) -> None:
         rt = self._rt

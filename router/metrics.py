@@ -10,8 +10,9 @@ value is kept in prometheus_client's shared files: counters and histograms
 are summed over the processes (a dead one's counts included), each gauge is
 combined by the mode that answers for the router as a whole (in flight:
 summed; leader: any process leads; etcd, worker health: the worst view).
-Gauges sampled from live state (leader, etcd, in flight, event-loop tasks) are sampled
-by each process at every control tick and by the scraped one at the scrape.
+Gauges mirroring live state (leader, etcd, in flight, event-loop tasks) are
+sampled by each process at every control tick and by the scraped one at the
+scrape.
 Per-worker and per-adapter series of what is gone are dropped at the scrape,
 because the shared files cannot forget a label set.
 """
