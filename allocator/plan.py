@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from allocator.config import PlanBudget
-from allocator.model import Action, Placement
+from allocator.model import Action, Demand, Placement
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -54,9 +54,12 @@ class DesiredIndex:
 
 
 def plan_actions(desired: Placement | DesiredIndex, holdings: Mapping[str, frozenset[str]],
-                 loading: Mapping[str, frozenset[str]], budget: PlanBudget) -> list[Action]:
+                 loading: Mapping[str, frozenset[str]], budget: PlanBudget,
+                 demand: Mapping[str, Demand] | None = None) -> list[Action]:
     """Actions for this tick. `holdings`: worker -> adapters it holds now (its keys are the
-    live workers); `loading`: worker -> adapters being loaded there right now.
+    live workers); `loading`: worker -> adapters being loaded there right now; `demand`: the
+    current demand that orders the loads (a router's estimates: the placement it reads carries
+    none), else the demand the placement was computed with.
 
     Only the adapters that miss a desired worker are ordered, only holdings that could be
     unloaded are looked at, and holders are indexed for those alone; all three come from set
@@ -72,7 +75,9 @@ def plan_actions(desired: Placement | DesiredIndex, holdings: Mapping[str, froze
     outside = {worker: held.difference(on.get(worker, _NOTHING), index.stuck) for worker, held in holdings.items()}
     holders = _holders(holdings, lacking.union(*outside.values()))
     replica_sets = placement.replica_sets
-    missing = sorted(lacking, key=lambda a: (-replica_sets[a].demand_rps / (1 + len(holders.get(a, ()))), a))
+    rps = ({a: replica_sets[a].demand_rps for a in lacking} if demand is None
+           else {a: demand[a].rps if a in demand else 0.0 for a in lacking})
+    missing = sorted(lacking, key=lambda a: (-rps[a] / (1 + len(holders.get(a, ()))), a))
     actions: list[Action] = []
     in_flight = {w: len(loading.get(w, _NOTHING)) for w in holdings}
     for adapter in missing:

@@ -98,6 +98,7 @@ class LoraView(msgspec.Struct):
     holders: list[str]
     draining: list[str]
     demand_rps: float
+    """Smoothed requests/s for it through this router (the placement document carries no demand)."""
     inflight: int
     """Requests for it in flight through this router."""
     failures: dict[str, Failure] = {}
@@ -285,6 +286,7 @@ class _Admin:
     def _view(self, record: AdapterRecord, draining: dict[str, list[str]], *, detail: bool) -> LoraView:
         fleet = self._rt.fleet
         replica_set = fleet.placement.replica_sets.get(record.name)
+        estimates = self._rt.estimates
         failures = {}
         if detail and self._reconciler is not None:
             failures = dict(sorted(self._reconciler.failures(record.name).items()))
@@ -294,5 +296,5 @@ class _Admin:
             replica_set=list(replica_set.workers) if replica_set else [],
             holders=sorted(fleet.holders(record.name)),
             draining=draining.get(record.name, []),
-            demand_rps=replica_set.demand_rps if replica_set else 0.0,
+            demand_rps=estimates[record.name].rps if record.name in estimates else 0.0,
             inflight=self._rt.demand.inflight.get(record.name, 0), failures=failures)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import proxy
 from router.errors import ExpectationFailed, HttpStatusError, PayloadTooLarge, RouterError
-from router.proxy import RUNTIME
+from router.proxy import ADAPTER, RUNTIME
 from router.runtime import RouterRuntime
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
 """The API's OpenAPI document, served as is; tests/hostile checks it lists every route."""
+STARTED = web.RequestKey("started", float)
+"""When an inference request reached its handler: time to first byte is measured from it."""
 
 
 class ModelCard(msgspec.Struct):
@@ -102,8 +105,30 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    return web.Response(body=generate_latest(rt.metrics.registry),
+    rt.sample_metrics()
+    adapters = {rt.metrics.adapter(name) for name in rt.fleet.placement.replica_sets}
+    return web.Response(body=rt.metrics.exposition(rt.fleet.workers.keys(), adapters),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _inference(handler: Handler) -> Handler:
+    """Counts the request in flight while its handler runs, and marks its arrival for `_first_byte`."""
+    async def counted(request: web.Request) -> web.StreamResponse:
+        request[STARTED] = time.monotonic()
+        metrics = request.app[RUNTIME].metrics
+        metrics.requests_in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            metrics.requests_in_flight -= 1
+    return counted
+
+
+async def _first_byte(request: web.Request, _response: web.StreamResponse) -> None:
+    """Runs as the response's head is sent: answers, errors and streams alike."""
+    started = request.get(STARTED)
+    if started is not None:
+        request.app[RUNTIME].metrics.first_byte(request.get(ADAPTER), time.monotonic() - started)
 
 
 async def openapi(_request: web.Request) -> web.Response:
@@ -130,8 +155,10 @@ async def list_models(request: web.Request) -> web.Response:
 def build_app(runtime: RouterRuntime, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=runtime.config.security.max_body_bytes)
     app[RUNTIME] = runtime
+    inference = _inference(proxy.handle)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-        app.router.add_post(path, proxy.handle, expect_handler=expect_continue)
+        app.router.add_post(path, inference, expect_handler=expect_continue)
+    app.on_response_prepare.append(_first_byte)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -12,8 +12,10 @@ constants from the placement config) and published as this router's leased
 report. The leader sums every router's report, runs the allocator over the
 catalog and the membership with the previous placement (for stickiness and the
 scale-down cooldown, whose clock is wall time because the next leader may be
-another host), and writes the result only when it changed. After a config
-reload the leader also writes the config's new or changed `adapters:` entries. A write refused
+another host), and writes the result only when its assignments or replica counts
+changed: the written document carries no demand (see `durable`), so an idle or
+steady fleet costs etcd no placement writes. After a config reload the leader
+also writes the config's new or changed `adapters:` entries. A write refused
 because leadership was lost is logged and waits for the next tick; so is an
 etcd that does not answer: a tick never stops the loop.
 """
@@ -25,9 +27,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from allocator.estimator import update_all
 from allocator.measure import assignments
-from allocator.model import Adapter, Demand, Placement
+from allocator.model import Adapter, Placement
 from allocator.placement import Planner
 from discovery.aio import wait_event
 from discovery.election import LeaderElection
@@ -39,9 +43,19 @@ from router.runtime import RouterRuntime
 log = logging.getLogger(__name__)
 
 
+def durable(placement: Placement) -> Placement:
+    """The placement as written: assignments and sizes without the demand that sized them.
+
+    Demand moves on every tick (an idle adapter's estimate decays for minutes) and already lives in
+    the leased load reports; carried in the durable document, it made every tick a write.
+    """
+    return msgspec.structs.replace(placement, replica_sets={
+        name: msgspec.structs.replace(rs, demand_rps=0.0) for name, rs in placement.replica_sets.items()})
+
+
 def same_assignment(a: Placement, b: Placement) -> bool:
-    """Equal but for epoch and computation time: nothing worth a write."""
-    return a.replica_sets == b.replica_sets and a.unplaced == b.unplaced
+    """Equal but for epoch, computation time and demand: nothing worth a write."""
+    return durable(a).replica_sets == durable(b).replica_sets and a.unplaced == b.unplaced
 
 
 class ControlLoop:
@@ -59,7 +73,6 @@ class ControlLoop:
         self._planner = Planner()
         self._wake = asyncio.Event()
         self._sampled_at: float | None = None
-        self.estimates: dict[str, Demand] = {}
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.placements_written = 0
@@ -80,17 +93,21 @@ class ControlLoop:
                 await self.place(now)
 
     async def tick(self, now: float) -> None:
-        """One full tick: sample, publish, and place if leader."""
+        """One full tick: sample, publish, and place if leader.
+
+        Every router publishes, so every router learns here whether etcd answers, followers included.
+        """
         self.ticks += 1
         self.last_tick_at = now
         self.sample(now)
         try:
-            await self._demand_store.publish(self._rt.router_id, self.estimates, at=now)
+            await self._demand_store.publish(self._rt.router_id, self._rt.estimates, at=now)
         except EtcdUnavailable as exc:
             self._etcd_failed("publishing demand", exc)
-            return
-        self._rt.etcd_reachable = True
-        await self.place(now)
+        else:
+            self._rt.etcd_reachable = True
+            await self.place(now)
+        self._rt.sample_metrics()
 
     def sample(self, now: float) -> None:
         """Fold the arrivals since the last sample and the in-flight counts into the estimates."""
@@ -101,8 +118,8 @@ class ControlLoop:
         else:
             dt = now - self._sampled_at
         self._sampled_at = now
-        self.estimates = update_all(self.estimates, arrivals, self._rt.demand.inflight, dt,
-                                    placement.rise_tau_s, placement.fall_tau_s)
+        self._rt.estimates = update_all(self._rt.estimates, arrivals, self._rt.demand.inflight, dt,
+                                        placement.rise_tau_s, placement.fall_tau_s)
 
     async def place(self, now: float) -> None:
         rt = self._rt
@@ -113,7 +130,6 @@ class ControlLoop:
         except EtcdUnavailable as exc:
             self._etcd_failed("reading demand", exc)
             return
-        rt.metrics.etcd_up.set(1)
         if self._catalog is not None and rt.loaded.version != self._declared_version:
             self._declared_version = rt.loaded.version
             try:
@@ -127,6 +143,7 @@ class ControlLoop:
                                         previous if previous.epoch else None, now)
         if previous.epoch and same_assignment(previous, placement):
             return
+        placement = durable(placement)
         try:
             await self._placement_store.write(placement, self._election)
         except NotLeader as exc:
@@ -141,6 +158,5 @@ class ControlLoop:
 
     def _etcd_failed(self, what: str, exc: EtcdUnavailable) -> None:
         self._rt.etcd_reachable = False
-        self._rt.metrics.etcd_up.set(0)
         log.warning("control tick: %s failed: %s: %s", what, type(exc).__name__, exc)
 

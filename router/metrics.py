@@ -1,18 +1,50 @@
-"""Prometheus metrics of the request path and the control plane, in one registry per router.
+"""Prometheus metrics of the request path and the control plane, for the whole router.
 
 Adapter names are user-controlled and unbounded, so the adapter label is
 capped: the first `cap` adapters seen get their own series, the rest share
 `__overflow__`.
+
+`serve --workers N` runs N processes on one port, and a scrape reaches one
+of them; so the parent gives them one PROMETHEUS_MULTIPROC_DIR and every
+value is kept in prometheus_client's shared files: counters and histograms
+are summed over the processes (a dead one's counts included), each gauge is
+combined by the mode that answers for the router as a whole (in flight:
+summed; leader: any process leads; etcd, worker health: the worst view).
+Gauges mirroring live state (leader, etcd, in flight, event-loop tasks) are
+sampled by each process at every control tick and by the scraped one at the
+scrape.
+Per-worker and per-adapter series of what is gone are dropped at the scrape,
+because the shared files cannot forget a label set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 OVERFLOW = "__overflow__"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+_PROCESS_MIN = frozenset({"process_start_time_seconds", "process_max_fds"})
+"""Process metrics that are not summed over the router's processes: the oldest start, the lowest limit."""
+
+
+def router_version() -> str:
+    try:
+        return version("lora-router")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class AdapterLabels:
@@ -34,6 +66,8 @@ class AdapterLabels:
 class RouterMetrics:
     def __init__(self, adapter_cap: int) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self.multiproc_dir = os.environ.get(MULTIPROC_DIR) or None
+        """Set (by `serve --workers N`): the files every process of this router writes its values to."""
         self.adapter = AdapterLabels(adapter_cap)
         self.requests = Counter("lora_router_requests", "Requests answered, by route, adapter and status.",
                                 ["route", "adapter", "status"], registry=r)
@@ -42,8 +76,11 @@ class RouterMetrics:
                               ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("lora_router_request_duration_seconds", "Total request latency.",
                                  ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inflight = Gauge("lora_router_inflight_requests", "Requests in flight, per worker.",
-                              ["worker"], registry=r)
+        self.inflight = Gauge("lora_router_inflight_requests", "Inference requests in flight through the router.",
+                              registry=r, multiprocess_mode="livesum")
+        self.requests_in_flight = 0
+        """Counted by the request path, copied into `inflight` by `sample`: an int costs it nothing."""
+        self._first_byte: dict[str, Histogram] = {}
         self.cold_starts = Counter("lora_router_cold_starts", "Cold starts (first load of an adapter).",
                                    ["adapter", "outcome"], registry=r)
         self.cold_start_wait = Histogram("lora_router_cold_start_wait_seconds",
@@ -56,33 +93,115 @@ class RouterMetrics:
         self.retries = Counter("lora_router_retries", "Requests retried on another worker, by reason.",
                                ["reason"], registry=r)
         self.worker_healthy = Gauge("lora_router_worker_healthy", "1 if the worker is taking requests.",
-                                    ["worker"], registry=r)
+                                    ["worker"], registry=r, multiprocess_mode="livemin")
         self.worker_adapters = Gauge("lora_router_worker_adapters", "Adapters a worker holds.",
-                                     ["worker"], registry=r)
+                                     ["worker"], registry=r, multiprocess_mode="livemax")
         self.replicas_desired = Gauge("lora_router_adapter_replicas_desired",
-                                      "Replicas the placement asks for.", ["adapter"], registry=r)
+                                      "Replicas the placement asks for.", ["adapter"], registry=r,
+                                      multiprocess_mode="livemax")
         self.replicas_holding = Gauge("lora_router_adapter_replicas_holding",
-                                      "Workers confirmed to hold the adapter.", ["adapter"], registry=r)
+                                      "Workers confirmed to hold the adapter.", ["adapter"], registry=r,
+                                      multiprocess_mode="livemax")
         self.adapter_ops = Counter("lora_router_adapter_operations",
                                    "Loads and unloads sent to workers, by outcome and reason.",
                                    ["op", "outcome", "reason"], registry=r)
         self.reconcile_lag = Gauge("lora_router_reconcile_lag_seconds",
-                                   "Age of the oldest unmet placement action.", registry=r)
+                                   "Age of the oldest unmet placement action.", registry=r,
+                                   multiprocess_mode="livemax")
         self.placement_churn = Counter("lora_router_placement_moves",
                                        "Replica assignments added or removed by placement ticks.", registry=r)
-        self.is_leader = Gauge("lora_router_leader", "1 while this router is the leader.", registry=r)
-        self.etcd_up = Gauge("lora_router_etcd_connected", "1 while etcd answers.", registry=r)
+        self.is_leader = Gauge("lora_router_leader", "1 while this router is the leader.", registry=r,
+                               multiprocess_mode="livemax")
+        self.etcd_up = Gauge("lora_router_etcd_connected", "1 while etcd answers.", registry=r,
+                             multiprocess_mode="livemin")
         self.placement_epoch = Gauge("lora_router_placement_epoch", "Epoch of the placement in use.",
-                                     registry=r)
+                                     registry=r, multiprocess_mode="livemax")
         self.asyncio_tasks = Gauge("lora_router_asyncio_tasks",
                                    "Tasks alive on the event loop at scrape time: flat under steady load, "
-                                   "or something leaks them.", registry=r)
-        self.asyncio_tasks.set_function(_loop_tasks)
+                                   "or something leaks them.", registry=r, multiprocess_mode="livesum")
+        self.build_info = Gauge("lora_router_build_info", "The router's version; always 1.", ["version"],
+                                registry=r, multiprocess_mode="livemax")
+        self.build_info.labels(router_version()).set(1)
+
+    def sample(self, *, leader: bool, etcd_connected: bool) -> None:
+        """Set the gauges that mirror live state; called on the event loop."""
+        self.is_leader.set(1 if leader else 0)
+        self.etcd_up.set(1 if etcd_connected else 0)
+        self.inflight.set(self.requests_in_flight)
+        self.asyncio_tasks.set(len(asyncio.all_tasks()))
+
+    def first_byte(self, adapter: str | None, seconds: float) -> None:
+        """On every inference response: the labelled child is looked up once per adapter, not per request."""
+        label = self.adapter(adapter)
+        child = self._first_byte.get(label)
+        if child is None:
+            child = self._first_byte[label] = self.ttft.labels(label)
+        child.observe(seconds)
+
+    def workers_changed(self, joined: Iterable[str], left: Iterable[str]) -> None:
+        """A worker is exported as healthy from the moment it is known, and not at all once it is gone."""
+        for worker in joined:
+            self.worker_healthy.labels(worker).set(1)
+        for worker in left:
+            self.forget(self.worker_healthy, worker)
+            self.forget(self.worker_adapters, worker)
+
+    def forget(self, gauge: Gauge, label: str) -> None:
+        """Drop one series; with shared files the scrape drops it instead (see `exposition`)."""
+        if self.multiproc_dir is None:
+            gauge.remove(label)
+
+    def exposition(self, workers: Collection[str], adapters: Collection[str]) -> bytes:
+        """The text format for a scrape: every process's values, minus the series of departed
+        workers and of adapters the placement no longer has."""
+        source: Collector = (self.registry if self.multiproc_dir is None
+                             else MultiProcessCollector(None, self.multiproc_dir))
+        live = {"lora_router_worker_healthy": workers, "lora_router_worker_adapters": workers,
+                "lora_router_adapter_replicas_desired": adapters,
+                "lora_router_adapter_replicas_holding": adapters}
+        return generate_latest(_Scrape(source, live, _RouterProcesses(self.multiproc_dir)))
 
 
-def _loop_tasks() -> int:
-    """Counted when scraped, which happens on the loop; 0 if collected from elsewhere."""
-    try:
-        return len(asyncio.all_tasks())
-    except RuntimeError:
-        return 0
+class _Scrape(Collector):
+    """One scrape's collector: `source` with departed series dropped, then the processes' metrics."""
+
+    def __init__(self, source: Collector, live: dict[str, Collection[str]], processes: Collector) -> None:
+        self._source = source
+        self._live = live
+        self._processes = processes
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._source.collect():
+            keep = self._live.get(family.name)
+            if keep is not None:
+                family.samples = [s for s in family.samples if next(iter(s.labels.values()), None) in keep]
+            yield family
+        yield from self._processes.collect()
+
+
+class _RouterProcesses(Collector):
+    """process_* for the router: this process alone, or summed over every live process sharing the files."""
+
+    def __init__(self, multiproc_dir: str | None) -> None:
+        self._dir = multiproc_dir
+
+    def _pids(self) -> list[int]:
+        if self._dir is None:
+            return [os.getpid()]
+        found = (_LIVE_FILE.fullmatch(p.name) for p in Path(self._dir).iterdir())
+        return sorted({int(m.group(1)) for m in found if m is not None})
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self._pids():
+            for family in ProcessCollector(pid=_constant(pid), registry=None).collect():
+                have = families.setdefault(family.name, family)
+                if have is not family:
+                    a, b = have.samples[0], family.samples[0]
+                    value = min(a.value, b.value) if family.name in _PROCESS_MIN else a.value + b.value
+                    have.samples[0] = a._replace(value=value)
+        yield from families.values()
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid

@@ -37,6 +37,8 @@ from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", RouterRuntime)
+ADAPTER = web.RequestKey("adapter", str)
+"""The resolved adapter, for the metrics recorded when the response starts (router.app)."""
 WORKER_HEADER = "x-lora-router-worker"
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -85,6 +87,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     adapter = target.adapter
     if adapter is None:
         return await _forward(request, rt, target, body)
+    request[ADAPTER] = adapter
     rt.demand.started(adapter)
     try:
         return await _forward(request, rt, target, body)

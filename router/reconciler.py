@@ -133,7 +133,8 @@ class Reconciler:
         self._managed.update(fleet.placement.replica_sets)
         holdings = {wid: frozenset(v.holds) for wid, v in fleet.workers.items()}
         loading = {wid: frozenset(a.loading) for wid, a in self._agents.items() if a.loading}
-        actions = plan_actions(self._placement_index(), holdings, loading, self._rt.config.placement.plan)
+        actions = plan_actions(self._placement_index(), holdings, loading, self._rt.config.placement.plan,
+                               self._rt.estimates)
         control = self._rt.config.control
         work = worker_work(actions, fleet.placement, fleet.catalog, self._managed, self._idle_since,
                            self._clock(), 2 * control.tick_s + control.reconcile_s,
@@ -336,8 +337,8 @@ class Reconciler:
         unmet: dict[tuple[str, str], float] = {}
         labels = {metrics.adapter(name) for name in fleet.placement.replica_sets}
         for label in self._labels - labels:
-            metrics.replicas_desired.remove(label)
-            metrics.replicas_holding.remove(label)
+            metrics.forget(metrics.replicas_desired, label)
+            metrics.forget(metrics.replicas_holding, label)
         self._labels = labels
         for name, replica_set in fleet.placement.replica_sets.items():
             label = metrics.adapter(name)

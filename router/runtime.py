@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 
+from allocator.model import Demand
 from discovery.election import LeaderElection
 from router.auth import Authenticator
 from router.coldstart import ColdStarter
@@ -28,11 +29,12 @@ class RouterRuntime:
         self.rng = rng or random.Random()
         self.fleet = Fleet()
         self.demand = DemandCounter()
+        self.estimates: dict[str, Demand] = {}
+        """This router's smoothed demand per adapter as of its last control tick (what it reports to etcd)."""
         self.metrics = RouterMetrics(loaded.config.metrics_adapter_cap)
         self.started_at = time.time()
         self.election: LeaderElection | None = None
         """Set by the control loop; leadership is read from it live (see `is_leader`)."""
-        self.metrics.is_leader.set_function(lambda: 1 if self.is_leader else 0)
         self.placement_seen = False
         self.etcd_reachable = True
         """As of the control loop's last etcd call; while False the placement cannot follow demand."""
@@ -87,6 +89,11 @@ class RouterRuntime:
 
     def auth_line(self, worker_id: str) -> str:
         return self.auth_lines.get(worker_id, self.worker_auth_line)
+
+    def sample_metrics(self) -> None:
+        """Mirror leadership and etcd reachability in the gauges, as of now (leadership is live, see
+        `is_leader`); at every control tick and scrape."""
+        self.metrics.sample(leader=self.is_leader, etcd_connected=self.etcd_reachable)
 
     def ready(self) -> bool:
         return bool(self.fleet.workers) and self.placement_seen

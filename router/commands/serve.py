@@ -9,12 +9,16 @@ import os
 import signal
 import socket
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
+from prometheus_client.multiprocess import mark_process_dead
 
 from discovery.connect import EtcdSettings, add_etcd_arguments, as_argv, settings_from_args
 from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
+from router.metrics import MULTIPROC_DIR
 from router.procs import ManagedProcess, python_cli
 from router.server import ServeOptions, default_state_dir, serve
 
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).info("embedded etcd at %s (data in %s)", embedded.endpoint, state)
     try:
         if args.workers > 1:
-            return _run_children(args, router_id, etcd)
+            with tempfile.TemporaryDirectory(prefix="lora-router-metrics-") as metrics_dir:
+                return _run_children(args, router_id, etcd, metrics_dir)
         options = ServeOptions(config=args.config, host=args.host, port=args.port, etcd=etcd,
                                workers=args.worker, router_id=router_id, reuse_port=args.reuse_port)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -80,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
-def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings) -> int:
-    """N full routers on one port; the parent only supervises and forwards SIGTERM and SIGHUP (reload)."""
+def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings, metrics_dir: str) -> int:
+    """N full routers on one port; the parent only supervises and forwards SIGTERM and SIGHUP (reload).
+
+    They share `metrics_dir` (fresh per start): whichever child a scrape reaches answers for all.
+    """
     children = []
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
@@ -91,7 +99,7 @@ def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings) 
             argv += ["--config", args.config]
         for url in args.worker:
             argv += ["--worker", url]
-        children.append(ManagedProcess(argv).start())
+        children.append(ManagedProcess(argv, env={MULTIPROC_DIR: metrics_dir}).start())
     stopping = False
 
     def stop(_sig: int, _frame: object) -> None:
@@ -107,5 +115,14 @@ def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings) 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
-    codes = [child.proc.wait() for child in children if child.proc is not None]
+
+    def reap(child: ManagedProcess) -> int:
+        """A dead child's gauges leave the scrapes at once; its counts stay in the sums."""
+        assert child.proc is not None
+        code = child.proc.wait()
+        mark_process_dead(child.pid, metrics_dir)
+        return code
+
+    with ThreadPoolExecutor(len(children)) as pool:
+        codes = list(pool.map(reap, children))
     return 0 if stopping else max(codes, default=0)

@@ -1,0 +1,122 @@
+"""What real routers cost etcd under a steady workload: writes/s and bytes/s, placement writes included.
+
+etcd_steady_state.py measures registrations and demand reports with stand-in routers; this one runs the
+real thing: an embedded etcd, simulated workers with their registrars, R `lora-router serve` processes
+and a steady stream of completions spread over A adapters. After the fleet settles it reads etcd's own
+/metrics and the placement document's version twice, `--window` seconds apart, and prints the rates.
+Usage: .venv/bin/python scripts/etcd_router_load.py [--routers 2 --workers 3 --adapters 10 --rps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from etcd_steady_state import scrape
+
+from discovery.embedded import EmbeddedEtcd
+from discovery.etcd import EtcdClient
+from discovery.stores import PLACEMENT
+from router.devfleet import base_url, make_adapter_dir, registrar, router_server, sim_worker
+from router.procs import ManagedProcess
+
+
+async def _placement_version(endpoint: str) -> int:
+    client = await EtcdClient.connect([endpoint])
+    try:
+        kv = await client.get(PLACEMENT)
+        return 0 if kv is None else kv.version
+    finally:
+        await client.close()
+
+
+async def _traffic(routers: list[str], adapters: list[str], rps: float, stop: asyncio.Event) -> int:
+    """Completions at `rps`, round robin over routers and adapters; returns how many answered 200."""
+    ok = 0
+    pending: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession() as http:
+        async def one(router: str, model: str) -> None:
+            nonlocal ok
+            body = {"model": model, "prompt": "x", "max_tokens": 4}
+            async with http.post(router + "/v1/completions", json=body) as r:
+                await r.read()
+                ok += r.status == 200
+
+        start = time.monotonic()
+        for n, (router, model) in enumerate(zip(itertools.cycle(routers), itertools.cycle(adapters))):
+            if stop.is_set():
+                break
+            task = asyncio.create_task(one(router, model))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(max(0.0, start + (n + 1) / rps - time.monotonic()))
+        await asyncio.gather(*pending, return_exceptions=True)
+    return ok
+
+
+async def measure(endpoint: str, routers: list[str], adapters: list[str], rps: float, settle_s: float,
+                  window_s: float) -> None:
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(_traffic(routers, adapters, rps, stop))
+    await asyncio.sleep(settle_s)
+    before, version0, t0 = scrape(endpoint), await _placement_version(endpoint), time.monotonic()
+    await asyncio.sleep(window_s)
+    after, version1, t1 = scrape(endpoint), await _placement_version(endpoint), time.monotonic()
+    stop.set()
+    answered = await traffic
+    rate = {k: (after[k] - before[k]) / (t1 - t0) for k in before}
+    print(f"steady workload: {len(routers)} routers, {len(adapters)} adapters, {rps:g} req/s "
+          f"({answered} answered 200), window {t1 - t0:.1f}s")
+    print(f"  etcd writes/s (raft proposals)  {rate['raft proposals committed']:8.2f}")
+    print(f"  placement writes/s              {(version1 - version0) / (t1 - t0):8.2f}")
+    print(f"  client bytes/s received by etcd {rate['client bytes received']:8.0f}")
+    print(f"  client bytes/s sent by etcd     {rate['client bytes sent']:8.0f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--routers", type=int, default=2, help="router processes (default 2)")
+    p.add_argument("--workers", type=int, default=3, help="simulated workers (default 3)")
+    p.add_argument("--adapters", type=int, default=10, help="adapters in the config (default 10)")
+    p.add_argument("--rps", type=float, default=20.0, help="completions per second in all (default 20)")
+    p.add_argument("--tick", type=float, default=1.0, help="control tick in seconds (default 1)")
+    p.add_argument("--settle", type=float, default=15.0, help="seconds of traffic before measuring (default 15)")
+    p.add_argument("--window", type=float, default=30.0, help="measurement window in seconds (default 30)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        names = [f"adapter-{i}" for i in range(args.adapters)]
+        for name in names:
+            make_adapter_dir(root / "adapters", name)
+        config = root / "router.yaml"
+        config.write_text(json.dumps({
+            "security": {"allowed_path_prefixes": [str(root / "adapters")]},
+            "control": {"tick_s": args.tick},
+            "adapters": [{"name": n, "source": str(root / "adapters" / n), "base_model": "sim-base"}
+                         for n in names]}))
+        etcd = EmbeddedEtcd(root / "etcd")
+        etcd.start()
+        procs: list[ManagedProcess] = []
+        try:
+            for _ in range(args.workers):
+                worker = sim_worker(root, extra_args=("--max-loras", "8", "--speed", "0.01")).start()
+                procs += [worker, registrar(root, etcd.endpoint, base_url(worker), slots=8).start()]
+            routers = [router_server(root, config, etcd.endpoint, f"router-{i}").start(timeout_s=60)
+                       for i in range(args.routers)]
+            procs += routers
+            asyncio.run(measure(etcd.endpoint, [base_url(r) for r in routers], names, args.rps, args.settle,
+                                args.window))
+        finally:
+            for proc in procs:
+                proc.kill()
+            etcd.kill()
+
+
+if __name__ == "__main__":
+    main()
