@@ -36,6 +36,7 @@ async def server() -> AsyncIterator[tuple[str, int, dict[str, int]]]:
         return resp
 
     async def slow(request: web.Request) -> web.Response:
+        seen["slow"] = seen.get("slow", 0) + 1
         await release.wait()
         return web.Response(text="late")
 
@@ -119,10 +120,29 @@ async def test_an_idle_connection_closed_by_the_worker_is_replaced(server) -> No
     resp.release()
     idle = pool._hosts[(host, port, False)].idle[0]
     assert idle.transport is not None
-    idle.transport.pause_reading()  # the close will not be noticed before the next request
+    # The connection ends (EOF) with no turn of the event loop before the next request: the pool
+    # hands it out as if alive, and the request must be sent again on a fresh one.
     idle.transport.get_extra_info("socket").shutdown(0)
     resp = await pool.request(host, port, False, _head("/echo", port, b"[1]"), b"[1]")
     assert await resp.read() == b"[1]"
+    assert idle.closed
+    pool.close()
+
+
+async def test_a_timeout_is_never_sent_again(server) -> None:
+    """The worker may be working on it: a second send would run the inference twice."""
+    host, port, seen = server
+    pool = UpstreamPool(1.0, 5.0)
+    for path in ("/echo", "/echo"):  # two pooled connections the retry could have used
+        first = await pool.request(host, port, False, _head(path, port, b"{}"), b"{}")
+        second = await pool.request(host, port, False, _head(path, port, b"{}"), b"{}")
+        for resp in (first, second):
+            await resp.read()
+            resp.release()
+    pool.configure(1.0, 0.2)
+    with pytest.raises(UpstreamTimeout):
+        await pool.request(host, port, False, _head("/slow", port, b"{}"), b"{}")
+    assert seen["slow"] == 1
     pool.close()
 
 
