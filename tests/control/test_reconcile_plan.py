@@ -112,13 +112,15 @@ def test_a_transient_failure_waits_for_its_backoff() -> None:
     assert "a" not in book.failures and book.may_try("a", 12.0, key)
 
 
-def test_a_permanent_failure_holds_until_the_source_or_config_changes() -> None:
+def test_a_permanent_failure_is_retried_after_its_backoff_or_at_once_when_the_source_or_config_changes() -> None:
     book = WorkerBook()
     key = ("/adapters/a", "v1")
-    book.failed("a", op="load", reason="rank_too_high", detail="rank 64 > 16", permanent=True, now=1.0,
-                wall=1e9, key=key, retry_delay=0.5)
-    assert not book.may_try("a", 1e6, key)
-    assert book.failures["a"].reason == "rank_too_high"
+    book.failed("a", op="load", reason="not_found", detail="No adapter found", permanent=True, now=1.0,
+                wall=1e9, key=key, retry_delay=60.0)
+    assert not book.may_try("a", 60.0, key)
+    assert book.may_try("a", 61.0, key), "files may appear later: a refused load is retried"
+    assert book.failures["a"].reason == "not_found" and book.refusal("a", key) is book.failures["a"]
+    assert book.refusal("a", ("/adapters/a", "v2")) is None
     assert book.may_try("a", 2.0, ("/adapters/a", "v2"))
     assert "a" not in book.failures
 
