@@ -192,3 +192,50 @@ async def test_unload_with_a_lora_int_id_is_refused_like_vllm_refuses_a_mismatch
     assert "a" in {x["name"] for x in (await get_json(http, router + "/v1/loras"))["data"]}, "nothing removed"
     status, body = await _post(http, router + "/v1/unload_lora_adapter", {"lora_name": "a"})
     assert status == 200, body
+
+
+async def test_a_tenant_uses_the_adapters_it_owns_and_config_check_refuses_a_default_it_cannot_use(
+        http: aiohttp.ClientSession, tmp_path: Path, start_workers: Callable, start_router: Callable,
+        adapter_dirs: Callable) -> None:
+    """`tenant` on a catalog entry granted nothing (unusable unless the name matched the tenant's patterns),
+    and `config check` accepted a default_adapter outside the tenant's patterns."""
+    root = adapter_dirs("team-sql").parent
+    adapter_dirs("acme-chat")
+    keys = {}
+    for tenant in ("acme", "globex"):
+        keys[tenant] = f"key-{tenant}-0123456789"
+        (tmp_path / f"{tenant}.keys").write_text(keys[tenant] + "\n")
+    tenants = {t: {"keys_file": str(tmp_path / f"{t}.keys"), "adapters": [f"{t}-*"]} for t in keys}
+    config = router_config(root, tenants=tenants)
+    config["adapters"] = [{"name": "team-sql", "source": str(root / "team-sql"), "base_model": "sim-base",
+                           "tenant": "acme"},
+                          {"name": "acme-chat", "source": str(root / "acme-chat"), "base_model": "sim-base"}]
+    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    router = start_router(config, workers=workers).url
+
+    def auth(tenant: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {keys[tenant]}"}
+
+    body = {"model": "team-sql", "prompt": "x", "max_tokens": 1}
+    status, reply = await _post(http, router + "/v1/completions", body, auth("acme"))
+    assert status == 200, f"acme owns team-sql: {reply}"
+    assert "team-sql" in {m["id"] for m in (await get_json(http, router + "/v1/models", auth("acme")))["data"]}
+    status, reply = await _post(http, router + "/v1/completions", body, auth("globex"))
+    assert status == 404 and reply["error"]["type"] == "NotFoundError", "another tenant's adapter stays absent"
+
+    def check(tenant_config: dict[str, Any], adapters: list[dict[str, Any]]) -> subprocess.CompletedProcess:
+        path = tmp_path / "check.yaml"
+        path.write_text(json.dumps({**config, "tenants": {**tenants, "globex": {**tenants["globex"], **tenant_config}},
+                                    "adapters": adapters}))
+        return subprocess.run([sys.executable, "-m", "router", "config", "check", str(path)], check=False,
+                              capture_output=True, text=True, timeout=30)
+
+    outside = check({"default_adapter": "acme-chat"}, config["adapters"])
+    assert outside.returncode == 1 and "tenants.globex.default_adapter" in outside.stderr, outside
+    assert "matches none of tenants.globex.adapters" in outside.stderr
+    foreign = check({"default_adapter": "team-sql"}, config["adapters"])
+    assert foreign.returncode == 1 and "belongs to tenant 'acme'" in foreign.stderr, foreign
+    owned = [*config["adapters"], {"name": "house", "source": str(root / "team-sql"), "base_model": "sim-base",
+                                   "tenant": "globex"}]
+    assert check({"default_adapter": "house"}, owned).returncode == 0, "an adapter globex owns is its to use"
+    assert check({"default_adapter": "globex-chat"}, config["adapters"]).returncode == 0
