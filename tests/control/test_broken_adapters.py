@@ -69,7 +69,7 @@ def _late_fleet(tmp_path: Path, start_workers: Callable, start_router: Callable,
 
 async def _marked(http: aiohttp.ClientSession, router: str, name: str) -> dict[str, Any] | None:
     view = await get_json(http, router + f"/v1/loras/{name}")
-    return view if view["failed"] and view["replica_set"] else None
+    return view if view.get("failed") and view["replica_set"] else None
 
 
 async def test_an_adapter_every_worker_refuses_is_marked_failed_and_fails_at_once(
@@ -125,7 +125,7 @@ async def test_files_that_appear_after_registration_are_loaded_without_anyone_as
     try:
         async def served() -> dict[str, Any] | None:
             view = await get_json(http, router + "/v1/loras/slow")
-            return view if view["holders"] and not view["failed"] else None
+            return view if view["holders"] and not view.get("failed") else None
 
         # Only the admin view is polled: a request would cold-start the adapter itself.
         view = await until(served, 40, "the reconciler to load 'slow' once its files exist", interval_s=0.2)
