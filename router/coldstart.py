@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from allocator.hrw import rank_workers
-from discovery.records import AdapterRecord
+from discovery.records import AdapterFailure, AdapterRecord
 from router.errors import AdapterFailed, ColdStartTimeout, NoWorkerAvailable
 from router.fleet import Fleet, WorkerView
 from router.metrics import RouterMetrics
@@ -70,7 +70,7 @@ class ColdStarter:
         """Return once some worker holds `adapter`; raise 503 if that takes too long or it is marked failed."""
         record = self._fleet.catalog[adapter]
         if record.failed is not None:
-            raise _failed(record)
+            raise _failed(record, record.failed)
         task = self._task(adapter, "", lambda: self._load(adapter, self.ranked(adapter), cold=True))
         started = time.monotonic()
         timeout = self._timeout_s()
@@ -138,10 +138,8 @@ class ColdStarter:
                                 headers={"Retry-After": "5"})
 
 
-def _failed(record: AdapterRecord) -> AdapterFailed:
+def _failed(record: AdapterRecord, failed: AdapterFailure) -> AdapterFailed:
     """The client's error for an adapter marked failed; the adapter's server path is never shown."""
-    failed = record.failed
-    assert failed is not None
     detail = failed.detail.replace(record.source, "<path>").replace(adapter_path(record.source), "<path>")
     return AdapterFailed(f"Adapter '{record.name}' cannot be served: every worker it was placed on refused to "
                          f"load it ({failed.reason}: {detail}). The router retries the load in the background.",

@@ -19,7 +19,8 @@ dead worker delays nobody else; loads never race on one worker), at most
 `control.reconcile_s` and at once when its instance changes (a restart loses
 every runtime-loaded adapter). A failed load is retried with jittered
 exponential backoff: up to `control.retry_max_s` apart when the worker did not
-answer, up to `control.failed_retry_max_s` when it refused the adapter. A load counts once the listing shows it; an
+answer, up to `control.failed_retry_max_s` when it refused the adapter (its
+files may appear later). A load counts once the listing shows it; an
 unload first drains: the worker gets no new requests for the adapter and the
 unload waits for this router's requests there to finish (at most
 `timeouts.drain_timeout_s`). Every router runs this, leader or not: loads are
@@ -186,8 +187,11 @@ class Reconciler:
                     refused.setdefault(name, {})[worker_id] = failure
         marks = failure_marks(fleet.catalog, fleet.placement, fleet.holders, refused, fleet.workers, self._wall())
         for name, mark in sorted(marks.items()):
+            seen = fleet.catalog.get(name)
+            if seen is None:
+                continue
             try:
-                written = await self._catalog.mark_failed(fleet.catalog[name], mark, fence)
+                written = await self._catalog.mark_failed(seen, mark, fence)
             except EtcdUnavailable as exc:
                 log.warning("cannot mark adapter %s in the catalog: %s", name, exc)
                 return
