@@ -41,6 +41,17 @@ class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True):
                       slots=self.slots, weight=self.weight, max_lora_rank=self.max_lora_rank)
 
 
+class AdapterFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """Why an adapter is marked failed: every worker it was placed on refused to load it."""
+
+    reason: str
+    """The workers' refusal, classified: not_found, rank_too_high, rejected, unauthorized, ..."""
+    detail: str
+    workers: tuple[str, ...]
+    since: float
+    """Wall-clock time it was first marked."""
+
+
 class AdapterRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One catalog entry, under the durable key adapters/{name}."""
 
@@ -51,6 +62,10 @@ class AdapterRecord(msgspec.Struct, frozen=True, kw_only=True):
     rank: int = 8
     tenant: str | None = None
     created_at: float = 0.0
+    failed: AdapterFailure | None = None
+    """Set by the leader while every worker placed for it refuses it, cleared once one holds it: requests
+    fail at once instead of trying loads; the reconciler keeps retrying with backoff. A write of the
+    record (a new source, load_inplace) clears it."""
 
 
 class DemandReport(msgspec.Struct, frozen=True, kw_only=True):

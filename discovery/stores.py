@@ -23,7 +23,7 @@ from discovery.election import Fence, LeaderElection
 from discovery.errors import FencingFailed, MalformedRecord, NotLeader
 from discovery.etcd import Compare, EtcdClient, KeyValue, Put
 from discovery.lease import Lease
-from discovery.records import AdapterRecord, DemandReport, decode, encode
+from discovery.records import AdapterFailure, AdapterRecord, DemandReport, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ class CatalogStore:
         self._client = client
         self._warned: set[tuple[str, int]] = set()
 
-    async def put(self, record: AdapterRecord) -> None:
+    async def put(self, record: AdapterRecord) -> AdapterRecord:
+        """Write `record` (stamped with its creation time if it has none); returns what was written."""
         if record.created_at == 0.0:
             record = msgspec.structs.replace(record, created_at=time.time())
         await self._client.put(ADAPTERS + record.name, encode(record))
+        return record
 
     async def get(self, name: str) -> AdapterRecord | None:
         kv = await self._client.get(ADAPTERS + name)
@@ -70,6 +72,21 @@ class CatalogStore:
 
     async def delete(self, name: str) -> bool:
         return await self._client.delete(ADAPTERS + name)
+
+    async def mark_failed(self, seen: AdapterRecord, failed: AdapterFailure | None, fence: Fence) -> bool:
+        """Set or clear `failed` on the record, if it is still `seen` (but for the mark) and `fence` still leads.
+
+        One transaction on the key's revision: an admin write in between (a new source) is never
+        overwritten with the old one. False when the record changed or is gone, or leadership moved.
+        """
+        kv = await self._client.get(ADAPTERS + seen.name)
+        current = None if kv is None else _adapters({kv.key: kv}, self._warned).get(seen.name)
+        if kv is None or current is None or _unmarked(current) != _unmarked(seen):
+            return False
+        result = await self._client.txn(
+            [*fence.compares(), Compare(kv.key, "mod", kv.mod_revision)],
+            [Put(kv.key, encode(msgspec.structs.replace(current, failed=failed)))])
+        return result.succeeded
 
     async def list(self) -> dict[str, AdapterRecord]:
         _, kvs = await self._client.range(ADAPTERS)
@@ -79,6 +96,10 @@ class CatalogStore:
         """The whole catalog after each change."""
         async for state in self._client.watch_prefix(ADAPTERS):
             yield _adapters(state.kvs, self._warned)
+
+
+def _unmarked(record: AdapterRecord) -> AdapterRecord:
+    return msgspec.structs.replace(record, failed=None)
 
 
 class PlacementStore:

@@ -8,7 +8,15 @@ bodies and answers (plain-text success, InvalidUserInput 400 for a name already
 loaded, 404 for an unknown one) but act on the catalog: the placement then
 loads the adapter on its replica set, or every holder drains and unloads it.
 Every route needs an admin key when keys are configured; every write is
-validated first (router.catalog_sync.make_record), so a 400 writes nothing.
+validated first (router.catalog_sync.make_record), so a 400 writes nothing; a
+local path the router can see holds an adapter or gets vLLM's 404 (nothing written).
+
+Deletes (DELETE /v1/loras/{name}, unload_lora_adapter) are refused with 409
+for an adapter that is a variant of an alias (requests for the alias that
+picked it would fail) or that the config's `adapters:` declares (it would be
+written back at the next start or config reload of any router): change the
+config instead. The catalog does not number adapters, so an unload that gives
+a `lora_int_id` cannot be checked and is refused (vLLM refuses a mismatch).
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ import msgspec
 from aiohttp import web
 
 from discovery.errors import EtcdUnavailable
-from discovery.records import AdapterRecord
+from discovery.records import AdapterFailure, AdapterRecord
 from discovery.stores import CatalogStore
 from router.bodies import read_body
-from router.catalog_sync import make_record
+from router.catalog_sync import make_record, require_adapter_files
 from router.control import ControlLoop
 from router.errors import NOT_JSON, BadRequest, NotFound, RouterError
 from router.reconcile_plan import Failure
@@ -103,6 +111,8 @@ class LoraView(msgspec.Struct):
     """Requests for it in flight through this router."""
     failures: dict[str, Failure] = {}
     """worker id -> why loading (or unloading) it there failed; filled for one adapter, not in lists."""
+    failed: AdapterFailure | None = None
+    """Set while the adapter is marked failed: every worker placed for it refused it; requests fail at once."""
     object: str = "lora"
 
 
@@ -193,13 +203,24 @@ class _Admin:
 
     async def _write(self, record: AdapterRecord) -> None:
         with _catalog_call("writing"):
-            await self._catalog.put(record)
-        self._rt.fleet.catalog[record.name] = record
+            written = await self._catalog.put(record)
+        self._rt.fleet.catalog[record.name] = written
 
-    async def _remove(self, name: str) -> bool:
-        """Drop `name` from the catalog; False if it was not there."""
+    async def _remove(self, name: str, lora_int_id: int | None = None) -> bool:
+        """Drop `name` from the catalog; False if it was not there; 400/409 if it must not go (see above)."""
         if await self._lookup(name) is None:
             return False
+        if lora_int_id is not None:
+            raise BadRequest(f"The router's catalog does not number adapters, so lora_int_id {lora_int_id} cannot "
+                             f"be checked against adapter '{name}'; send lora_name alone.", param="lora_int_id")
+        config = self._rt.config
+        for alias, variants in sorted(config.aliases.items()):
+            if name in variants:
+                raise AdapterConflict(f"Adapter '{name}' is a variant of alias '{alias}' (aliases.{alias} in the "
+                                      "router's config); take it out of the alias first.", param="lora_name")
+        if any(entry.name == name for entry in config.adapters):
+            raise AdapterConflict(f"Adapter '{name}' is declared in the router's config (adapters:), which writes it "
+                                  "back at every start and reload; remove it there.", param="lora_name")
         with _catalog_call("deleting"):
             await self._catalog.delete(name)
         self._rt.fleet.catalog.pop(name, None)
@@ -214,6 +235,7 @@ class _Admin:
         if not body.load_inplace and await self._lookup(record.name) is not None:
             raise AdapterExists(f"The lora adapter '{record.name}' has already been loaded. If you want to load "
                                 "the adapter in place, set 'load_inplace' to True.")
+        require_adapter_files(record, self._rt.config.security)
         await self._write(record)
         return web.Response(text=f"Success: LoRA adapter '{record.name}' added successfully.",
                             content_type="text/plain")
@@ -221,7 +243,7 @@ class _Admin:
     async def unload_lora_adapter(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body: UnloadLoraRequest = await _body(request, UnloadLoraRequest, self._rt)
-        if not await self._remove(body.lora_name):
+        if not await self._remove(body.lora_name, body.lora_int_id):
             raise NotFound(f"The lora adapter '{body.lora_name}' cannot be found.")
         return web.Response(text=f"Success: LoRA adapter '{body.lora_name}' removed successfully.",
                             content_type="text/plain")
@@ -240,6 +262,7 @@ class _Admin:
                              rank=body.rank, tenant=body.tenant, source_param="source.uri")
         if await self._lookup(record.name) is not None:
             raise AdapterConflict(f"Adapter '{record.name}' is already in the catalog.", param="lora_name")
+        require_adapter_files(record, self._rt.config.security)
         await self._write(record)
         return _json(self._view(record, self._draining(), detail=True), status=201)
 
@@ -297,4 +320,4 @@ class _Admin:
             holders=sorted(fleet.holders(record.name)),
             draining=draining.get(record.name, []),
             demand_rps=estimates[record.name].rps if record.name in estimates else 0.0,
-            inflight=self._rt.demand.inflight.get(record.name, 0), failures=failures)
+            inflight=self._rt.demand.inflight.get(record.name, 0), failures=failures, failed=record.failed)

@@ -22,11 +22,12 @@ class Caller(msgspec.Struct, frozen=True):
     default_adapter: str | None = None
 
     def may_use(self, name: str, owner: str | None) -> bool:
-        """Adapters owned by another tenant behave as absent; patterns narrow the rest."""
+        """An adapter's owner decides first: its own tenant may use it whatever its name, other tenants see
+        it as absent. The tenant's patterns grant the adapters nobody owns (and aliases)."""
         if self.admin or self.open:
             return True
-        if owner is not None and owner != self.tenant:
-            return False
+        if owner is not None:
+            return owner == self.tenant
         return any(fnmatchcase(name, p) for p in self.patterns)
 
 

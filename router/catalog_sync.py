@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import msgspec
@@ -23,7 +24,8 @@ import msgspec
 from allocator.config import ConfigError
 from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
-from router.errors import InvalidAdapter
+from router.config import SecurityConfig
+from router.errors import InvalidAdapter, NotFound
 from router.runtime import RouterRuntime
 from router.validation import SOURCE_MAX, validate_name, validate_source
 
@@ -50,6 +52,25 @@ def adapter_rank(source: str) -> int | None:
         return None
     rank = config.get("r") if isinstance(config, dict) else None
     return rank if isinstance(rank, int) and rank > 0 else None
+
+
+def require_adapter_files(record: AdapterRecord, security: SecurityConfig) -> None:
+    """vLLM's own 404 for a local path with no adapter in it, wherever the router can tell.
+
+    The router can tell when the allowed prefix holding the path exists on its
+    own filesystem (it mounts the adapters' volume, as the single-host setups
+    and the demo do). A prefix it does not have is the workers' to judge; their
+    refusals are retried with backoff, since files may still be on their way.
+    The message is vLLM's, which shows `<path>` rather than the path.
+    """
+    if not record.source.startswith("/"):
+        return
+    for prefix in security.allowed_path_prefixes:
+        root = os.path.realpath(prefix)
+        if os.path.commonpath([record.source, root]) == root and os.path.isdir(root):
+            if not (Path(record.source) / "adapter_config.json").is_file():
+                raise NotFound(f"Loading lora {record.name} failed: No adapter found for <path>")
+            return
 
 
 def make_record(rt: RouterRuntime, name: object, source: object, *, base_model: object = None,
@@ -103,7 +124,7 @@ async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime, *, s
             log.error("config adapter skipped: %s", message)
             continue
         known = existing.get(record.name)
-        if known is None or msgspec.structs.replace(known, created_at=0.0) != record:
+        if known is None or msgspec.structs.replace(known, created_at=0.0, failed=None) != record:
             await catalog.put(record)
             written += 1
     if written:

@@ -1,6 +1,9 @@
 """Loads the request path starts itself: the first load of an adapter nobody holds, and overflow loads.
 
 Cold start: concurrent first requests share one load (one task per adapter);
+an adapter marked failed in the catalog (every worker placed for it refused
+it, see router.reconcile_plan.failure_marks) is answered at once with the
+reason instead, and no load is tried for it on the request path;
 each waits at most `timeout_s` and then gets a 503 with Retry-After while the
 load goes on for the next caller. Which worker is "first" comes from the
 allocator's HRW ranking over eligible workers, so every router picks the same
@@ -24,12 +27,12 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from allocator.hrw import rank_workers
-from discovery.records import AdapterRecord
-from router.errors import ColdStartTimeout, NoWorkerAvailable
+from discovery.records import AdapterFailure, AdapterRecord
+from router.errors import AdapterFailed, ColdStartTimeout, NoWorkerAvailable
 from router.fleet import Fleet, WorkerView
 from router.metrics import RouterMetrics
 from router.picking import first_with_room
-from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient
+from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient, adapter_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,10 @@ class ColdStarter:
         return [view for view in map(fleet.workers.__getitem__, cached[1]) if view.healthy]
 
     async def ensure_loaded(self, adapter: str) -> None:
-        """Return once some worker holds `adapter`; raise 503 if that takes too long."""
+        """Return once some worker holds `adapter`; raise 503 if that takes too long or it is marked failed."""
+        record = self._fleet.catalog[adapter]
+        if record.failed is not None:
+            raise _failed(record, record.failed)
         task = self._task(adapter, "", lambda: self._load(adapter, self.ranked(adapter), cold=True))
         started = time.monotonic()
         timeout = self._timeout_s()
@@ -130,3 +136,11 @@ class ColdStarter:
         log.warning("load of %s failed on every worker tried: %s", adapter, "; ".join(reasons) or "none")
         raise NoWorkerAvailable(f"No worker could load adapter '{adapter}'.",
                                 headers={"Retry-After": "5"})
+
+
+def _failed(record: AdapterRecord, failed: AdapterFailure) -> AdapterFailed:
+    """The client's error for an adapter marked failed; the adapter's server path is never shown."""
+    detail = failed.detail.replace(record.source, "<path>").replace(adapter_path(record.source), "<path>")
+    return AdapterFailed(f"Adapter '{record.name}' cannot be served: every worker it was placed on refused to "
+                         f"load it ({failed.reason}: {detail}). The router retries the load in the background.",
+                         param="model")

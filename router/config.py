@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated
 
@@ -35,9 +36,10 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keys_sha256: list[str] = []
     keys_file: str | None = None
     adapters: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    """Glob patterns of adapter (and alias) names this tenant may use."""
+    """Glob patterns of the adapter (and alias) names this tenant may use among those no tenant owns; an
+    adapter whose `tenant` is this one is usable whatever its name, one owned by another tenant never is."""
     default_adapter: str | None = None
-    """Used when the tenant asks for the base model."""
+    """Used when the tenant asks for the base model; must be usable by the tenant (checked at load)."""
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -90,6 +92,9 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry_base_s: float = 0.5
     """First backoff after a transient load/unload failure; doubles per attempt, with jitter."""
     retry_max_s: float = 30.0
+    failed_retry_max_s: Seconds = 240.0
+    """Cap of the backoff between retries of a load a worker refused (no adapter at the path, rank too high):
+    files may appear later (a synced volume, a slow download) and are then loaded without anyone asking."""
 
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -187,9 +192,29 @@ def _check_references(config: RouterConfig, source: str) -> None:
                 raise ConfigError(f"{source}: aliases.{alias}.{variant}: weight must be > 0, got {weight}")
         if alias in names:
             raise ConfigError(f"{source}: aliases.{alias}: an adapter has the same name")
+    _check_tenants(config, source)
     for digest in [*config.auth.admin_keys_sha256, *(d for t in config.tenants.values() for d in t.keys_sha256)]:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+
+
+def _check_tenants(config: RouterConfig, source: str) -> None:
+    """Adapters name known tenants, and each default adapter is one its tenant may use (router.auth.Caller)."""
+    owners = {a.name: a.tenant for a in config.adapters}
+    for i, entry in enumerate(config.adapters):
+        if entry.tenant is not None and entry.tenant not in config.tenants:
+            raise ConfigError(f"{source}: adapters[{i}] ({entry.name!r}): unknown tenant {entry.tenant!r}")
+    for name, tenant in config.tenants.items():
+        default = tenant.default_adapter
+        owner = owners.get(default) if default is not None else None
+        if default is None or owner == name:
+            continue
+        if owner is not None:
+            raise ConfigError(f"{source}: tenants.{name}.default_adapter: {default!r} belongs to tenant {owner!r}")
+        if not any(fnmatchcase(default, p) for p in tenant.adapters):
+            raise ConfigError(f"{source}: tenants.{name}.default_adapter: {default!r} matches none of "
+                              f"tenants.{name}.adapters {tenant.adapters} and is not one of the config's adapters "
+                              f"with tenant: {name}")
 
 
 def _read_key_file(path: str, what: str, source: str) -> str:

@@ -110,6 +110,10 @@ class NoWorkerAvailable(RouterError):
     type = "ServiceUnavailableError"
 
 
+class AdapterFailed(NoWorkerAvailable):
+    """The adapter is marked failed in the catalog: every worker placed for it refused to load it."""
+
+
 class ColdStartTimeout(NoWorkerAvailable):
     """The adapter's first load did not finish within cold_start_timeout_s."""
 

@@ -105,6 +105,10 @@ class RouterMetrics:
         self.adapter_ops = Counter("lora_router_adapter_operations",
                                    "Loads and unloads sent to workers, by outcome and reason.",
                                    ["op", "outcome", "reason"], registry=r)
+        self.adapter_failed = Gauge("lora_router_adapter_failed",
+                                    "1 while the adapter is marked failed in the catalog: every worker placed "
+                                    "for it refused to load it (reason in GET /v1/loras/{name}).",
+                                    ["adapter"], registry=r)
         self.reconcile_lag = Gauge("lora_router_reconcile_lag_seconds",
                                    "Age of the oldest unmet placement action.", registry=r,
                                    multiprocess_mode="livemax")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 
@@ -29,12 +30,16 @@ def resolve(
     catalog: Mapping[str, AdapterRecord],
     aliases: Mapping[str, Mapping[str, float]],
     sticky_key: str,
+    rng: random.Random,
 ) -> Target:
     """Resolve `ADAPTER`, `BASE@ADAPTER`, an alias, or the base model's name.
 
     A name the caller may not use raises the same 404 as an unknown one, so
     tenants cannot probe each other's adapters. An alias picks its variant by
-    HRW over `sticky_key`, so one user keeps landing on the same variant.
+    HRW over `sticky_key`, so one user keeps landing on the same variant; without
+    a key (no `user`, no sticky header: the OpenAI SDK's default) it draws one by
+    weight from `rng` per request, since one HRW pick over "" would send all such
+    traffic to a single variant.
     """
     base_hint: str | None
     base_hint, sep, name = requested.partition("@")
@@ -48,11 +53,17 @@ def resolve(
         name = caller.default_adapter
     variants = aliases.get(name)
     if variants is not None and caller.may_use(name, None):
-        name = pick_weighted(sticky_key, variants)
+        name = pick_weighted(sticky_key, variants) if sticky_key else _draw(variants, rng)
     record = catalog.get(name)
     if record is None or not caller.may_use(name, record.tenant) or (base_hint and record.base_model != base_hint):
         raise ModelNotFound(requested, _valid(bases))
     return Target(base=record.base_model, adapter=name, model=name)
+
+
+def _draw(variants: Mapping[str, float], rng: random.Random) -> str:
+    """A variant drawn with probability proportional to its weight (names sorted: same rng, same pick)."""
+    names = sorted(variants)
+    return rng.choices(names, weights=[variants[n] for n in names])[0]
 
 
 def _valid(bases: AbstractSet[str]) -> str:

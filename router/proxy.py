@@ -79,7 +79,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     target = resolve(
         fields.model, caller=caller, bases=rt.fleet.bases() or _configured_base(rt),
         catalog=rt.fleet.catalog, aliases=rt.config.aliases,
-        sticky_key=fields.user or _header_text(request, rt.config.sticky_header),
+        sticky_key=fields.user or _header_text(request, rt.config.sticky_header), rng=rt.rng,
     )
     if target.model != fields.model:
         body = _rewrite_model(body, target.model)

@@ -4,19 +4,20 @@ The fleet-wide diff (which loads, which unloads, make before break, within
 budgets) is allocator.plan.plan_actions; `worker_work` narrows its answer to
 what this router should do on each worker. `WorkerBook` keeps what one worker's
 agent remembers between passes: failures with their reasons, backoff
-deadlines, drains in progress and the rate limit's next free slot. Time and
-randomness are arguments.
+deadlines, drains in progress and the rate limit's next free slot.
+`failure_marks` decides which catalog entries to mark failed (every worker
+placed for the adapter refused it) or clear. Time and randomness are arguments.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
 from allocator.model import Action, Placement
-from discovery.records import AdapterRecord
+from discovery.records import AdapterFailure, AdapterRecord
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +83,36 @@ def stale(held: Collection[str], loaded_from: Mapping[str, str],
                         if n in catalog and n in loaded_from and loaded_from[n] != catalog[n].source))
 
 
+def failure_marks(catalog: Mapping[str, AdapterRecord], placement: Placement,
+                  holders: Callable[[str], Collection[str]], refused: Mapping[str, Mapping[str, Failure]],
+                  workers: Collection[str], now: float) -> dict[str, AdapterFailure | None]:
+    """The catalog marks to change: adapter -> its new mark (None clears it).
+
+    An adapter is failed when no worker holds it and every worker of its replica
+    set that is still in the fleet refused it (`refused`: adapter -> worker ->
+    the standing refusal for the adapter's current source); a holder clears the
+    mark. Anything in between (workers not tried yet, transient failures) keeps
+    what the catalog says, so a retry in progress does not flap the mark.
+    """
+    changes: dict[str, AdapterFailure | None] = {}
+    for name, record in catalog.items():
+        if holders(name):
+            if record.failed is not None:
+                changes[name] = None
+            continue
+        replica_set = placement.replica_sets.get(name)
+        placed = sorted(w for w in replica_set.workers if w in workers) if replica_set else []
+        refusals = refused.get(name, {})
+        if not placed or any(w not in refusals for w in placed):
+            continue
+        first = refusals[placed[0]]
+        mark = AdapterFailure(reason=first.reason, detail=first.detail, workers=tuple(placed),
+                              since=record.failed.since if record.failed else now)
+        if mark != record.failed:
+            changes[name] = mark
+    return changes
+
+
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with full-range jitter in [0.5, 1.5) x, so retries from many routers spread."""
     step = min(max_s, base_s * (2 ** max(0, attempt - 1)))
@@ -96,18 +127,21 @@ class WorkerBook:
     def __init__(self) -> None:
         self.failures: dict[str, Failure] = {}
         self.failed_for: dict[str, tuple[str, str]] = {}
-        """adapter -> (source, config version) a permanent failure holds for; a change retries."""
+        """adapter -> (source, config version) a permanent failure holds for; a change retries at once."""
         self.retry_at: dict[str, float] = {}
         self.draining_since: dict[str, float] = {}
         self.next_op_at = 0.0
         self.list_at = 0.0
 
     def may_try(self, adapter: str, now: float, key: tuple[str, str]) -> bool:
-        """False while a permanent failure still applies (same source and config) or a backoff runs."""
+        """False while a backoff runs; a permanent failure for another source or config is forgotten.
+
+        A permanent failure (the worker refused the adapter) is retried too, on a
+        longer backoff: files that were missing may appear later (a synced volume,
+        a slow download), and nothing else would ever load them.
+        """
         failure = self.failures.get(adapter)
-        if failure is not None and failure.permanent:
-            if self.failed_for.get(adapter) == key:
-                return False
+        if failure is not None and failure.permanent and self.failed_for.get(adapter) != key:
             self.succeeded(adapter)
         return self.retry_at.get(adapter, 0.0) <= now
 
@@ -119,15 +153,20 @@ class WorkerBook:
         self.failures[adapter] = failure
         if permanent:
             self.failed_for[adapter] = key
-            self.retry_at.pop(adapter, None)
-        else:
-            self.retry_at[adapter] = now + retry_delay
+        self.retry_at[adapter] = now + retry_delay
         return failure
 
     def succeeded(self, adapter: str) -> None:
         self.failures.pop(adapter, None)
         self.failed_for.pop(adapter, None)
         self.retry_at.pop(adapter, None)
+
+    def refusal(self, adapter: str, key: tuple[str, str]) -> Failure | None:
+        """The standing permanent load failure of `adapter` for `key` (its source and config), if any."""
+        failure = self.failures.get(adapter)
+        if failure is None or not failure.permanent or failure.op != "load" or self.failed_for.get(adapter) != key:
+            return None
+        return failure
 
     def attempts(self, adapter: str) -> int:
         failure = self.failures.get(adapter)

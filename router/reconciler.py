@@ -4,7 +4,11 @@ Wiring in server.py: `reconciler = Reconciler(runtime)`; run `reconciler.run()`
 as one of the process's loops; call `reconciler.on_membership(change)` right
 after `fleet.set_membership` returns a non-empty change and
 `reconciler.on_placement()` right after `fleet.placement` is replaced. The admin
-API reads `reconciler.failures(name)` and `reconciler.worker_errors()`.
+API reads `reconciler.failures(name)` and `reconciler.worker_errors()`. Given the
+catalog store, the leader's reconciler also marks an adapter failed in the
+catalog when every worker placed for it refused it, and clears the mark once
+one holds it (router.reconcile_plan.failure_marks); the request path then fails
+at once for it (router.coldstart) while the loads go on being retried.
 
 A plan round (allocator.plan.plan_actions over the placement and what the
 workers hold) runs on a placement change, a membership change, a listing that
@@ -13,7 +17,10 @@ agent task per worker, which does that worker's calls one at a time (a slow or
 dead worker delays nobody else; loads never race on one worker), at most
 `control.worker_ops_per_s` of them, and lists the worker's /v1/models every
 `control.reconcile_s` and at once when its instance changes (a restart loses
-every runtime-loaded adapter). A load counts once the listing shows it; an
+every runtime-loaded adapter). A failed load is retried with jittered
+exponential backoff: up to `control.retry_max_s` apart when the worker did not
+answer, up to `control.failed_retry_max_s` when it refused the adapter (its
+files may appear later). A load counts once the listing shows it; an
 unload first drains: the worker gets no new requests for the adapter and the
 unload waits for this router's requests there to finish (at most
 `timeouts.drain_timeout_s`). Every router runs this, leader or not: loads are
@@ -30,9 +37,18 @@ from collections.abc import Callable
 
 from allocator.plan import DesiredIndex, plan_actions
 from discovery.aio import wait_event
+from discovery.errors import EtcdUnavailable
 from discovery.records import AdapterRecord
+from discovery.stores import CatalogStore
 from router.fleet import MembershipChange, WorkerView
-from router.reconcile_plan import Failure, WorkerBook, backoff_delay, stale, worker_work
+from router.reconcile_plan import (
+    Failure,
+    WorkerBook,
+    backoff_delay,
+    failure_marks,
+    stale,
+    worker_work,
+)
 from router.runtime import RouterRuntime
 from router.workers import AdapterRejected, WorkerCallFailed
 
@@ -68,8 +84,10 @@ class _Agent:
 
 class Reconciler:
     def __init__(self, runtime: RouterRuntime, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+                 wall: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 catalog: CatalogStore | None = None) -> None:
         self._rt = runtime
+        self._catalog = catalog
         self._clock = clock
         self._wall = wall
         self._rng = rng or runtime.rng
@@ -82,6 +100,7 @@ class Reconciler:
         self._idle_since: dict[tuple[str, str], float] = {}
         self._labels: set[str] = set()
         """Adapter labels of the replica gauges set last round; the series of departed adapters go."""
+        self._failed_labels: set[str] = set()
         self.rounds = 0
         self.passes = 0
         """Agent passes so far; a test waits for it to advance instead of sleeping."""
@@ -94,6 +113,7 @@ class Reconciler:
                 self._sync_agents()
                 self.plan_round()
                 self._update_metrics()
+                await self._mark_failures()
                 for agent in self._agents.values():
                     if agent.task is not None and agent.task.done() and agent.task.exception() is not None:
                         raise agent.task.exception()  # type: ignore[misc]
@@ -152,6 +172,35 @@ class Reconciler:
 
     def _desired(self, worker_id: str) -> frozenset[str]:
         return self._placement_index().on.get(worker_id, frozenset())
+
+    async def _mark_failures(self) -> None:
+        """The leader marks adapters every placed worker refused as failed in the catalog (or clears it)."""
+        fence = self._rt.election.fence if self._rt.election is not None else None
+        if self._catalog is None or fence is None or not self._rt.is_leader:
+            return
+        fleet = self._rt.fleet
+        refused: dict[str, dict[str, Failure]] = {}
+        for worker_id, agent in self._agents.items():
+            for name in agent.book.failures:
+                record = fleet.catalog.get(name)
+                failure = agent.book.refusal(name, self._key(record)) if record is not None else None
+                if failure is not None:
+                    refused.setdefault(name, {})[worker_id] = failure
+        marks = failure_marks(fleet.catalog, fleet.placement, fleet.holders, refused, fleet.workers, self._wall())
+        for name, mark in sorted(marks.items()):
+            seen = fleet.catalog.get(name)
+            if seen is None:
+                continue
+            try:
+                written = await self._catalog.mark_failed(seen, mark, fence)
+            except EtcdUnavailable as exc:
+                log.warning("cannot mark adapter %s in the catalog: %s", name, exc)
+                return
+            if written and mark is not None:
+                log.warning("adapter %s marked failed: every worker placed for it refused it (%s: %s)",
+                            name, mark.reason, mark.detail)
+            elif written:
+                log.info("adapter %s no longer marked failed: a worker holds it", name)
 
     # -- agents -----------------------------------------------------------------------------
     def _sync_agents(self) -> None:
@@ -323,12 +372,16 @@ class Reconciler:
         why = reason or (exc.reason if isinstance(exc, AdapterRejected) else "transient")
         detail = exc.detail if isinstance(exc, AdapterRejected) else str(exc)
         control = self._rt.config.control
-        delay = backoff_delay(book.attempts(adapter) + 1, control.retry_base_s, control.retry_max_s, self._rng)
+        cap = control.failed_retry_max_s if permanent else control.retry_max_s
+        delay = backoff_delay(book.attempts(adapter) + 1, control.retry_base_s, cap, self._rng)
         failure = book.failed(adapter, op=op, reason=why, detail=detail, permanent=permanent,
                               now=self._clock(), wall=self._wall(), key=key, retry_delay=delay)
         self._rt.metrics.adapter_ops.labels(op, "failed", why).inc()
-        if failure.attempts == 1 or permanent:
-            log.warning("%s of %s on worker %s failed (%s): %s", op, adapter, view.id, why, detail)
+        if failure.attempts == 1:
+            log.warning("%s of %s on worker %s failed (%s): %s; retrying with backoff", op, adapter, view.id,
+                        why, detail)
+        if permanent:
+            self._wake.set()
 
     # -- metrics ----------------------------------------------------------------------------
     def _update_metrics(self) -> None:
@@ -350,4 +403,10 @@ class Reconciler:
                     unmet[(worker, name)] = self._unmet_since.get((worker, name), now)
         self._unmet_since = unmet
         metrics.reconcile_lag.set(now - min(unmet.values(), default=now))
+        failed = {metrics.adapter(r.name) for r in fleet.catalog.values() if r.failed is not None}
+        for label in self._failed_labels - failed:
+            metrics.adapter_failed.remove(label)
+        for label in failed:
+            metrics.adapter_failed.labels(label).set(1)
+        self._failed_labels = failed
 

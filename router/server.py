@@ -69,7 +69,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
     static_urls = options.workers or loaded.config.workers
     discovery = (StaticDiscovery(static_urls, api_key=loaded.secrets.worker_api_key) if static_urls
                  else WorkerRegistry(client))
-    reconciler = Reconciler(runtime)
+    reconciler = Reconciler(runtime, catalog=catalog)
     control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog)
     await _until_etcd_answers("declare the config's adapters", lambda: declare_config_adapters(catalog, runtime))
 

@@ -13,6 +13,8 @@ class Registered(msgspec.Struct):
     path: str
     rank: int
     created: int
+    int_id: int
+    """vLLM's lora_int_id: numbered from 1 in load order, kept by an in-place reload."""
 
 
 class RegistryError(Exception):
@@ -29,6 +31,7 @@ class AdapterRegistry:
         self.max_lora_rank = max_lora_rank
         self.base_model = base_model
         self.adapters: dict[str, Registered] = {}
+        self._last_id = 0
 
     def check(self, name: str, path: str, inplace: bool) -> int:
         """Validate a load without changing anything; returns the adapter's rank."""
@@ -51,9 +54,18 @@ class AdapterRegistry:
         return rank
 
     def add(self, name: str, path: str, rank: int, created: int) -> None:
-        self.adapters[name] = Registered(name=name, path=path, rank=rank, created=created)
+        known = self.adapters.get(name)
+        if known is None:
+            self._last_id += 1
+        int_id = known.int_id if known is not None else self._last_id
+        self.adapters[name] = Registered(name=name, path=path, rank=rank, created=created, int_id=int_id)
 
-    def remove(self, name: str) -> None:
-        if name not in self.adapters:
+    def remove(self, name: str, int_id: int | None = None) -> None:
+        """vLLM refuses an unload whose lora_int_id names another registration (vLLM PR #43778)."""
+        known = self.adapters.get(name)
+        if known is None:
             raise RegistryError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        if int_id is not None and int_id != known.int_id:
+            raise RegistryError(400, f"The requested lora_int_id {int_id} does not match loaded adapter '{name}' "
+                                f"with id {known.int_id}.", "BadRequestError", "lora_int_id")
         del self.adapters[name]

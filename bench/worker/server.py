@@ -191,7 +191,7 @@ class SimulatedWorker:
     async def unload(self, request: web.Request) -> web.Response:
         parsed = await self._decode(request, UnloadRequest)
         try:
-            self.registry.remove(parsed.lora_name)
+            self.registry.remove(parsed.lora_name, parsed.lora_int_id)
         except RegistryError as exc:
             return error_body(exc.status, exc.message, exc.type, exc.param)
         self.engine.model.forget_host(parsed.lora_name)

@@ -15,13 +15,15 @@ from discovery.errors import DiscoveryError
 from discovery.registry import WorkerRegistry
 from discovery.stores import CatalogStore, PlacementStore
 
-HELP = "Show a fleet from etcd: registered workers, the leader, catalog adapters with their replica sets."
+HELP = ("Show a fleet from etcd: registered workers, the leader, catalog adapters with their replica sets "
+        "and, for an adapter marked failed, why.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_etcd_arguments(p)
     p.add_argument("--json", action="store_true",
-                   help='print {"workers": [...], "leader": id|null, "adapters": {name: {"replicas": [...]}}}')
+                   help='print {"workers": [...], "leader": id|null, '
+                        '"adapters": {name: {"replicas": [...], "failed": {reason, detail, workers, since}|null}}}')
 
 
 async def fleet_status(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,7 +40,8 @@ async def fleet_status(args: argparse.Namespace) -> dict[str, Any]:
         "workers": [{"id": w.id, "url": w.url, "base_model": w.base_models[0], "slots": w.slots,
                      "instance": w.instance} for w in membership.workers.values()],
         "leader": leader.value.decode(errors="replace") if leader is not None else None,
-        "adapters": {name: {"replicas": list(sets[name].workers) if name in sets else []} for name in catalog},
+        "adapters": {name: {"replicas": list(sets[name].workers) if name in sets else [],
+                            "failed": msgspec.to_builtins(record.failed)} for name, record in catalog.items()},
     }
 
 
@@ -47,9 +50,13 @@ def render(status: dict[str, Any]) -> str:
     lines += [f"  {w['id']:<16} {w['url']:<32} {w['base_model']:<24} slots={w['slots']:<3} instance={w['instance']}"
               for w in status["workers"]]
     lines.append(f"adapters: {len(status['adapters'])}")
-    lines += [f"  {name:<32} replicas: {', '.join(a['replicas']) or '(none)'}"
+    lines += [f"  {name:<32} replicas: {', '.join(a['replicas']) or '(none)'}{_failed(a['failed'])}"
               for name, a in status["adapters"].items()]
     return "\n".join(lines)
+
+
+def _failed(failed: dict[str, Any] | None) -> str:
+    return f"  FAILED ({failed['reason']}): {failed['detail']}" if failed else ""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from allocator.model import Action, Placement, ReplicaSet
 from allocator.plan import DesiredIndex
-from discovery.records import AdapterRecord
+from discovery.records import AdapterFailure, AdapterRecord
 from router.reconcile_plan import (
+    Failure,
     WorkerBook,
     WorkerWork,
     backoff_delay,
+    failure_marks,
     stale,
     worker_work,
 )
@@ -112,13 +115,15 @@ def test_a_transient_failure_waits_for_its_backoff() -> None:
     assert "a" not in book.failures and book.may_try("a", 12.0, key)
 
 
-def test_a_permanent_failure_holds_until_the_source_or_config_changes() -> None:
+def test_a_permanent_failure_is_retried_after_its_backoff_or_at_once_when_the_source_or_config_changes() -> None:
     book = WorkerBook()
     key = ("/adapters/a", "v1")
-    book.failed("a", op="load", reason="rank_too_high", detail="rank 64 > 16", permanent=True, now=1.0,
-                wall=1e9, key=key, retry_delay=0.5)
-    assert not book.may_try("a", 1e6, key)
-    assert book.failures["a"].reason == "rank_too_high"
+    book.failed("a", op="load", reason="not_found", detail="No adapter found", permanent=True, now=1.0,
+                wall=1e9, key=key, retry_delay=60.0)
+    assert not book.may_try("a", 60.0, key)
+    assert book.may_try("a", 61.0, key), "files may appear later: a refused load is retried"
+    assert book.failures["a"].reason == "not_found" and book.refusal("a", key) is book.failures["a"]
+    assert book.refusal("a", ("/adapters/a", "v2")) is None
     assert book.may_try("a", 2.0, ("/adapters/a", "v2"))
     assert "a" not in book.failures
 
@@ -131,3 +136,20 @@ def test_next_wake_is_the_earliest_due_thing() -> None:
     assert book.next_wake(10.0, 0.05) == 2.0
     book.draining_since["b"] = 9.0
     assert book.next_wake(10.0, 0.05) == pytest.approx(0.05)
+
+
+def test_failure_marks_only_when_every_placed_worker_refused_and_cleared_by_a_holder() -> None:
+    catalog = _catalog("a", "b", "c")
+    placement = Placement(epoch=1, replica_sets={n: ReplicaSet(workers=("w1", "w2"), replicas=2) for n in catalog})
+    refusal = Failure(op="load", reason="not_found", detail="No adapter found", permanent=True, attempts=1, at=5.0)
+    refused = {"a": {"w1": refusal, "w2": refusal}, "b": {"w1": refusal}}
+    marks = failure_marks(catalog, placement, lambda n: set(), refused, {"w1", "w2"}, now=100.0)
+    assert marks == {"a": AdapterFailure(reason="not_found", detail="No adapter found", workers=("w1", "w2"),
+                                         since=100.0)}, "b: w2 not refused yet; c: nothing refused"
+    marked = {**catalog, "a": msgspec.structs.replace(catalog["a"], failed=marks["a"])}
+    assert failure_marks(marked, placement, lambda n: set(), refused, {"w1", "w2"}, now=200.0) == {}, "no rewrite"
+    assert failure_marks(marked, placement, lambda n: set(), {}, {"w1", "w2"}, now=200.0) == {}, "retries keep it"
+    assert failure_marks(marked, placement, lambda n: {"w2"} if n == "a" else set(), {}, {"w1", "w2"},
+                         now=200.0) == {"a": None}, "a holder clears the mark"
+    assert failure_marks(catalog, placement, lambda n: set(), {"b": {"w1": refusal}}, {"w1"}, now=1.0)["b"].workers \
+        == ("w1",), "a departed worker is not waited for"

@@ -100,7 +100,7 @@ async def test_status_json_shape(etcd: EmbeddedEtcd, clients: MakeClient) -> Non
     assert json.loads(done.stdout) == {
         "workers": [{"id": "w1", "url": "http://h:1", "base_model": "base", "slots": 4, "instance": "i-1"}],
         "leader": "router-7",
-        "adapters": {"a": {"replicas": ["w1"]}, "b": {"replicas": []}},
+        "adapters": {"a": {"replicas": ["w1"], "failed": None}, "b": {"replicas": [], "failed": None}},
     }
     human = await asyncio.to_thread(subprocess.run, argv[:-1], capture_output=True, text=True, timeout=30)
     assert "w1" in human.stdout and "leader: (none)" in human.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -19,9 +20,9 @@ CATALOG = {
 ALIASES = {"support": {"support-v1": 90.0, "support-v2": 10.0}}
 
 
-def _resolve(model: str, caller: Caller = OPEN, user: str = "") -> Target:
+def _resolve(model: str, caller: Caller = OPEN, user: str = "", rng: random.Random | None = None) -> Target:
     return resolve(model, caller=caller, bases={"llama", "mistral"}, catalog=CATALOG, aliases=ALIASES,
-                   sticky_key=user)
+                   sticky_key=user, rng=rng or random.Random(0))
 
 
 def test_adapter_and_base_at_adapter() -> None:
@@ -43,6 +44,12 @@ def test_aliases_split_by_weight_and_stick_per_user() -> None:
     picks = Counter(_resolve("support", user=f"user-{i}").adapter for i in range(2000))
     assert 0.85 < picks["support-v1"] / 2000 < 0.95
     assert {_resolve("support", user="alice").adapter for _ in range(20)} == {_resolve("support", user="alice").adapter}
+
+
+def test_an_alias_without_a_sticky_key_is_drawn_by_weight_per_request() -> None:
+    rng = random.Random(7)
+    picks = Counter(_resolve("support", rng=rng).adapter for _ in range(2000))
+    assert 0.87 < picks["support-v1"] / 2000 < 0.93
 
 
 def test_other_tenants_adapters_and_unknown_names_are_the_same_404() -> None:
