@@ -29,6 +29,7 @@ from router.errors import ColdStartTimeout, NoWorkerAvailable
 from router.fleet import Fleet, WorkerView
 from router.metrics import RouterMetrics
 from router.picking import first_with_room
+from router.sources import cached_first
 from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class ColdStarter:
 
     async def ensure_loaded(self, adapter: str) -> None:
         """Return once some worker holds `adapter`; raise 503 if that takes too long."""
-        task = self._task(adapter, "", lambda: self._load(adapter, self.ranked(adapter), cold=True))
+        task = self._task(adapter, "", lambda: self._load(
+            adapter, cached_first(self.ranked(adapter), self._fleet.catalog[adapter]), cold=True))
         started = time.monotonic()
         timeout = self._timeout_s()
         try:
@@ -117,7 +119,7 @@ class ColdStarter:
         reasons: list[str] = []
         for view in ranked:
             try:
-                await self._client.load(view.url, record)
+                await self._client.load(view.url, record, wait_s=self._timeout_s())
             except (WorkerCallFailed, AdapterRejected) as exc:
                 reasons.append(f"{view.id}: {exc}")
                 continue

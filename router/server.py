@@ -77,6 +77,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
         async for membership in discovery.watch():
             change = runtime.fleet.set_membership(membership.workers)
             runtime.refresh_worker_keys()
+            runtime.sources.notify()
             if change:
                 reconciler.on_membership(change)
                 control.trigger()

@@ -1,0 +1,71 @@
+"""A real S3 API server's client side for the tests: uploads of real adapter files and archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from router.devfleet import make_adapter_dir
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-never-logged",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+BUCKET = "adapters"
+
+
+class S3:
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+
+        self.endpoint = endpoint
+        self.client: Any = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        self.client.create_bucket(Bucket=BUCKET)
+
+    def upload_dir(self, local: Path, prefix: str) -> str:
+        """Every file of `local` under s3://adapters/PREFIX/; the source URI."""
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                self.client.put_object(Bucket=BUCKET, Key=f"{prefix}/{path.relative_to(local)}",
+                                       Body=path.read_bytes())
+        return f"s3://{BUCKET}/{prefix}"
+
+    def put(self, key: str, body: bytes) -> str:
+        self.client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        return f"s3://{BUCKET}/{key}"
+
+    def delete_prefix(self, prefix: str) -> None:
+        listing = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        for obj in listing.get("Contents", []):
+            self.client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+
+def adapter_files(root: Path, name: str, rank: int = 8, weights: int = 64 * 1024) -> Path:
+    """An adapter directory with its config and `weights` bytes of (fake) weights."""
+    path = make_adapter_dir(root, name, rank)
+    (path / "adapter_model.safetensors").write_bytes(os.urandom(weights))
+    return path
+
+
+def tarball(members: dict[str, bytes], *, symlink: tuple[str, str] | None = None) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if symlink is not None:
+            info = tarfile.TarInfo(symlink[0])
+            info.type = tarfile.SYMTYPE
+            info.linkname = symlink[1]
+            tar.addfile(info)
+    return out.getvalue()
+
+
+def adapter_config(rank: int = 8) -> bytes:
+    return json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
+                       "target_modules": ["q_proj"], "base_model_name_or_path": "sim"}).encode()
