@@ -3,30 +3,20 @@ that fetch from it into a cache directory beside simulated workers."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from s3_helpers import CREDENTIALS, S3
+from s3_helpers import CREDENTIALS, S3, moto_server
 
 from discovery.embedded import EmbeddedEtcd
-from discovery.ports import free_port
 from router.procs import ManagedProcess, python_cli
 
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[S3]:
-    port = free_port()
-    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    proc = ManagedProcess([moto, "-H", "127.0.0.1", "-p", str(port)],
-                          health_url=f"http://127.0.0.1:{port}/moto-api/", log_path=tmp_path / "moto.log")
-    proc.start(timeout_s=60)
-    try:
-        yield S3(f"http://127.0.0.1:{port}")
-    finally:
-        proc.kill()
+    with moto_server(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

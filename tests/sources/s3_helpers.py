@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from discovery.ports import free_port
 from router.devfleet import make_adapter_dir
+from router.procs import ManagedProcess
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-never-logged",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -69,3 +75,17 @@ def tarball(members: dict[str, bytes], *, symlink: tuple[str, str] | None = None
 def adapter_config(rank: int = 8) -> bytes:
     return json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
                        "target_modules": ["q_proj"], "base_model_name_or_path": "sim"}).encode()
+
+
+@contextmanager
+def moto_server(log_dir: Path) -> Iterator[S3]:
+    """moto's standalone S3 server as its own process on a free loopback port, with the bucket made."""
+    port = free_port()
+    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = ManagedProcess([moto, "-H", "127.0.0.1", "-p", str(port)],
+                          health_url=f"http://127.0.0.1:{port}/moto-api/", log_path=log_dir / "moto.log")
+    proc.start(timeout_s=60)
+    try:
+        yield S3(f"http://127.0.0.1:{port}")
+    finally:
+        proc.kill()
