@@ -173,11 +173,15 @@ def _hf(source: str, staging: Path, hf_download: HfDownload | None) -> None:
 
     repo, revision = split_hf(source)
     fetch = hf_download or snapshot_download
+    gone = (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError)
     try:
         fetch(repo_id=repo, revision=revision, local_dir=str(staging))
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as exc:
-        raise FetchError("not_found", f"{source}: {type(exc).__name__}") from None
     except (errors.LocalEntryNotFoundError, errors.HfHubHTTPError, OSError) as exc:
+        # snapshot_download reports a refused API call as "not in the local cache either", the refusal
+        # being its cause: a missing repo or revision is final, anything else is worth another try.
+        cause = exc if isinstance(exc, gone) else exc.__cause__
+        if isinstance(cause, gone):
+            raise FetchError("not_found", f"{source}: {type(cause).__name__}") from None
         raise FetchError("unreachable", f"{source}: {type(exc).__name__}", permanent=False) from None
     marker = staging / ".cache"
     if marker.is_dir():
