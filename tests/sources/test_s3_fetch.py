@@ -14,6 +14,7 @@ import pytest
 from s3_helpers import S3, adapter_config, adapter_files, tarball
 
 from discovery.fetch.layout import entry_name
+from discovery.ports import free_port
 from router.devfleet import sim_worker, worker_url
 from router.procs import ManagedProcess
 
@@ -46,6 +47,18 @@ def _roots(worker: str) -> dict[str, str]:
     return {m["id"]: m["root"] for m in listing["data"] if m.get("parent")}
 
 
+def _fetch_metrics(port: int) -> dict[str, float]:
+    """The registrar's fetcher metrics (unlabelled series) from its /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {name: float(value) for line in text.splitlines() if line and not line.startswith("#")
+            and "{" not in line for name, value in [line.rsplit(" ", 1)]}
+
+
+def local_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_restart(
         tmp_path: Path, s3: S3, start_workers: Callable, start_router: Callable, start_registrar: Callable,
         poll_until: Callable) -> None:
@@ -53,7 +66,9 @@ def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
     url = worker_url(worker)
     cache = tmp_path / "cache"
-    registrar = start_registrar(url, cache, "--allow-source", "s3://adapters/")
+    first_port, second_port = free_port(), free_port()
+    registrar = start_registrar(url, cache, "--allow-source", "s3://adapters/", "--metrics-port", str(first_port),
+                                "--metrics-host", "127.0.0.1")
     router = start_router(_config([{"name": "a1", "source": source}]), ready=False)
 
     poll_until(lambda: _served(router.url, "a1"), timeout_s=30, what="the s3 adapter served through the router")
@@ -62,13 +77,19 @@ def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_
     assert (local / "adapter_config.json").read_bytes() == (tmp_path / "src/a1/adapter_config.json").read_bytes()
     assert (local / "adapter_model.safetensors").stat().st_size == 64 * 1024
     assert list((cache / ".tmp").iterdir()) == []
+    first = _fetch_metrics(first_port)
+    assert first["lora_router_fetch_cache_misses_total"] == 1 and first["lora_router_fetch_cache_hits_total"] == 0
+    assert first["lora_router_fetch_bytes_total"] == local_bytes(local)
+    assert first["lora_router_fetch_download_seconds_count"] == 1
+    assert first["lora_router_fetch_cache_bytes"] == local_bytes(local)
 
     # Restart the worker and its registrar; the object is gone from S3, so only the cache can serve it.
     s3.delete_prefix("team/a1")
     registrar.kill()
     worker.kill()
     sim_worker(tmp_path, port=int(url.rsplit(":", 1)[1]), extra_args=("--speed", "0.01")).start()
-    restarted = start_registrar(url, cache, "--allow-source", "s3://adapters/")
+    restarted = start_registrar(url, cache, "--allow-source", "s3://adapters/", "--metrics-port",
+                                str(second_port), "--metrics-host", "127.0.0.1")
     poll_until(lambda: "registered worker" in restarted.log_path.read_text(), timeout_s=30,
                what="the restarted registrar registered the worker")
     poll_until(lambda: _roots(url).get("a1") == str(local), timeout_s=30,
@@ -76,6 +97,9 @@ def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_
     assert _served(router.url, "a1")
     log = restarted.log_path.read_text()
     assert "1 entries" in log and ": fetched s3:" not in log and "fetch of" not in log, log
+    second = _fetch_metrics(second_port)
+    assert second["lora_router_fetch_cache_hits_total"] == 1 and second["lora_router_fetch_cache_misses_total"] == 0
+    assert second["lora_router_fetch_bytes_total"] == 0
     assert "test-secret-never-logged" not in log + registrar.log_path.read_text()
 
 
@@ -121,7 +145,8 @@ def test_a_bad_object_is_refused_with_its_reason_in_the_catalog(
     source = s3.put(key, body)
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
     cache = tmp_path / "cache"
-    start_registrar(worker_url(worker), cache)
+    port = free_port()
+    start_registrar(worker_url(worker), cache, "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
     router = start_router(_config([{"name": "bad", "source": source}]), ready=False)
 
     def failure() -> dict[str, Any] | None:
@@ -132,6 +157,8 @@ def test_a_bad_object_is_refused_with_its_reason_in_the_catalog(
     got = poll_until(failure, timeout_s=30, what="the fetch failure in the catalog")
     assert got["reason"] == "fetch_failed" and got["permanent"], got
     assert reason in got["detail"] and source in got["detail"], got
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert f'lora_router_fetch_failures_total{{reason="{reason}"}} 1.0' in r.read().decode()
     assert [p.name for p in cache.iterdir()] == [".tmp"] and list((cache / ".tmp").iterdir()) == []
     assert not (tmp_path / "escaped").exists() and not (cache.parent / "escaped").exists()
     status, error = _call(router.url + "/v1/completions", {"model": "bad", "prompt": "hi", "max_tokens": 2})
