@@ -181,3 +181,23 @@ def test_registrar_without_a_cache_leaves_s3_sources_refused_with_a_reason(
         assert got["reason"] == "no_fetcher" and "--cache-dir" in got["detail"], got
     finally:
         proc.kill()
+
+
+def test_first_requests_for_a_new_s3_adapter_wait_for_its_download_instead_of_failing(
+        tmp_path: Path, s3: S3, start_workers: Callable, start_router: Callable, start_registrar: Callable) -> None:
+    """Cold start: the requests that arrive while the worker's fetcher downloads wait (one shared load, at
+    most cold_start_timeout_s) and are answered, not turned away with a 503."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = s3.upload_dir(adapter_files(tmp_path / "src", "cold", weights=2 << 20), "team/cold")
+    worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
+    start_registrar(worker_url(worker), tmp_path / "cache")
+    router = start_router(_config())
+    status, _ = _call(router.url + "/v1/loras", {"lora_name": "cold", "source": {"uri": source},
+                                                 "base_model": "sim-base"})
+    assert status == 201
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _call(router.url + "/v1/completions",
+                                                {"model": "cold", "prompt": "hi", "max_tokens": 2}), range(4)))
+    assert [code for code, _ in answers] == [200] * 4, answers
+    assert _roots(worker_url(worker))["cold"] == str(tmp_path / "cache" / entry_name(source))
