@@ -4,6 +4,7 @@ beside a simulated worker, a real router process loading the local copy and serv
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -201,3 +202,34 @@ def test_first_requests_for_a_new_s3_adapter_wait_for_its_download_instead_of_fa
                                                 {"model": "cold", "prompt": "hi", "max_tokens": 2}), range(4)))
     assert [code for code, _ in answers] == [200] * 4, answers
     assert _roots(worker_url(worker))["cold"] == str(tmp_path / "cache" / entry_name(source))
+
+
+def test_a_cold_start_goes_to_the_worker_that_has_the_adapter_cached(
+        tmp_path: Path, s3: S3, start_workers: Callable, start_router: Callable, start_registrar: Callable,
+        poll_until: Callable) -> None:
+    """With no replica placed (min_replicas 0), the first request loads the adapter on its best-ranked
+    worker; the one that already has it on disk beats the HRW-first one that would have to download."""
+    from allocator.hrw import rank_workers
+    from allocator.model import Worker
+    from discovery.records import worker_id_for
+
+    source = s3.upload_dir(adapter_files(tmp_path / "src", "warm"), "team/warm")
+    urls = [worker_url(w) for w in start_workers(2, extra_args=("--speed", "0.01"))]
+    ranked = [w.id for w in rank_workers("warm", [Worker(id=worker_id_for(u), base_model="sim-base") for u in urls])]
+    second = next(u for u in urls if worker_id_for(u) == ranked[1])
+    for url in urls:  # the second-ranked worker's cache already holds the adapter (e.g. from an earlier run)
+        cache = tmp_path / f"cache-{url.rsplit(':', 1)[1]}"
+        if url == second:
+            shutil.copytree(tmp_path / "src" / "warm", cache / entry_name(source))
+        start_registrar(url, cache)
+    config = {**_config([{"name": "warm", "source": source}]), "placement": {"defaults": {"min_replicas": 0}}}
+    router = start_router(config)
+    poll_until(lambda: len(_call(router.url + "/v1/router/status")[1]["workers"]) == 2, timeout_s=20,
+               what="both workers known")
+    req = urllib.request.Request(router.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"model": "warm", "prompt": "hi", "max_tokens": 2}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as reply:
+        assert reply.status == 200
+        assert reply.headers["x-lora-router-worker"] == worker_id_for(second)
+    assert "warm" in _roots(second) and all("warm" not in _roots(u) for u in urls if u != second)
