@@ -192,16 +192,23 @@ def test_first_requests_for_a_new_s3_adapter_wait_for_its_download_instead_of_fa
 
     source = s3.upload_dir(adapter_files(tmp_path / "src", "cold", weights=2 << 20), "team/cold")
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
-    start_registrar(worker_url(worker), tmp_path / "cache")
+    port = free_port()
+    start_registrar(worker_url(worker), tmp_path / "cache", "--metrics-port", str(port), "--metrics-host",
+                    "127.0.0.1")
     router = start_router(_config())
-    status, _ = _call(router.url + "/v1/loras", {"lora_name": "cold", "source": {"uri": source},
-                                                 "base_model": "sim-base"})
-    assert status == 201
+    for name in ("cold", "cold-twin"):  # two names, one source: one cache entry, one download
+        status, _ = _call(router.url + "/v1/loras", {"lora_name": name, "source": {"uri": source},
+                                                     "base_model": "sim-base"})
+        assert status == 201
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: _call(router.url + "/v1/completions",
-                                                {"model": "cold", "prompt": "hi", "max_tokens": 2}), range(4)))
+        answers = list(pool.map(lambda i: _call(router.url + "/v1/completions", {
+            "model": ("cold", "cold-twin")[i % 2], "prompt": "hi", "max_tokens": 2}), range(4)))
     assert [code for code, _ in answers] == [200] * 4, answers
-    assert _roots(worker_url(worker))["cold"] == str(tmp_path / "cache" / entry_name(source))
+    roots = _roots(worker_url(worker))
+    assert roots["cold"] == roots["cold-twin"] == str(tmp_path / "cache" / entry_name(source))
+    metrics = _fetch_metrics(port)
+    assert metrics["lora_router_fetch_download_seconds_count"] == 1
+    assert metrics["lora_router_fetch_bytes_total"] == local_bytes(tmp_path / "src" / "cold")
 
 
 def test_a_cold_start_goes_to_the_worker_that_has_the_adapter_cached(
