@@ -126,11 +126,16 @@ async def _main(etcd: EtcdSettings, config: RegistrarConfig, api_key: str | None
             if metrics_addr is not None:
                 start_http_server(metrics_addr[1], metrics_addr[0], registry=fetcher.metrics.registry)
             fetching = asyncio.create_task(fetcher.run(), name="fetcher")
+            # A fetcher that dies stops the registrar too: a worker whose adapters can no longer arrive
+            # must not stay announced as if they could.
+            fetching.add_done_callback(lambda _t: stop.set())
             try:
                 await registrar.run(stop)
             finally:
                 fetching.cancel()
                 await asyncio.gather(fetching, return_exceptions=True)
+            if not fetching.cancelled() and fetching.exception() is not None:
+                raise fetching.exception()  # type: ignore[misc]
     finally:
         await client.close()
 
