@@ -240,3 +240,18 @@ def test_a_cold_start_goes_to_the_worker_that_has_the_adapter_cached(
         assert reply.status == 200
         assert reply.headers["x-lora-router-worker"] == worker_id_for(second)
     assert "warm" in _roots(second) and all("warm" not in _roots(u) for u in urls if u != second)
+
+
+def test_the_fetcher_refuses_a_source_outside_its_allow_list(
+        tmp_path: Path, s3: S3, start_workers: Callable, start_router: Callable, start_registrar: Callable,
+        poll_until: Callable) -> None:
+    """The worker side keeps its own allow-list (--allow-source): a catalog written by a laxer router
+    still cannot make it download from anywhere."""
+    source = s3.upload_dir(adapter_files(tmp_path / "src", "elsewhere"), "other-team/elsewhere")
+    worker = start_workers(1)[0]
+    start_registrar(worker_url(worker), tmp_path / "cache", "--allow-source", "s3://adapters/team/")
+    router = start_router(_config([{"name": "elsewhere", "source": source}]), ready=False)
+    got = poll_until(lambda: next((f for f in _call(router.url + "/v1/loras/elsewhere")[1].get("failures", {})
+                                   .values() if f["permanent"]), None), timeout_s=30, what="the refusal")
+    assert got["reason"] == "fetch_failed" and "not_allowed" in got["detail"], got
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".tmp"]
