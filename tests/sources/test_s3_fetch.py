@@ -88,14 +88,22 @@ def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_
     s3.delete_prefix("team/a1")
     registrar.kill()
     worker.kill()
-    sim_worker(tmp_path, port=int(url.rsplit(":", 1)[1]), extra_args=("--speed", "0.01")).start()
-    restarted = start_registrar(url, cache, "--allow-source", "s3://adapters/", "--metrics-port",
+    again = sim_worker(tmp_path, port=int(url.rsplit(":", 1)[1]), extra_args=("--speed", "0.01")).start()
+    try:
+        _after_restart(tmp_path, url, local, router.url, registrar, start_registrar, poll_until, second_port)
+    finally:
+        again.kill()
+
+
+def _after_restart(tmp_path: Path, url: str, local: Path, router: str, registrar: ManagedProcess,
+                   start_registrar: Callable, poll_until: Callable, second_port: int) -> None:
+    restarted = start_registrar(url, tmp_path / "cache", "--allow-source", "s3://adapters/", "--metrics-port",
                                 str(second_port), "--metrics-host", "127.0.0.1")
     poll_until(lambda: "registered worker" in restarted.log_path.read_text(), timeout_s=30,
                what="the restarted registrar registered the worker")
     poll_until(lambda: _roots(url).get("a1") == str(local), timeout_s=30,
                what="the restarted worker re-loaded a1 from the cache")
-    assert _served(router.url, "a1")
+    assert _served(router, "a1")
     log = restarted.log_path.read_text()
     assert "1 entries" in log and ": fetched s3:" not in log and "fetch of" not in log, log
     second = _fetch_metrics(second_port)
