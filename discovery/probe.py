@@ -79,6 +79,14 @@ class WorkerProbe:
             raise WorkerNotVllm(f"{self.url}/v1/models lists no base model")
         return bases
 
+    async def adapters(self) -> set[str]:
+        """The LoRA adapters the worker holds now (entries of /v1/models with a parent)."""
+        try:
+            listing = msgspec.json.decode(await self._get("/v1/models"), type=ModelList)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise WorkerNotVllm(f"{self.url}/v1/models is not an OpenAI model list: {exc}") from None
+        return {m.id for m in listing.data if m.parent is not None}
+
     async def metrics(self) -> tuple[int | None, float | None]:
         """(max_lora, start time) from /metrics; (None, None) when the worker has no metrics page."""
         try:

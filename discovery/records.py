@@ -35,6 +35,13 @@ class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True):
     api_key_ref: str | None = None
     """Where the ROUTER finds this worker's API key (a file path or env var name); never the key itself."""
     registered_at: float = 0.0
+    cache_dir: str | None = None
+    """Where this worker's fetcher puts remote adapters (discovery.fetch), as the worker reads the path;
+    None when the registrar fetches nothing (remote sources then go to the worker unchanged)."""
+    cached: tuple[str, ...] = ()
+    """Cache entries (discovery.fetch.layout.entry_name of a source) complete on the worker's disk."""
+    fetch_failures: dict[str, str] = {}
+    """Cache entry -> why fetching its source failed for good ("reason: detail"); cleared by a new source."""
 
     def to_worker(self) -> Worker:
         return Worker(id=self.id, base_model=self.base_models[0] if self.base_models else "",

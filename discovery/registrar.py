@@ -44,6 +44,8 @@ class RegistrarConfig(msgspec.Struct, frozen=True, kw_only=True):
     health_interval_s: float = 2.0
     restart_check_every: int = 5
     """Read the worker's start time every this many health checks (0: never)."""
+    cache_dir: str | None = None
+    """The adapter cache this registrar's fetcher fills (discovery.fetch), as the worker sees the path."""
 
 
 def worker_record(config: RegistrarConfig, facts: WorkerFacts, instance: str, now: float) -> WorkerRecord:
@@ -52,7 +54,7 @@ def worker_record(config: RegistrarConfig, facts: WorkerFacts, instance: str, no
         id=config.worker_id or worker_id_for(config.worker_url), url=config.worker_url.rstrip("/"),
         base_models=facts.base_models, slots=config.slots, weight=config.weight,
         max_lora_rank=config.max_lora_rank, max_loras=facts.max_loras, instance=instance,
-        labels=dict(config.labels), api_key_ref=config.api_key_ref, registered_at=now)
+        labels=dict(config.labels), api_key_ref=config.api_key_ref, registered_at=now, cache_dir=config.cache_dir)
 
 
 class Registrar:
@@ -63,6 +65,26 @@ class Registrar:
         self.registration: Registration | None = None
         self.registrations = 0
         """How many times a record was registered (first start, comebacks, restarts caught by start time)."""
+        self._cache: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        self._cache_unsent = False
+
+    async def set_cache(self, cached: tuple[str, ...], failures: dict[str, str]) -> None:
+        """The fetcher's news: put it in the record now, or at the next health check if etcd is away."""
+        self._cache = (cached, failures)
+        self._cache_unsent = True
+        await self._send_cache()
+
+    async def _send_cache(self) -> None:
+        if self.registration is None or not self._cache_unsent:
+            return
+        cached, failures = self._cache
+        record = msgspec.structs.replace(self.registration.record, cached=cached, fetch_failures=failures)
+        try:
+            await self.registration.update(record)
+        except EtcdUnavailable as exc:
+            log.warning("could not publish the adapter cache of %s yet: %s", record.id, exc)
+            return
+        self._cache_unsent = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Register, watch, withdraw, again, until `stop` is set; then withdraw and return."""
@@ -94,7 +116,9 @@ class Registrar:
         return None
 
     async def _register(self, facts: WorkerFacts, stop: asyncio.Event) -> bool:
-        record = worker_record(self._config, facts, new_instance(facts.start_time), time.time())
+        record = msgspec.structs.replace(
+            worker_record(self._config, facts, new_instance(facts.start_time), time.time()),
+            cached=self._cache[0], fetch_failures=self._cache[1])
         reported = False
         while not stop.is_set():
             try:
@@ -106,6 +130,7 @@ class Registrar:
                 await wait_event(stop, 0.5)
                 continue
             self.registrations += 1
+            self._cache_unsent = False
             log.info("registered worker %s (%s) instance %s, bases %s, slots %d", record.id, record.url,
                      record.instance, ",".join(record.base_models), record.slots)
             return True
@@ -127,6 +152,7 @@ class Registrar:
                 continue
             failures = 0
             checks += 1
+            await self._send_cache()
             if start_time is not None and every and checks % every == 0:
                 _, now_started = await self._probe.metrics()
                 if now_started is not None and now_started != start_time and \

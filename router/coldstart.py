@@ -32,6 +32,7 @@ from router.errors import AdapterFailed, ColdStartTimeout, NoWorkerAvailable
 from router.fleet import Fleet, WorkerView
 from router.metrics import RouterMetrics
 from router.picking import first_with_room
+from router.sources import cached_first
 from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient, adapter_path
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class ColdStarter:
         record = self._fleet.catalog[adapter]
         if record.failed is not None:
             raise _failed(record, record.failed)
-        task = self._task(adapter, "", lambda: self._load(adapter, self.ranked(adapter), cold=True))
+        task = self._task(adapter, "", lambda: self._load(
+            adapter, cached_first(self.ranked(adapter), record), cold=True))
         started = time.monotonic()
         timeout = self._timeout_s()
         try:
@@ -123,7 +125,7 @@ class ColdStarter:
         reasons: list[str] = []
         for view in ranked:
             try:
-                await self._client.load(view.url, record)
+                await self._client.load(view.url, record, wait_s=self._timeout_s())
             except (WorkerCallFailed, AdapterRejected) as exc:
                 reasons.append(f"{view.id}: {exc}")
                 continue

@@ -51,7 +51,10 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allowed_path_prefixes: list[str] = []
     """Local adapter paths must resolve under one of these; empty = no local paths."""
     allowed_schemes: list[str] = msgspec.field(default_factory=lambda: ["file"])
-    """Source schemes the catalog accepts: file, hf, s3."""
+    """Source schemes the catalog accepts: file, s3, https, hf."""
+    allowed_source_prefixes: list[str] = []
+    """Remote sources (s3://, https://, hf://) must start with one of these, e.g. s3://bucket/adapters/ or
+    hf://my-org/ (the bucket or repo allow-list); empty = any source of an allowed scheme."""
     max_body_bytes: int = 4 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
     worker_header: bool = True

@@ -17,6 +17,7 @@ from router.fleet import Fleet
 from router.keyrefs import WorkerKeys, key_ref_path
 from router.metrics import RouterMetrics
 from router.retrybudget import RetryBudget
+from router.sources import SourceLocator
 from router.upstream import UpstreamPool
 from router.workers import WorkerClient
 
@@ -42,6 +43,8 @@ class RouterRuntime:
         self.auth_lines: dict[str, str] = {}
         self.upstream = UpstreamPool(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)
         self.workers = WorkerClient(session, loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
+        self.sources = SourceLocator(self.fleet)
+        self.workers.locate = self.sources.path
         self.apply_config(loaded)
         self.cold = ColdStarter(self.fleet, self.workers, self.metrics,
                                 lambda: self.config.timeouts.cold_start_timeout_s)

@@ -78,6 +78,7 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
             change = runtime.fleet.set_membership(membership.workers)
             runtime.refresh_worker_keys()
             runtime.metrics.workers_changed([*change.added, *change.restarted], change.removed)
+            runtime.sources.notify()
             if change:
                 reconciler.on_membership(change)
                 control.trigger()

@@ -25,9 +25,11 @@ from router.errors import InvalidAdapter
 NAME_MAX = 128
 SOURCE_MAX = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._/-]*)?")
 _S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-KNOWN_SCHEMES = ("file", "hf", "s3")
+KNOWN_SCHEMES = ("file", "hf", "s3", "https")
+_HTTPS_PATH = re.compile(r"/[A-Za-z0-9._~/%+-]*(\.tar\.gz|\.tgz|\.tar)")
+_SHA256 = re.compile(r"sha256=[0-9a-fA-F]{64}")
 
 
 def validate_name(name: object, *, reserved: Collection[str], param: str = "lora_name") -> str:
@@ -70,9 +72,29 @@ def validate_source(source: object, security: SecurityConfig, *, param: str = "l
                              param=param)
     if scheme == "file":
         return _local_uri(source, security, param, resolve)
-    if scheme == "hf":
-        return _hf(source, param)
-    return _s3(source, param)
+    canonical = _hf(source, param) if scheme == "hf" else _https(source, param) if scheme == "https" \
+        else _s3(source, param)
+    prefixes = security.allowed_source_prefixes
+    if prefixes and not any(canonical.startswith(p) for p in prefixes):
+        raise InvalidAdapter(f"The adapter source '{canonical}' is outside the allowed sources "
+                             "(security.allowed_source_prefixes).", param=param)
+    return canonical
+
+
+def _https(source: str, param: str) -> str:
+    """https://HOST[:PORT]/PATH.tar.gz (or .tgz, .tar), optionally #sha256=HEX: one archive the worker's
+    fetcher downloads, checks against the digest when given, and unpacks."""
+    parts = urlsplit(source)
+    fragment_ok = not parts.fragment or _SHA256.fullmatch(parts.fragment)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if not parts.hostname or parts.username or parts.password or not port_ok or parts.query or \
+            not fragment_ok or not _HTTPS_PATH.fullmatch(parts.path) or "/../" in parts.path + "/":
+        raise InvalidAdapter(f"Invalid https source '{source}': expected https://HOST/PATH.tar.gz (or .tgz, "
+                             ".tar), optionally ending #sha256=HEX, without credentials or a query.", param=param)
+    return "https://" + source[len("https://"):]
 
 
 def _local_uri(source: str, security: SecurityConfig, param: str, resolve: Callable[[str], str]) -> str:
@@ -109,7 +131,8 @@ def _is_under(path: str, root: str) -> bool:
 def _hf(source: str, param: str) -> str:
     repo = source[len("hf://"):]
     if not _HF_REPO.fullmatch(repo) or ".." in repo:
-        raise InvalidAdapter(f"Invalid Hugging Face source '{source}': expected hf://ORG/REPO.", param=param)
+        raise InvalidAdapter(f"Invalid Hugging Face source '{source}': expected hf://ORG/REPO[@REVISION].",
+                             param=param)
     return "hf://" + repo
 
 

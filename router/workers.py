@@ -8,6 +8,7 @@ too high, unauthorized), or a transient failure worth retrying.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -57,7 +58,7 @@ def adapter_path(source: str) -> str:
     if parts.scheme == "file":
         return parts.path
     if parts.scheme == "hf":
-        return parts.netloc + parts.path
+        return (parts.netloc + parts.path).partition("@")[0]
     return source
 
 
@@ -72,10 +73,20 @@ def error_message(body: bytes) -> str:
     return env.message or (env.error if isinstance(env.error, str) else "") or ""
 
 
+Locate = Callable[[str, AdapterRecord, float], Awaitable[str]]
+
+
+async def _source_path(base_url: str, adapter: AdapterRecord, wait_s: float) -> str:
+    return adapter_path(adapter.source)
+
+
 class WorkerClient:
     def __init__(self, session: aiohttp.ClientSession, api_key: str | None, timeout_s: float) -> None:
         self._session = session
         self._per_worker: dict[str, dict[str, str]] = {}
+        self.locate: Locate = _source_path
+        """(worker URL, adapter, seconds it may wait) -> the lora_path that worker loads; router.sources sets
+        it to the worker's local copy of a remote source."""
         self.configure(api_key, timeout_s)
 
     def configure(self, api_key: str | None, timeout_s: float) -> None:
@@ -110,9 +121,12 @@ class WorkerClient:
             raise WorkerCallFailed(f"GET {base_url}/v1/models: malformed body") from exc
         return {c.id for c in cards if c.parent is not None}
 
-    async def load(self, base_url: str, adapter: AdapterRecord, inplace: bool = False) -> None:
-        """`inplace` re-points a name the worker already has at the record's (new) source."""
-        body: dict[str, object] = {"lora_name": adapter.name, "lora_path": adapter_path(adapter.source)}
+    async def load(self, base_url: str, adapter: AdapterRecord, inplace: bool = False, *,
+                   wait_s: float = 0.0) -> None:
+        """`inplace` re-points a name the worker already has at the record's (new) source; `wait_s` bounds
+        the wait for a remote source's fetch beside the worker."""
+        path = await self.locate(base_url, adapter, wait_s)
+        body: dict[str, object] = {"lora_name": adapter.name, "lora_path": path}
         if inplace:
             body["load_inplace"] = True
         status, raw = await self._call("POST", base_url, "/v1/load_lora_adapter", body)

@@ -428,7 +428,10 @@ def test_readme_sidecar_example_matches_the_chart() -> None:
     def flags(args: list[str]) -> set[str]:
         return {a for a in args if a.startswith("--")}
 
-    required = flags(chart_registrar["args"]) - {"--weight", "--health-failures", "--health-interval", "--log-level"}
+    fetching = {"--cache-dir", "--cache-bytes", "--max-adapter-bytes", "--fetch-concurrency", "--metrics-port",
+                "--allow-source", "--s3-region", "--s3-endpoint-url"}  # optional: the README's fetch section
+    required = flags(chart_registrar["args"]) - {"--weight", "--health-failures", "--health-interval",
+                                                  "--log-level", *fetching}
     assert required <= flags(readme_registrar["args"])
     for name in ("--worker-url", "--worker-id", "--api-key-file", "--etcd-prefix"):
         assert flag(readme_registrar["args"], name) == flag(chart_registrar["args"], name), name
@@ -438,3 +441,32 @@ def test_readme_sidecar_example_matches_the_chart() -> None:
            "spec": {"containers": example["containers"], "volumes": example["volumes"]}}
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(pod, "1.28.0", strict=True)
+
+
+def test_registrar_fetches_into_a_cache_volume_vllm_reads_with_credentials_from_a_secret() -> None:
+    manifests = render(load_values(PRODUCTION_VALUES))
+    workers = find(manifests, "Deployment", VLLM)
+    registrar, vllm = container(workers, "registrar"), container(workers, "vllm")
+    args = parse_cli("register", registrar["args"])
+    assert (args.cache_dir, args.cache_bytes, args.max_adapter_bytes) == ("/adapter-cache", 100 << 30, 4 << 30)
+    assert (args.allow_source, args.s3_region, args.metrics_port) == (["s3://ml-adapters/prod/"], "eu-west-1", 9464)
+    mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in (registrar, vllm)}
+    assert mounts["registrar"]["adapter-cache"]["mountPath"] == "/adapter-cache"
+    assert not mounts["registrar"]["adapter-cache"].get("readOnly")
+    assert mounts["vllm"]["adapter-cache"] == {"name": "adapter-cache", "mountPath": "/adapter-cache",
+                                               "readOnly": True}
+    volumes = {v["name"]: v for v in pod_spec(workers)["volumes"]}
+    assert volumes["adapter-cache"]["persistentVolumeClaim"] == {"claimName": "lora-adapter-cache"}
+    assert registrar["envFrom"] == [{"secretRef": {"name": "adapter-store-credentials"}}]
+    assert not any("AWS" in e["name"] for e in registrar["env"])
+    assert registrar["resources"]["limits"]["memory"] == "1Gi"
+    assert rendered_config(manifests)["security"]["allowed_source_prefixes"] == ["s3://ml-adapters/prod/"]
+
+
+def test_fetch_off_by_default_and_an_empty_dir_cache_when_on_without_a_volume() -> None:
+    off = render({"workers": {"vllm": {"enabled": True}}})
+    assert "--cache-dir" not in container(find(off, "Deployment", VLLM), "registrar")["args"]
+    on = render({"workers": {"vllm": {"enabled": True}, "registrar": {"fetch": {"enabled": True}}}})
+    volumes = {v["name"]: v for v in pod_spec(find(on, "Deployment", VLLM))["volumes"]}
+    assert volumes["adapter-cache"]["emptyDir"] == {"sizeLimit": "20Gi"}
+    assert "envFrom" not in container(find(on, "Deployment", VLLM), "registrar")
