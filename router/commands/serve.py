@@ -13,9 +13,12 @@ from pathlib import Path
 
 import uvloop
 
+from allocator.config import ConfigError
 from discovery.embedded import EmbeddedEtcd
+from router.clikit import UsageError
+from router.config import load_config
 from router.procs import ManagedProcess, python_cli
-from router.server import ServeOptions, default_state_dir, serve
+from router.server import ServeOptions, default_state_dir, listen, serve
 
 HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconciliation."
 
@@ -33,12 +36,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None, help="where the embedded etcd keeps its data")
     p.add_argument("--etcd-prefix", default="/lora-router", help="key prefix in etcd (default /lora-router)")
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=_log_level,
+                   help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
+
+
+def _log_level(text: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return text.upper()
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        loaded = load_config(args.config)
+        # With --workers N the children listen; the parent's bind only proves the port is free for them.
+        listener = listen(args.host, args.port, reuse_port=args.reuse_port or args.workers > 1)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    if args.workers > 1:
+        listener.close()
     router_id = args.router_id or f"{socket.gethostname()}-{os.getpid()}"
     embedded: EmbeddedEtcd | None = None
     endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()] if args.etcd else []
@@ -52,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
         if args.workers > 1:
             return _run_children(args, router_id, endpoints)
         options = ServeOptions(config=args.config, host=args.host, port=args.port, etcd=endpoints,
-                               workers=args.worker, router_id=router_id, etcd_prefix=args.etcd_prefix,
-                               reuse_port=args.reuse_port)
+                               workers=args.worker, router_id=router_id, etcd_prefix=args.etcd_prefix)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(options))
+            runner.run(serve(options, loaded, listener))
         return 0
     finally:
         if embedded is not None:
