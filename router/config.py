@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from allocator.config import ConfigError, ReplicaConfig, decode_config
+from allocator.config import ConfigError, ReplicaConfig, decode_all
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -132,8 +132,12 @@ def key_digest(key: str) -> str:
 
 
 def parse_config(data: bytes, source: str) -> RouterConfig:
-    config = decode_config(data or b"{}", RouterConfig, source)
-    _check_references(config, source)
+    """The file's config, or a ConfigError listing every problem (schema and references), one per line."""
+    config, problems = decode_all(data or b"{}", RouterConfig, source)
+    if config is not None:
+        problems += _reference_problems(config, source)
+    if problems or config is None:
+        raise ConfigError("\n".join(problems))
     return config
 
 
@@ -151,19 +155,21 @@ def load_config(path: str | Path | None) -> LoadedConfig:
                         version=hashlib.sha256(data).hexdigest()[:12])
 
 
-def _check_references(config: RouterConfig, source: str) -> None:
+def _reference_problems(config: RouterConfig, source: str) -> list[str]:
+    problems = []
     names = {a.name for a in config.adapters}
     for alias, variants in config.aliases.items():
         if not variants:
-            raise ConfigError(f"{source}: aliases.{alias}: needs at least one variant")
+            problems.append(f"{source}: aliases.{alias}: needs at least one variant")
         for variant, weight in variants.items():
             if weight <= 0:
-                raise ConfigError(f"{source}: aliases.{alias}.{variant}: weight must be > 0, got {weight}")
+                problems.append(f"{source}: aliases.{alias}.{variant}: weight must be > 0, got {weight}")
         if alias in names:
-            raise ConfigError(f"{source}: aliases.{alias}: an adapter has the same name")
+            problems.append(f"{source}: aliases.{alias}: an adapter has the same name")
     for digest in [*config.auth.admin_keys_sha256, *(d for t in config.tenants.values() for d in t.keys_sha256)]:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ConfigError(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+            problems.append(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+    return problems
 
 
 def _read_keys(path: str, what: str, source: str) -> list[str]:

@@ -76,3 +76,26 @@ def test_serve_on_a_port_in_use_fails_before_writing_to_etcd(
                                         "--port", str(port), *extra))
             assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line
     assert _etcd_key_count(etcd, "/lora-router/") == 0, "the config's adapters were written before the bind"
+
+
+def test_config_check_reports_every_error_with_key_value_and_file(tmp_path: Path) -> None:
+    """Schema errors in several sections and list entries, and a reference error found on what is left valid."""
+    bad = tmp_path / "router.yaml"
+    bad.write_text("timeouts: {connect_s: soon, nope: 1}\n"
+                   "adapters:\n"
+                   "  - {name: 5, source: /a}\n"
+                   "  - {source: /c}\n"
+                   "  - {name: ok, source: /b, rank: x}\n"
+                   "aliases: {sup: {ok: -1}}\n"
+                   "control: {down_after_failures: 0}\n")
+    done = _cli("router", "config", "check", str(bad))
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"error: {bad}: {line}" for line in [
+        "timeouts.connect_s: Expected `float`, got `str` (got 'soon')",
+        "timeouts.nope: Object contains unknown field `nope` (got 1)",
+        "adapters[0].name: Expected `str`, got `int` (got 5)",
+        "adapters[1]: Object missing required field `name`",
+        "adapters[2].rank: Expected `int`, got `str` (got 'x')",
+        "control.down_after_failures: Expected `int` >= 1 (got 0)",
+        "aliases.sup.ok: weight must be > 0, got -1.0",
+    ]]
