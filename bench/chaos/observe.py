@@ -81,6 +81,27 @@ def rss_and_fds(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fds_besides_connections(pid: int) -> int:
+    """Open descriptors other than established TCP connections.
+
+    Live connections (clients' keep-alives, pooled ones to workers) come and go with the moment's concurrency
+    and are closed by their peers in time; everything else (files, pipes, event fds, listeners, a socket its
+    peer closed but the process never did) only grows if it leaks."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            established.update(fields[9] for fields in map(str.split, f) if fields[3] == "01")
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since the listing
+            continue
+        count += not (target.startswith("socket:[") and target[8:-1] in established)
+    return count
+
+
 async def usage(session: aiohttp.ClientSession, router: str, pid: int, since: float) -> Usage:
     async with session.get(router + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
         tasks = int(metric_sum(await r.text(), "lora_router_asyncio_tasks"))

@@ -1,0 +1,65 @@
+"""The soak's descriptor check on real processes: connection churn (what pooled keep-alives do under load)
+must not read as a leak, a real leak must.
+
+Issue 14 saw the quick soak fail on a busy machine with all open descriptors compared at two quiet
+moments (33 -> 44): the difference was pooled connections, whose number follows concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench.chaos.observe import fds_besides_connections
+from bench.chaos.scenarios.soak import FD_GROWTH, rise
+
+CHILD = r"""
+import os, random, socket, sys, time
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(512)
+kept, rng = [], random.Random(7)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    pairs = []
+    for _ in range(rng.randint(0, 30)):
+        client = socket.create_connection(server.getsockname())
+        pairs.append((client, server.accept()[0]))
+    time.sleep(0.05)
+    for client, accepted in pairs:
+        client.close(); accepted.close()
+    if sys.argv[1] == "leak":
+        kept.append(os.open(os.devnull, os.O_RDONLY))
+"""
+
+
+def _sample(mode: str, seconds: float = 4.0) -> tuple[list[int], list[int]]:
+    """(descriptors besides connections, all descriptors) of a child that churns connections, every 20 ms,
+    while it runs (the child goes on for a second longer than the sampling)."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(seconds + 1)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        besides, every = [], []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            besides.append(fds_besides_connections(child.pid))
+            every.append(len(os.listdir(f"/proc/{child.pid}/fd")))
+            time.sleep(0.02)  # the sampling pace
+        assert child.poll() is None, "the child ended before the sampling did"
+        return besides, every
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_connection_churn_is_not_a_leak() -> None:
+    besides, every = _sample("churn")
+    assert len(besides) > 50
+    assert max(every) - min(every) > FD_GROWTH, "the churn moves the raw count as pools do (else no test)"
+    assert rise(besides) <= FD_GROWTH, besides
+
+
+def test_a_real_leak_fails_the_check() -> None:
+    besides, _ = _sample("leak")
+    assert rise(besides) > FD_GROWTH, besides
