@@ -26,7 +26,7 @@ HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconc
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="router config file (YAML); defaults apply when omitted")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 = any free port)")
     p.add_argument("--etcd", help="comma-separated etcd endpoints; omitted = start an embedded etcd")
     p.add_argument("--worker", action="append", default=[], metavar="URL",
                    help="a worker URL (repeatable): static discovery instead of the etcd worker registry")
@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
     p.add_argument("--log-level", default="INFO", type=_log_level,
                    help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return int(text)
 
 
 def _log_level(text: str) -> str:

@@ -56,9 +56,10 @@ def test_serve_with_a_bad_config_names_file_key_and_value(tmp_path: Path) -> Non
     assert str(bad) in line and "timeouts.connect_s" in line and "'soon'" in line
 
 
-def test_serve_with_an_unknown_log_level_is_one_line() -> None:
-    line = _one_line_error(_cli("router", "serve", "--log-level", "verbose", "--etcd", "http://127.0.0.1:9"))
-    assert "--log-level" in line and "'verbose'" in line
+@pytest.mark.parametrize("flag,value", [("--log-level", "verbose"), ("--port", "99999"), ("--port", "http")])
+def test_serve_with_a_bad_flag_value_is_one_line(flag: str, value: str) -> None:
+    line = _one_line_error(_cli("router", "serve", flag, value, "--etcd", "http://127.0.0.1:9"))
+    assert flag in line and f"'{value}'" in line
 
 
 def test_serve_on_a_port_in_use_fails_before_writing_to_etcd(
