@@ -7,11 +7,12 @@ moments (33 -> 44): the difference was pooled connections, whose number follows 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 
-from bench.chaos.observe import fds_besides_connections
+from bench.chaos.observe import client_connections, fds_besides_connections
 from bench.chaos.scenarios.soak import FD_GROWTH, rise
 
 CHILD = r"""
@@ -30,6 +31,19 @@ while time.monotonic() < end:
         client.close(); accepted.close()
     if sys.argv[1] == "leak":
         kept.append(os.open(os.devnull, os.O_RDONLY))
+"""
+
+
+SERVER = r"""
+import socket, threading
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(16)
+print(server.getsockname()[1], flush=True)
+def serve(conn):
+    while conn.recv(1024):
+        pass
+    conn.close()
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
 """
 
 
@@ -63,3 +77,23 @@ def test_connection_churn_is_not_a_leak() -> None:
 def test_a_real_leak_fails_the_check() -> None:
     besides, _ = _sample("leak")
     assert rise(besides) > FD_GROWTH, besides
+
+
+def test_client_connections_counts_what_a_server_holds_open(poll_until) -> None:
+    """The soak subtracts one task per client connection the router holds (aiohttp keeps a task for each)."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        poll_until(lambda: client_connections(server.pid, port) == 5, 10, what="5 client connections")
+        for c in clients[:3]:
+            c.close()
+        poll_until(lambda: client_connections(server.pid, port) == 2, 10, what="2 left")
+    finally:
+        for c in clients:
+            c.close()
+        server.kill()
+        server.wait()
+
