@@ -84,14 +84,18 @@ def rss_and_fds(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+_LIVE = {"01", "02", "03"}
+"""TCP states of a connection in use: established, or being set up (SYN sent or received)."""
+
+
 def _established() -> dict[str, int]:
-    """Socket inode -> local port, for every established TCP connection of this host (IPv4 and IPv6)."""
+    """Socket inode -> local port, for every live TCP connection of this host (IPv4 and IPv6)."""
     found: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             next(f)
             for fields in map(str.split, f):
-                if fields[3] == "01":
+                if fields[3] in _LIVE:
                     found[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
     return found
 
@@ -114,8 +118,11 @@ def fds_besides_connections(pid: int) -> int:
     Live connections (clients' keep-alives, pooled ones to workers) come and go with the moment's concurrency
     and are closed by their peers in time; everything else (files, pipes, event fds, listeners, a socket its
     peer closed but the process never did) only grows if it leaks."""
-    established = _established()
-    return sum(inode not in established for inode in _socket_inodes(pid))
+    # The tables read before and after the descriptors: a connection opened or closed meanwhile is in one.
+    before = _established()
+    inodes = _socket_inodes(pid)
+    live = before | _established()
+    return sum(inode not in live for inode in inodes)
 
 
 def client_connections(pid: int, port: int) -> int:
