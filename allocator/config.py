@@ -135,15 +135,77 @@ def policy_for(config: ReplicaConfig, adapter_name: str) -> ReplicaPolicy:
 
 
 def decode_config(data: bytes, type_: type[T], source: str) -> T:
-    """Parse YAML (JSON is YAML) into `type_`; any problem is a ConfigError naming file, key, value."""
+    """Parse YAML (JSON is YAML) into `type_`; any problem is a ConfigError naming file, key, value.
+
+    The error names every problem of the file, one line each, not only the first (see `decode_all`)."""
+    value, problems = decode_all(data, type_, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    assert value is not None
+    return value
+
+
+def decode_all(data: bytes, type_: type[T], source: str) -> tuple[T | None, list[str]]:
+    """Every schema problem of a file, and the value with the offending entries left out (None if none is left).
+
+    msgspec stops at the first error; each found culprit (a value, an unknown key, an entry missing a
+    required key) is dropped and the rest decoded again, so one run reports them all. The value lets
+    callers run their cross-reference checks on whatever is left valid."""
     try:
         raw = msgspec.yaml.decode(data) if data.strip() else {}
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    try:
-        return msgspec.convert(raw, type_)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(raw, type_, str(exc), source)) from exc
+        return None, [f"{source}: not valid YAML: {exc}"]
+    trial = copy.deepcopy(raw)
+    problems: list[str] = []
+    dropped: dict[tuple[str, ...], list[int]] = {}
+    """Original path of a list -> original indices of the entries dropped from it (later indices shift)."""
+    cleared: set[tuple[str, ...]] = set()
+    while True:
+        try:
+            return msgspec.convert(trial, type_), problems
+        except msgspec.ValidationError as exc:
+            what, parts, value = _diagnose(trial, type_, str(exc))
+        original = _original(parts, dropped)
+        missing = _MISSING_FIELD.search(what)
+        if not (missing and (*original, missing["field"]) in cleared):
+            problems.append(_format(source, original, what, value))
+        if not parts or value is _MISSING or not _drop(trial, parts, original, dropped):
+            return None, problems
+        cleared.add(tuple(original))
+
+
+_MISSING_FIELD = re.compile(r"missing required field `(?P<field>[^`]+)`")
+
+
+def _drop(trial: Any, parts: list[str], original: list[str], dropped: dict[tuple[str, ...], list[int]]) -> bool:
+    """Take the culprit out of `trial` (a dict key, or a list entry: remembered so later indices map back)."""
+    parent = trial
+    for step in parts[:-1]:
+        parent = parent[int(step)] if isinstance(parent, list) else parent[step]
+    last = parts[-1]
+    if isinstance(parent, list) and last.isdigit():
+        del parent[int(last)]
+        dropped.setdefault(tuple(original[:-1]), []).append(int(original[-1]))
+        return True
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+        return True
+    return False
+
+
+def _original(parts: list[str], dropped: dict[tuple[str, ...], list[int]]) -> list[str]:
+    """A path in the pruned trial as a path in the file: list indices shifted back over dropped entries."""
+    out: list[str] = []
+    for part in parts:
+        gone = dropped.get(tuple(out))
+        if gone and part.isdigit():
+            index = int(part)
+            for removed in sorted(gone):
+                if removed <= index:
+                    index += 1
+            part = str(index)
+        out.append(part)
+    return out
 
 
 _AT = re.compile(r"^(?P<what>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
@@ -152,20 +214,24 @@ _UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]+)`")
 _MISSING = object()
 
 
-def _describe(raw: Any, type_: type, message: str, source: str) -> str:
-    """File, key path and the offending value for msgspec's message."""
+def _diagnose(raw: Any, type_: type, message: str) -> tuple[str, list[str], Any]:
+    """msgspec's message -> (what is wrong, key path, the offending value)."""
     m = _AT.match(message)
     what, at = (m["what"], m["path"]) if m else (message, "")
     steps = [s1 or s2 for s1, s2 in _SEGMENT.findall(at)]
     unknown = _UNKNOWN.search(what)
     if unknown:
         steps.append(unknown["field"])
-    path, value = _locate(raw, steps, type_, message)
+    parts, value = _locate(raw, steps, type_, message)
+    return what, parts, value
+
+
+def _format(source: str, parts: list[str], what: str, value: Any) -> str:
     got = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
-    return f"{source}: {path or '(top level)'}: {what}{got}"
+    return f"{source}: {_dotted(parts) or '(top level)'}: {what}{got}"
 
 
-def _locate(raw: Any, steps: list[str], type_: type, message: str) -> tuple[str, Any]:
+def _locate(raw: Any, steps: list[str], type_: type, message: str) -> tuple[list[str], Any]:
     """Follow msgspec's path; a dict key it hid as `[...]` is found by dropping entries in turn."""
     node, parts = raw, []
     for i, step in enumerate(steps):
@@ -180,7 +246,7 @@ def _locate(raw: Any, steps: list[str], type_: type, message: str) -> tuple[str,
         parts.append(step)
         if node is _MISSING:
             break
-    return _dotted(parts), node
+    return parts, node
 
 
 def _dotted(parts: list[str]) -> str:

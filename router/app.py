@@ -136,7 +136,10 @@ async def openapi(_request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """Base models, then every adapter and alias this caller may use, in vLLM's shape."""
+    """Base models, then every adapter and alias this caller may use, in vLLM's shape.
+
+    vLLM puts an adapter's path in `root`; a server path is only for admins here (as in the admin API).
+    Everyone else sees the adapter's name there, as for the base models and aliases."""
     rt = request.app[RUNTIME]
     caller = rt.auth.caller(request.headers.get("Authorization"))
     created = int(rt.started_at)
@@ -145,7 +148,8 @@ async def list_models(request: web.Request) -> web.Response:
     for name in sorted(rt.fleet.catalog):
         record = rt.fleet.catalog[name]
         if caller.may_use(name, record.tenant):
-            cards.append(ModelCard(id=name, created=created, root=record.source, parent=record.base_model))
+            cards.append(ModelCard(id=name, created=created, root=record.source if caller.admin else name,
+                                   parent=record.base_model))
     for alias in sorted(rt.config.aliases):
         if caller.may_use(alias, None):
             cards.append(ModelCard(id=alias, created=created, root=alias, parent=bases[0] if bases else None))

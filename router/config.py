@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from allocator.config import ConfigError, ReplicaConfig, decode_config
+from allocator.config import ConfigError, ReplicaConfig, decode_all
 from discovery.connect import EtcdSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -147,8 +147,12 @@ def key_digest(key: str) -> str:
 
 
 def parse_config(data: bytes, source: str) -> RouterConfig:
-    config = decode_config(data or b"{}", RouterConfig, source)
-    _check_references(config, source)
+    """The file's config, or a ConfigError listing every problem (schema and references), one per line."""
+    config, problems = decode_all(data or b"{}", RouterConfig, source)
+    if config is not None:
+        problems += _reference_problems(config, source)
+    if problems or config is None:
+        raise ConfigError("\n".join(problems))
     return config
 
 
@@ -185,39 +189,43 @@ def changed_parts(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     return sorted(k for k in old.parts.keys() | new.parts.keys() if old.parts.get(k) != new.parts.get(k))
 
 
-def _check_references(config: RouterConfig, source: str) -> None:
+def _reference_problems(config: RouterConfig, source: str) -> list[str]:
+    problems = []
     names = {a.name for a in config.adapters}
     for alias, variants in config.aliases.items():
         if not variants:
-            raise ConfigError(f"{source}: aliases.{alias}: needs at least one variant")
+            problems.append(f"{source}: aliases.{alias}: needs at least one variant")
         for variant, weight in variants.items():
             if weight <= 0:
-                raise ConfigError(f"{source}: aliases.{alias}.{variant}: weight must be > 0, got {weight}")
+                problems.append(f"{source}: aliases.{alias}.{variant}: weight must be > 0, got {weight}")
         if alias in names:
-            raise ConfigError(f"{source}: aliases.{alias}: an adapter has the same name")
-    _check_tenants(config, source)
+            problems.append(f"{source}: aliases.{alias}: an adapter has the same name")
+    problems += _check_tenants(config, source)
     for digest in [*config.auth.admin_keys_sha256, *(d for t in config.tenants.values() for d in t.keys_sha256)]:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ConfigError(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+            problems.append(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+    return problems
 
 
-def _check_tenants(config: RouterConfig, source: str) -> None:
+def _check_tenants(config: RouterConfig, source: str) -> list[str]:
     """Adapters name known tenants, and each default adapter is one its tenant may use (router.auth.Caller)."""
+    problems = []
     owners = {a.name: a.tenant for a in config.adapters}
     for i, entry in enumerate(config.adapters):
         if entry.tenant is not None and entry.tenant not in config.tenants:
-            raise ConfigError(f"{source}: adapters[{i}] ({entry.name!r}): unknown tenant {entry.tenant!r}")
+            problems.append(f"{source}: adapters[{i}] ({entry.name!r}): unknown tenant {entry.tenant!r}")
     for name, tenant in config.tenants.items():
         default = tenant.default_adapter
         owner = owners.get(default) if default is not None else None
         if default is None or owner == name:
             continue
         if owner is not None:
-            raise ConfigError(f"{source}: tenants.{name}.default_adapter: {default!r} belongs to tenant {owner!r}")
-        if not any(fnmatchcase(default, p) for p in tenant.adapters):
-            raise ConfigError(f"{source}: tenants.{name}.default_adapter: {default!r} matches none of "
-                              f"tenants.{name}.adapters {tenant.adapters} and is not one of the config's adapters "
-                              f"with tenant: {name}")
+            problems.append(f"{source}: tenants.{name}.default_adapter: {default!r} belongs to tenant {owner!r}")
+        elif not any(fnmatchcase(default, p) for p in tenant.adapters):
+            problems.append(f"{source}: tenants.{name}.default_adapter: {default!r} matches none of "
+                            f"tenants.{name}.adapters {tenant.adapters} and is not one of the config's adapters "
+                            f"with tenant: {name}")
+    return problems
 
 
 def _read_key_file(path: str, what: str, source: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -30,7 +31,7 @@ from discovery.stores import CatalogStore, DemandStore, PlacementStore
 from router.admin import add_admin_routes
 from router.app import build_app
 from router.catalog_sync import declare_config_adapters
-from router.config import load_config
+from router.config import LoadedConfig
 from router.control import ControlLoop
 from router.health import probe_down_workers
 from router.httpserver import harden_connections
@@ -49,11 +50,29 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     etcd: EtcdSettings
     workers: list[str] = []
     router_id: str
-    reuse_port: bool = False
 
 
-async def serve(options: ServeOptions, started: Callable[[int], None] | None = None) -> None:
-    loaded = load_config(options.config)
+def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """The listening socket, bound before anything else starts: a port in use is reported at once, before
+    etcd is reached or written (raises OSError)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.socket,
+                started: Callable[[int], None] | None = None) -> None:
     client = await _until_etcd_answers("connect to etcd", lambda: connect(options.etcd))
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
@@ -100,9 +119,8 @@ async def serve(options: ServeOptions, started: Callable[[int], None] | None = N
                            max_line_size=loaded.config.security.max_header_bytes)
     await runner.setup()
     harden_connections(runner, lambda: runtime.config.timeouts.client_header_s)
-    site = web.TCPSite(runner, options.host, options.port, reuse_port=options.reuse_port or None)
-    await site.start()
-    port = _bound_port(runner, options.port)
+    await web.SockSite(runner, listener).start()
+    port = int(listener.getsockname()[1])
     log.info("router %s listening on %s:%d", options.router_id, options.host, port)
     if started is not None:
         started(port)
@@ -130,14 +148,6 @@ async def _until_etcd_answers(what: str, attempt: Callable[[], Awaitable[T]]) ->
             log.warning("cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
-
-
-def _bound_port(runner: web.AppRunner, fallback: int) -> int:
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    return fallback
 
 
 async def _run_until_stopped(loops: Sequence[Callable[[], Awaitable[None]]]) -> None:

@@ -73,6 +73,9 @@ class Usage(msgspec.Struct, frozen=True):
     rss_mib: float
     fds: int
     tasks: int
+    clients: int = 0
+    """Client connections open to the process's port: each holds a descriptor and (aiohttp) a task, idle or
+    not, so the counts above move with the client's keep-alive pool."""
 
 
 def rss_and_fds(pid: int) -> tuple[float, int]:
@@ -81,8 +84,57 @@ def rss_and_fds(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+_LIVE = {"01", "02", "03"}
+"""TCP states of a connection in use: established, or being set up (SYN sent or received)."""
+
+
+def _established() -> dict[str, int]:
+    """Socket inode -> local port, for every live TCP connection of this host (IPv4 and IPv6)."""
+    found: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for fields in map(str.split, f):
+                if fields[3] in _LIVE:
+                    found[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    return found
+
+
+def _socket_inodes(pid: int) -> list[str | None]:
+    """Per open descriptor of `pid`: its socket inode, or None for anything else."""
+    inodes: list[str | None] = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since the listing
+            continue
+        inodes.append(target[8:-1] if target.startswith("socket:[") else None)
+    return inodes
+
+
+def fds_besides_connections(pid: int) -> int:
+    """Open descriptors other than established TCP connections.
+
+    Live connections (clients' keep-alives, pooled ones to workers) come and go with the moment's concurrency
+    and are closed by their peers in time; everything else (files, pipes, event fds, listeners, a socket its
+    peer closed but the process never did) only grows if it leaks."""
+    # The tables read before and after the descriptors: a connection opened or closed meanwhile is in one.
+    before = _established()
+    inodes = _socket_inodes(pid)
+    live = before | _established()
+    return sum(inode not in live for inode in inodes)
+
+
+def client_connections(pid: int, port: int) -> int:
+    """Established connections `pid` holds on its own listening `port`: its clients'."""
+    established = _established()
+    return sum(established.get(inode or "") == port for inode in _socket_inodes(pid))
+
+
 async def usage(session: aiohttp.ClientSession, router: str, pid: int, since: float) -> Usage:
     async with session.get(router + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
         tasks = int(metric_sum(await r.text(), "lora_router_asyncio_tasks"))
     rss, fds = rss_and_fds(pid)
-    return Usage(at_s=round(time.monotonic() - since, 1), rss_mib=round(rss, 1), fds=fds, tasks=tasks)
+    clients = client_connections(pid, int(router.rsplit(":", 1)[1]))
+    return Usage(at_s=round(time.monotonic() - since, 1), rss_mib=round(rss, 1), fds=fds, tasks=tasks,
+                 clients=clients)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 import uvloop
 from aiohttp import web
@@ -23,8 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="host LRU of adapter weights (default: --max-loras)")
     p.add_argument("--max-lora-rank", type=int, default=16, help="highest adapter rank accepted (default 16)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences in one batch (default 64)")
-    p.add_argument("--max-model-len", type=int, default=4096, help="reported in /v1/models (default 4096)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--max-model-len", type=int, default=4096, help="context length: reported in /v1/models, longer prompts refused as vLLM does (default 4096)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*; as vLLM, the VLLM_API_KEY environment "
+                        "variable is used when this is not given (keeps the key out of the process table)")
     p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
                    help="adapters registered at start-up")
     p.add_argument("--speed", type=float, default=1.0,
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     modules = dict(_pair(m) for m in args.lora_modules)
     options = WorkerOptions(model=args.model, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
                             max_lora_rank=args.max_lora_rank, max_num_seqs=args.max_num_seqs,
-                            max_model_len=args.max_model_len, api_key=args.api_key, lora_modules=modules,
+                            max_model_len=args.max_model_len,
+                            api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None, lora_modules=modules,
                             speed=args.speed, fail_rate=args.fail_rate, slow_s=args.slow_s,
                             early_hints=args.early_hints, cut_rate=args.cut_rate, seed=args.seed)
     worker = SimulatedWorker(options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,8 +119,9 @@ class SimulatedWorker:
             self.registry.add(name, path, self.registry.check(name, path, False), self.started)
 
     def app(self) -> web.Application:
-        # vLLM (uvicorn, FastAPI) sets no body size limit; aiohttp's default is 1 MiB.
-        app = web.Application(middlewares=[self._auth, self._not_found_as_json], client_max_size=1 << 30)
+        # vLLM (FastAPI on uvicorn) reads a body of any size; aiohttp's default cap (1 MiB, plain-text 413) is not
+        # vLLM's: an oversized prompt is refused by the context-length check instead, as vLLM does.
+        app = web.Application(middlewares=[self._auth, self._not_found_as_json], client_max_size=sys.maxsize)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/v1/models", self.models)
@@ -236,15 +238,15 @@ class SimulatedWorker:
         if self.options.fail_rate and self.rng.random() < self.options.fail_rate:
             return error_body(500, "Simulated engine failure.", "InternalServerError")
         prompt = _prompt_text(req, chat)
-        max_tokens = req.max_completion_tokens or req.max_tokens or 16
+        n_prompt = textgen.prompt_tokens(prompt)
+        max_tokens = self._max_tokens(req, n_prompt)
         n_out = max_tokens if req.ignore_eos else textgen.natural_length(req.model, prompt, max_tokens)
         finish = "length" if n_out >= max_tokens else "stop"
-        n_in = textgen.prompt_tokens(prompt)
-        usage: dict[str, object] = {"prompt_tokens": n_in, "total_tokens": n_in + n_out, "completion_tokens": n_out,
-                                    "prompt_tokens_details": None}
+        usage: dict[str, object] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out,
+                                    "completion_tokens": n_out, "prompt_tokens_details": None}
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        tokens = self.engine.generate(adapter, n_in, n_out)
+        tokens = self.engine.generate(adapter, n_prompt, n_out)
         self.metrics.served_once = True
         if self.options.early_hints:
             await request.writer.write(EARLY_HINTS)
@@ -268,6 +270,22 @@ class SimulatedWorker:
         text = " " + " ".join(words)
         return web.Response(body=msgspec.json.encode(
             _final(chat, ident, created, req.model, text, finish, usage)), content_type="application/json")
+
+    def _max_tokens(self, req: GenerateRequest, prompt_tokens: int) -> int:
+        """vLLM's checks, in its order and words: the prompt must fit the context, max_tokens must be >= 1."""
+        limit = self.options.max_model_len
+        if prompt_tokens > limit:
+            raise Reply(error_body(
+                400, f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                     f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. "
+                     f"Please reduce the length of the input prompt. (parameter=input_tokens, value={prompt_tokens})",
+                "BadRequestError", "input_tokens"))
+        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        tokens = min(limit - prompt_tokens, 16 if asked is None else asked)
+        if tokens < 1:
+            raise Reply(error_body(400, f"max_tokens must be at least 1, got {tokens}. "
+                                        f"(parameter=max_tokens, value={tokens})", "BadRequestError", "max_tokens"))
+        return tokens
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = await self._decode(request, GenerateRequest)

@@ -16,7 +16,7 @@ HELP = "Validate a router config file (its placement: section is the replica-fac
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     check = sub.add_parser("check", help="print the effective config (defaults filled in), "
-                                         "or the errors and exit 1")
+                                         "or every error (one line each: file, key, value) and exit 1")
     check.add_argument("file", metavar="FILE", help="the YAML (or JSON) config file")
     check.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     check.add_argument("--adapter", action="append", default=[], metavar="NAME",
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.file)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for problem in str(exc).splitlines():
+            print(f"error: {problem}", file=sys.stderr)
         return 1
     effective = msgspec.to_builtins(loaded.config)
     if args.adapter:

@@ -16,11 +16,14 @@ from pathlib import Path
 import uvloop
 from prometheus_client.multiprocess import mark_process_dead
 
+from allocator.config import ConfigError
 from discovery.connect import EtcdSettings, add_etcd_arguments, as_argv, settings_from_args
 from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
+from router.clikit import UsageError
+from router.config import load_config
 from router.metrics import MULTIPROC_DIR
 from router.procs import ManagedProcess, python_cli
-from router.server import ServeOptions, default_state_dir, serve
+from router.server import ServeOptions, default_state_dir, listen, serve
 
 EMBEDDED_ETCD_PORT = 2379
 """etcd's own default: a `serve` with the embedded etcd is where registrars expect an etcd."""
@@ -31,7 +34,7 @@ HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconc
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="router config file (YAML); defaults apply when omitted")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 = any free port)")
     p.add_argument("--worker", action="append", default=[], metavar="URL",
                    help="a worker URL (repeatable): static discovery instead of the etcd worker registry")
     p.add_argument("--router-id", default=None, help="this router's id (default: hostname-pid)")
@@ -45,20 +48,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="address the embedded etcd serves clients on (default 127.0.0.1; 0.0.0.0 for registrars "
                         "on other machines)")
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=_log_level,
+                   help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     add_etcd_arguments(p, "comma-separated etcd endpoints; none anywhere = start an embedded etcd", config_flag=False)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return int(text)
+
+
+def _log_level(text: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return text.upper()
+
+
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        loaded = load_config(args.config)
+        etcd = settings_from_args(args)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"etcd settings: {exc}") from None
+    try:
+        # With --workers N the children listen; the parent's bind only proves the port is free for them.
+        listener = listen(args.host, args.port, reuse_port=args.reuse_port or args.workers > 1)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    if args.workers > 1:
+        listener.close()
     router_id = args.router_id or f"{socket.gethostname()}-{os.getpid()}"
     embedded: EmbeddedEtcd | None = None
-    try:
-        etcd = settings_from_args(args)
-    except (OSError, ValueError) as exc:
-        print(f"lora-router serve: {exc}", file=sys.stderr)
-        return 2
     if not etcd.endpoints:
         state = Path(args.state_dir) if args.state_dir else default_state_dir()
         port = args.embedded_etcd_port
@@ -67,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             embedded.start()
         except (EtcdStartFailed, EtcdBinaryNotFound) as exc:
-            print(f"lora-router serve: embedded etcd: {exc}", file=sys.stderr)
-            return 2
+            listener.close()
+            raise UsageError(f"embedded etcd: {exc}") from None
         etcd = EtcdSettings(endpoints=[embedded.endpoint], prefix=etcd.prefix)
         logging.getLogger(__name__).info("embedded etcd at %s (data in %s)", embedded.endpoint, state)
     try:
@@ -76,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory(prefix="lora-router-metrics-") as metrics_dir:
                 return _run_children(args, router_id, etcd, metrics_dir)
         options = ServeOptions(config=args.config, host=args.host, port=args.port, etcd=etcd,
-                               workers=args.worker, router_id=router_id, reuse_port=args.reuse_port)
+                               workers=args.worker, router_id=router_id)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(options))
+            runner.run(serve(options, loaded, listener))
         return 0
     finally:
         if embedded is not None:

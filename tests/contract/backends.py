@@ -44,11 +44,11 @@ class SimBackend:
     def worker(self, log_dir: Path, *, api_key: str | None = None, runtime_updates: bool = True,
                lora_modules: Mapping[str, Path] | None = None) -> ManagedProcess:
         args = ["--speed", "0.01", "--max-loras", "2", "--max-lora-rank", str(MAX_LORA_RANK)]
-        if api_key:
-            args += ["--api-key", api_key]
         if lora_modules:
             args += ["--lora-modules", *(f"{n}={p}" for n, p in lora_modules.items())]
         env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True" if runtime_updates else "False"}
+        if api_key:
+            env["VLLM_API_KEY"] = api_key
         return sim_worker(log_dir, model=self.model, extra_args=args, env=env)
 
 

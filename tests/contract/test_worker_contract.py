@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -195,6 +196,30 @@ def test_completion_stream_without_usage(worker, two_adapters) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+@pytest.mark.parametrize(("route", "field"), [("/v1/completions", "max_tokens"),
+                                               ("/v1/chat/completions", "max_tokens"),
+                                               ("/v1/chat/completions", "max_completion_tokens")])
+def test_a_max_tokens_below_one_is_400_bad_request(worker, route, field) -> None:
+    body = {"model": worker.backend.model, field: -5,
+            **({"prompt": "hello"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]})}
+    status, headers, raw = worker.call("POST", route, body)
+    assert status == 400 and headers["content-type"] == "application/json"
+    error = _error(raw)
+    assert (error["type"], error["param"], error["code"]) == ("BadRequestError", "max_tokens", 400)
+    assert error["message"].startswith("max_tokens must be at least 1, got -5.")
+
+
+def test_a_body_over_one_mib_is_read_and_refused_by_the_context_check(worker) -> None:
+    """vLLM (uvicorn) has no body-size limit: a 1.5 MiB prompt gets its JSON context-length error, not a 413."""
+    body = {"model": worker.backend.model, "prompt": "hello " * 260_000, "max_tokens": 2}
+    status, headers, raw = worker.call("POST", "/v1/completions", body)
+    assert len(json.dumps(body)) > 1024 * 1024
+    assert status == 400 and headers["content-type"] == "application/json"
+    error = _error(raw)
+    assert error["type"] == "BadRequestError" and error["code"] == 400
+    assert error["message"].startswith("This model's maximum context length is ")
+
+
 def test_metrics_carry_the_lora_series(worker) -> None:
     body = {"model": worker.backend.model, "prompt": "hello", "max_tokens": 1}
     assert worker.call("POST", "/v1/completions", body)[0] == 200, "the series appears after a first request"
@@ -213,7 +238,9 @@ def test_metrics_carry_the_lora_series(worker) -> None:
 
 
 def test_api_key_guards_v1_only(start_worker) -> None:
+    """The key comes from VLLM_API_KEY (both backends), so it never shows in the process table."""
     w = start_worker(api_key="sekrit-key")
+    assert b"sekrit-key" not in Path(f"/proc/{w.proc.pid}/cmdline").read_bytes()
     assert w.call("GET", "/health", key=False)[0] == 200
     assert w.call("GET", "/metrics", key=False)[0] == 200
     status, _, body = w.call("GET", "/v1/models", key=False)

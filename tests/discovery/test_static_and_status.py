@@ -97,10 +97,15 @@ async def test_status_json_shape(etcd: EmbeddedEtcd, clients: MakeClient) -> Non
         await election.resign()
         await registration.withdraw()
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {
-        "workers": [{"id": "w1", "url": "http://h:1", "base_model": "base", "slots": 4, "instance": "i-1"}],
+    status = json.loads(done.stdout)
+    unreachable = status["workers"][0].pop("error")
+    assert unreachable.startswith("GET http://h:1/v1/models: ")
+    assert status == {
+        "workers": [{"id": "w1", "url": "http://h:1", "base_model": "base", "slots": 4, "instance": "i-1",
+                     "holds": []}],
         "leader": "router-7",
-        "adapters": {"a": {"replicas": ["w1"], "failed": None}, "b": {"replicas": [], "failed": None}},
+        "adapters": {"a": {"replicas": ["w1"], "holders": [], "failures": {"w1": unreachable}, "failed": None},
+                     "b": {"replicas": [], "holders": [], "failures": {}, "failed": None}},
     }
     human = await asyncio.to_thread(subprocess.run, argv[:-1], capture_output=True, text=True, timeout=30)
     assert "w1" in human.stdout and "leader: (none)" in human.stdout

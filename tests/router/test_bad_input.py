@@ -94,6 +94,17 @@ def test_another_tenants_adapter_behaves_as_absent(router) -> None:
     assert "acme-chat" in ids and "globex-chat" not in ids
 
 
+def test_models_never_show_a_server_path_to_a_tenant(router, tmp_path: Path) -> None:
+    """vLLM's `root` is the adapter's path on the server: tenants see the adapter's name there, admins the path."""
+    status, listing = _send(router, "GET", "/v1/models", None, _auth(ACME))
+    assert status == 200 and str(tmp_path) not in json.dumps(listing)
+    assert {m["id"]: m["root"] for m in listing["data"] if m["parent"]} == {"acme-chat": "acme-chat"}
+    status, listing = _send(router, "GET", "/v1/models", None, _auth(ADMIN))
+    assert status == 200
+    roots = {m["id"]: m["root"] for m in listing["data"] if m["parent"]}
+    assert roots == {name: str(tmp_path / "adapters" / name) for name in ("acme-chat", "globex-chat")}
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"},
                                      {"Authorization": "Bearer "}])
 def test_missing_or_wrong_keys_are_401(router, headers: dict[str, str]) -> None:

@@ -197,7 +197,7 @@ def test_a_stream_whose_worker_dies_before_its_first_token_is_retried(start_work
     """The worker sent its headers and died in the prefill: the client has seen nothing yet, so the
     stream is asked of the other holder and arrives whole, with no error event."""
     root = adapter_dirs("ad-0").parent
-    workers = start_workers(2, extra_args=("--speed", "1"))
+    workers = start_workers(2, extra_args=("--speed", "1", "--max-model-len", "60000"))
     urls = [worker_url(w) for w in workers]
     router = start_router(_config(root, ["ad-0"], placement={"defaults": {"min_replicas": 2}}), workers=urls)
     poll_until(lambda: all("ad-0" in _held(u) for u in urls), timeout_s=20, what="both workers holding it")
