@@ -161,7 +161,7 @@ def test_a_cut_answer_is_retried_while_the_client_has_seen_nothing(hostile_route
 
 def test_a_large_answer_cut_mid_body_is_a_visible_failure(hostile_router: Callable) -> None:
     """Past the buffer the client has the head already: the truncation must not look like a success."""
-    env = hostile_router(workers=1, worker_args=("--cut-rate", "1"))
+    env = hostile_router(workers=1, worker_args=("--cut-rate", "1", "--max-model-len", "500000"))
     body = json.dumps({"model": "acme-chat", "prompt": "w w w", "max_tokens": 400_000,
                        "ignore_eos": True}).encode()
     with Wire(env.port, timeout_s=60) as wire:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 import requests
 import schemathesis
 from hostile_helpers import (
@@ -167,6 +168,7 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
+@pytest.mark.timeout(600)  # about a minute alone; minutes on a busy 2-core machine
 def test_fuzz_every_operation(hostile_router: Callable, poll_until: Callable,
                               record_property: Callable[[str, object], None]) -> None:
     env = hostile_router()
