@@ -19,6 +19,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from allocator.config import ConfigError
 from discovery.connect import EtcdSettings, add_etcd_arguments, as_argv, settings_from_args
 from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
+from discovery.errors import EtcdAuthFailed
 from router.clikit import UsageError
 from router.config import load_config
 from router.metrics import MULTIPROC_DIR
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(options, loaded, listener))
         return 0
+    except EtcdAuthFailed as exc:  # retrying cannot help: the credentials are wrong
+        raise UsageError(f"etcd refused this router's credentials: {exc}") from None
     finally:
         if embedded is not None:
             embedded.stop()

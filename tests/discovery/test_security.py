@@ -180,6 +180,16 @@ def test_routers_and_registrars_on_a_tls_and_password_etcd_route_requests(
         assert status.returncode == 0, status.stderr
         assert [w["id"] for w in json.loads(status.stdout)["workers"]] == ["secure-worker"]
         assert "s3cret" not in (tmp_path / "router.log").read_text() + (tmp_path / "registrar.log").read_text()
+
+        wrong = tmp_path / "wrong-password"
+        wrong.write_text("not-the-password\n")
+        refused = subprocess.run(python_cli("router", "serve", "--port", str(free_port()), "--etcd", url,
+                                            "--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key,
+                                            "--etcd-user", "root", "--etcd-password-file", str(wrong)),
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr and "credentials" in refused.stderr, refused.stderr
+        assert "not-the-password" not in refused.stderr
     finally:
         for proc in reversed(procs):
             proc.kill()
