@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from bench.perfmodel import EngineModel, PerfParams, Sequence, count_down
+from bench.perfmodel import EngineModel, PerfParams, Sequence, StepResult, count_down
 from bench.workloads import Requests
 
 _STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
@@ -247,15 +247,15 @@ class Fleet:
         ws.inflight -= len(rids)
         ws.served += len(rids)
 
-    def _step_end(self, ws: WorkerState, result: object) -> None:
+    def _step_end(self, ws: WorkerState, result: StepResult) -> None:
         now, adapter, first = self.now, self._adapter, self._first
-        for rid in result.started:  # type: ignore[attr-defined]
+        for rid in result.started:
             first[rid] = now
             a = adapter[rid]
             count_down(ws.waiting, a)
             _inc(ws.running, a)
-        self._finished(ws, result.finished)  # type: ignore[attr-defined]
-        self._load_times.extend([now] * result.host_loads)  # type: ignore[attr-defined]
+        self._finished(ws, result.finished)
+        self._load_times.extend([now] * result.host_loads)
         ws.busy = False
         if not ws.engine.idle:
             self._step(ws)
