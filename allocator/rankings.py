@@ -26,8 +26,9 @@ CHUNK = 256
 SCREEN_MARGIN = 8
 
 
-def _identity(w: Worker) -> tuple[str, str, float, int]:
-    return (w.id, w.base_model, w.weight, w.max_lora_rank)
+def _identity(w: Worker | None) -> tuple[str, str, float, int] | None:
+    """What, changed, makes a worker new to the rankings; None for a freed index (matches no worker)."""
+    return None if w is None else (w.id, w.base_model, w.weight, w.max_lora_rank)
 
 
 class _Class:

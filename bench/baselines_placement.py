@@ -21,6 +21,7 @@ import bisect
 import math
 import random
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import xxhash
@@ -32,6 +33,15 @@ from allocator.placement import Planner
 
 Tick = tuple[Sequence[Worker], Sequence[Adapter], Mapping[str, float]]
 """Workers, adapters and the arrival rate measured this tick per adapter."""
+
+
+class PlacementStrategy(Protocol):
+    """What the comparison steps: every strategy below, under the name its figures are reported by."""
+
+    name: str
+
+    def step(self, workers: Sequence[Worker], adapters: Sequence[Adapter],
+             measured: Mapping[str, float]) -> Placement: ...
 
 
 def _placement(sets: dict[str, tuple[str, ...]], replicas: Mapping[str, int],
@@ -84,20 +94,20 @@ class DynamoStrategy:
             quota = {a: max(1.0, w * scale) for a, w in want.items()}
             floors = {a: int(q) for a, q in quota.items()}
             spare = total_slots - sum(floors.values())
-            for a in sorted(quota, key=lambda a: (-(quota[a] - floors[a]), a))[:max(0, spare)]:
-                floors[a] += 1
+            for name in sorted(quota, key=lambda a: (-(quota[a] - floors[a]), a))[:max(0, spare)]:
+                floors[name] += 1
             want = dict(floors)
         sizes: dict[str, int] = {}
-        for a, r in want.items():
-            r = int(r)
-            prev = self.replicas.get(a)
+        for name, wanted in want.items():
+            r = int(wanted)
+            prev = self.replicas.get(name)
             if prev is not None and r < prev:
-                self.lower_for[a] = self.lower_for.get(a, 0) + 1
-                if self.lower_for[a] < self.cooldown:
+                self.lower_for[name] = self.lower_for.get(name, 0) + 1
+                if self.lower_for[name] < self.cooldown:
                     r = prev
             if prev is None or r >= prev:
-                self.lower_for[a] = 0
-            sizes[a] = r
+                self.lower_for[name] = 0
+            sizes[name] = r
         self.replicas = sizes
         return sizes
 

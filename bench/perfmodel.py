@@ -79,7 +79,7 @@ class StepResult(msgspec.Struct, kw_only=True):
     host_loads: int = 0
 
 
-def _count(adapters: Iterable[str | None]) -> dict[str | None, int]:
+def _count(adapters: Iterable[K]) -> dict[K, int]:
     return dict(Counter(adapters))
 
 

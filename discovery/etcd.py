@@ -98,8 +98,11 @@ class TxnResult(msgspec.Struct, frozen=True):
 class _Channel(aetcd.Client):
     """aetcd's client on a channel of our choosing (TLS or not); everything else is aetcd's."""
 
+    # Set by aetcd.Client.__init__ (untyped), read before `connect` assigns it here.
+    _is_connecting: bool
+
     def __init__(self, target: str, credentials: grpc.ChannelCredentials | None, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self._target = target
         self._credentials = credentials
 

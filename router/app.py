@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,7 @@ class ModelCard(msgspec.Struct):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
-    permission: list[dict[str, object]] = []
+    permission: list[dict[str, builtins.object]] = []  # `object` here is the field above
 
 
 class ModelList(msgspec.Struct):

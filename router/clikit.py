@@ -45,7 +45,7 @@ def build_parser(prog: str, description: str, commands: dict[str, str]) -> argpa
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_path in commands.items():
-        module: Command = importlib.import_module(module_path)  # type: ignore[assignment]
+        module: Command = importlib.import_module(module_path)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)

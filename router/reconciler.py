@@ -206,9 +206,9 @@ class Reconciler:
     def _sync_agents(self) -> None:
         workers = self._rt.fleet.workers
         for worker_id in [w for w in self._agents if w not in workers]:
-            agent = self._agents.pop(worker_id)
-            if agent.task is not None:
-                agent.task.cancel()
+            gone = self._agents.pop(worker_id)
+            if gone.task is not None:
+                gone.task.cancel()
         for worker_id, view in workers.items():
             agent = self._agents.get(worker_id)
             if agent is None:

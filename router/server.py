@@ -16,7 +16,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -161,7 +161,7 @@ async def _run_until_stopped(loops: Sequence[Callable[[], Awaitable[None]]]) -> 
         loop.add_signal_handler(sig, stop.set)
     tasks = {asyncio.create_task(_as_coroutine(f), name=getattr(f, "__name__", "loop")) for f in loops}
     stopper = asyncio.create_task(stop.wait(), name="stop")
-    pending: set[asyncio.Task[None] | asyncio.Task[bool]] = {*tasks, stopper}
+    pending: set[asyncio.Task[Any]] = {*tasks, stopper}  # loops' None and stop.wait()'s True: unread
     try:
         while stopper in pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

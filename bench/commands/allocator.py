@@ -28,6 +28,7 @@ from allocator.placement import Planner, compute_placement
 from bench.baselines_placement import (
     DynamoStrategy,
     OursStrategy,
+    PlacementStrategy,
     RandomStrategy,
     RingStrategy,
     noisy_zipf,
@@ -91,13 +92,16 @@ def compare(ticks: int, seed: int) -> dict[str, Any]:
     sticky = OursStrategy(config, tick_s=2.0)
     loose = OursStrategy(msgspec.structs.replace(config, sticky=False), tick_s=2.0)
     loose.name = "allocator (no sticky)"
-    strategies = [sticky, loose, DynamoStrategy(), RingStrategy(sticky, config.epsilon),
-                  RandomStrategy(sticky, config.epsilon)]
+    strategies: list[PlacementStrategy] = [sticky, loose, DynamoStrategy(),
+                                           RingStrategy(sticky, config.epsilon),
+                                           RandomStrategy(sticky, config.epsilon)]
     adapters = synthetic.adapters(n_adapters)
     rng = np.random.default_rng(seed)
-    stats = {s.name: {"moves_total": 0, "moves_noise_only": 0, "moves_join": 0, "moves_leave": 0,
-                      "moves_spike": 0, "imbalance": [], "overflow_max": 0, "unplaced_max": 0}
-             for s in strategies}
+    stats: dict[str, dict[str, float]] = {
+        s.name: {"moves_total": 0, "moves_noise_only": 0, "moves_join": 0, "moves_leave": 0,
+                 "moves_spike": 0, "overflow_max": 0, "unplaced_max": 0}
+        for s in strategies}
+    imbalances: dict[str, list[float]] = {s.name: [] for s in strategies}
     previous: dict[str, Placement] = {}
     for tick in range(ticks):
         workers = synthetic.workers(n_workers, slots)
@@ -119,12 +123,12 @@ def compare(ticks: int, seed: int) -> dict[str, Any]:
                 row[key] += m
             previous[s.name] = placement
             loads = expected_loads(placement, workers)
-            row["imbalance"].append(imbalance(loads, workers))
+            imbalances[s.name].append(imbalance(loads, workers))
             row["overflow_max"] = max(row["overflow_max"], slot_overflow(placement, workers))
             row["unplaced_max"] = max(row["unplaced_max"], len(placement.unplaced))
             row["replicas_last"] = sum(len(rs.workers) for rs in placement.replica_sets.values())
-    for row in stats.values():
-        series = row.pop("imbalance")
+    for name, row in stats.items():
+        series = imbalances[name]
         row["imbalance_mean"] = float(np.mean(series))
         row["imbalance_max"] = float(np.max(series))
     return {"workers": n_workers, "slots": slots, "adapters": n_adapters, "total_rps": total,

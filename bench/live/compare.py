@@ -78,6 +78,11 @@ def _ratios(results: dict[str, RunMetrics], column: str) -> dict[str, float]:
     return {s: round(getattr(m, column) / best, 3) if best > 0 else float("nan") for s, m in results.items()}
 
 
+def _ranked(results: dict[str, RunMetrics], column: str) -> list[str]:
+    """Strategies best (lowest on `column`) first, ties by name."""
+    return sorted(results, key=lambda s: (getattr(results[s], column), s))
+
+
 def compare(live: dict[str, RunMetrics], sim: dict[str, RunMetrics]) -> Comparison:
     """`live` and `sim` keyed by the same (live) strategy names."""
     ratios: dict[str, dict[str, dict[str, float]]] = {s: {} for s in live}
@@ -86,8 +91,7 @@ def compare(live: dict[str, RunMetrics], sim: dict[str, RunMetrics]) -> Comparis
         lr, sr = _ratios(live, column), _ratios(sim, column)
         for s in live:
             ratios[s][column] = {"live": lr[s], "sim": sr[s]}
-        ranking[column] = {side: sorted(r, key=lambda s, r=r: (getattr(r[s], column), s))
-                           for side, r in (("live", live), ("sim", sim))}
+        ranking[column] = {side: _ranked(r, column) for side, r in (("live", live), ("sim", sim))}
     return Comparison(ratios=ratios, ranking=ranking,
                       agree={c: r["live"] == r["sim"] for c, r in ranking.items()},
                       pairs={c: _pairs(live, sim, c) for c, _ in RATIO_COLUMNS})

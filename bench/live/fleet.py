@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -74,6 +75,16 @@ def _placed_on_all(status: object, workers: int) -> bool:
     return healthy >= workers and status["placement_epoch"] >= 1 and status["ticks"] >= 1
 
 
+def _router_placed(base: str, workers: int) -> bool:
+    return _placed_on_all(_get(base + "/v1/router/status"), workers)
+
+
+def _held_by(listing: object, holders: int) -> bool:
+    """Every adapter of a /v1/loras listing is seen on at least `holders` workers."""
+    assert isinstance(listing, dict)
+    return all(len(a["holders"]) >= holders for a in listing["data"])
+
+
 class LiveFleet:
     def __init__(self, root: Path, shape: FleetShape, names: list[str]) -> None:
         self.root, self.shape, self.names = root, shape, names
@@ -127,13 +138,13 @@ class LiveFleet:
                                                  extra_args=("--log-level", "WARNING")) for k in range(count)])
         bases = [base_url(r) for r in routers]
         for b in bases:
-            wait_until(lambda b=b: _placed_on_all(_get(b + "/v1/router/status"), len(self.workers)),
+            wait_until(partial(_router_placed, b, len(self.workers)),
                        f"{b} seeing {len(self.workers)} healthy workers and a placement")
         return bases
 
     def wait_holders(self, base: str, holders: int) -> None:
         """Until the router has seen every adapter held by `holders` workers (their /v1/models listed)."""
-        wait_until(lambda: all(len(a["holders"]) >= holders for a in _get(base + "/v1/loras")["data"]),
+        wait_until(lambda: _held_by(_get(base + "/v1/loras"), holders),
                    f"{base} seeing every adapter on {holders} workers")
 
     def start_vllm_router(self, binary: str, policy: str) -> str:

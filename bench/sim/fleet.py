@@ -22,14 +22,19 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import numpy as np
 
-from bench.perfmodel import EngineModel, PerfParams, Sequence, count_down
+from bench.perfmodel import EngineModel, PerfParams, Sequence, StepResult, count_down
 from bench.workloads import Requests
 
 _STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
+
+_Payload = tuple[Any, Any]
+"""An event's arguments, by its kind: (worker state, step result), (worker state, coast id),
+(worker index, adapter) or (period or None, action). Typed where unpacked: the kind says which."""
 
 
 class WorkerState:
@@ -107,7 +112,7 @@ class Fleet:
         self.names = names
         self.workers = [WorkerState(i, params) for i in range(n_workers)]
         self.now = 0.0
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._heap: list[tuple[float, int, int, _Payload]] = []
         self._seq = 0
         self._pending = 0
         self._placement_loads = 0
@@ -127,7 +132,7 @@ class Fleet:
         self.on_loaded: Callable[[], None] | None = None
         """Called after every finished load: the holdings changed (the reconciler re-plans)."""
 
-    def _push(self, at: float, kind: int, payload: object) -> None:
+    def _push(self, at: float, kind: int, payload: _Payload) -> None:
         self._seq += 1
         if kind != _TIMER:
             self._pending += 1
@@ -242,15 +247,15 @@ class Fleet:
         ws.inflight -= len(rids)
         ws.served += len(rids)
 
-    def _step_end(self, ws: WorkerState, result: object) -> None:
+    def _step_end(self, ws: WorkerState, result: StepResult) -> None:
         now, adapter, first = self.now, self._adapter, self._first
-        for rid in result.started:  # type: ignore[attr-defined]
+        for rid in result.started:
             first[rid] = now
             a = adapter[rid]
             count_down(ws.waiting, a)
             _inc(ws.running, a)
-        self._finished(ws, result.finished)  # type: ignore[attr-defined]
-        self._load_times.extend([now] * result.host_loads)  # type: ignore[attr-defined]
+        self._finished(ws, result.finished)
+        self._load_times.extend([now] * result.host_loads)
         ws.busy = False
         if not ws.engine.idle:
             self._step(ws)
@@ -279,13 +284,15 @@ class Fleet:
             if kind != _TIMER:
                 self._pending -= 1
             if kind == _STEP_END:
-                self._step_end(*payload)  # type: ignore[misc]
+                self._step_end(*payload)
             elif kind == _COAST_END:
-                self._coast_end(*payload)  # type: ignore[misc]
+                self._coast_end(*payload)
             elif kind == _LOAD_DONE:
-                self._loaded(*payload)  # type: ignore[misc]
+                self._loaded(*payload)
             else:
-                period, action = payload  # type: ignore[misc]
+                period: float | None
+                action: Callable[[float], None]
+                period, action = payload
                 action(at)
                 if period is not None:
                     self._push(at + period, _TIMER, payload)

@@ -57,8 +57,8 @@ def _s3_client(settings: SourceSettings) -> Any:
     import boto3
     from botocore.config import Config
 
-    style = {"addressing_style": "path"} if settings.s3_endpoint_url else {}
-    config = Config(s3=style, retries={"max_attempts": 3, "mode": "standard"},
+    config = Config(s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
+                    retries={"max_attempts": 3, "mode": "standard"},
                     connect_timeout=10, read_timeout=60)
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
                         config=config)

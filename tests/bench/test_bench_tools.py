@@ -18,14 +18,14 @@ def test_more_adapters_than_slots_costs_swaps_and_throughput() -> None:
 
 
 def test_metric_sum_adds_a_metrics_samples_and_nothing_else() -> None:
-    text = "\n".join([
-        "# TYPE lora_router_retries counter",
-        'lora_router_retries_total{reason="connect"} 2.0',
-        'lora_router_retries_total{reason="worker_5xx"} 3.0',
-        'lora_router_retries_created{reason="connect"} 1.7e9',
-        "lora_router_retries_total_other 100.0",
-        "lora_sim_busy_seconds_total 1.5",
-    ])
+    text = (
+        "# TYPE lora_router_retries counter\n"
+        'lora_router_retries_total{reason="connect"} 2.0\n'
+        'lora_router_retries_total{reason="worker_5xx"} 3.0\n'
+        'lora_router_retries_created{reason="connect"} 1.7e9\n'
+        "lora_router_retries_total_other 100.0\n"
+        "lora_sim_busy_seconds_total 1.5"
+    )
     assert metric_sum(text, "lora_router_retries_total") == 5.0
     assert metric_sum(text, "lora_router_retries_total", 'reason="connect"') == 2.0
     assert metric_sum(text, "lora_sim_busy_seconds_total") == 1.5

@@ -6,12 +6,12 @@ from router.workers import adapter_path, error_message, lora_activity
 
 
 def test_lora_activity_takes_only_the_newest_series() -> None:
-    text = "\n".join([
-        "# TYPE vllm:lora_requests_info gauge",
-        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old",waiting_lora_adapters=""} 100.0',
-        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a,b",waiting_lora_adapters="c"} 300.0',
-        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters="x"} 200.0',
-    ])
+    text = (
+        "# TYPE vllm:lora_requests_info gauge\n"
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old",waiting_lora_adapters=""} 100.0\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a,b",waiting_lora_adapters="c"} 300.0\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters="x"} 200.0'
+    )
     assert lora_activity(text) == {"a", "b", "c"}
     assert lora_activity("vllm:num_requests_running 0.0\n") == set()
 
