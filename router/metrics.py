@@ -33,6 +33,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 OVERFLOW = "__overflow__"
+TENANT_CAP = 256
+"""Tenants come from the config, so are few; the cap still bounds the label if a config grows wild."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
@@ -71,6 +73,10 @@ class RouterMetrics:
         self.adapter = AdapterLabels(adapter_cap)
         self.requests = Counter("lora_router_requests", "Requests answered, by route, adapter and status.",
                                 ["route", "adapter", "status"], registry=r)
+        self.tenant = AdapterLabels(TENANT_CAP)
+        self.tenant_requests = Counter("lora_router_tenant_requests",
+                                       "Inference requests answered, by tenant ('' for admin keys and an "
+                                       "open router) and status.", ["tenant", "status"], registry=r)
         self.ttft = Histogram("lora_router_time_to_first_byte_seconds",
                               "Time from request arrival to the first response byte sent.",
                               ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
@@ -114,6 +120,12 @@ class RouterMetrics:
                                multiprocess_mode="livemax")
         self.etcd_up = Gauge("lora_router_etcd_connected", "1 while etcd answers.", registry=r,
                              multiprocess_mode="livemin")
+        self.unplaced = Gauge("lora_router_adapters_unplaced",
+                              "Adapters the placement could not give all their replicas (short of workers "
+                              "or slots).", registry=r, multiprocess_mode="livemax")
+        self.last_tick = Gauge("lora_router_control_last_tick_timestamp_seconds",
+                               "Unix time of the control loop's last tick: a stalled loop shows as its age.",
+                               registry=r, multiprocess_mode="livemin")
         self.placement_epoch = Gauge("lora_router_placement_epoch", "Epoch of the placement in use.",
                                      registry=r, multiprocess_mode="livemax")
         self.asyncio_tasks = Gauge("lora_router_asyncio_tasks",
@@ -123,9 +135,10 @@ class RouterMetrics:
                                 registry=r, multiprocess_mode="livemax")
         self.build_info.labels(router_version()).set(1)
 
-    def sample(self, *, leader: bool, etcd_connected: bool) -> None:
+    def sample(self, *, leader: bool, etcd_connected: bool, unplaced: int) -> None:
         """Set the gauges that mirror live state; called on the event loop."""
         self.is_leader.set(1 if leader else 0)
+        self.unplaced.set(unplaced)
         self.etcd_up.set(1 if etcd_connected else 0)
         self.inflight.set(self.requests_in_flight)
         self.asyncio_tasks.set(len(asyncio.all_tasks()))
