@@ -242,7 +242,8 @@ class SimulatedWorker:
         n_in = textgen.prompt_tokens(prompt)
         usage: dict[str, object] = {"prompt_tokens": n_in, "total_tokens": n_in + n_out, "completion_tokens": n_out,
                                     "prompt_tokens_details": None}
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        # vLLM names the completion after the caller's X-Request-Id when there is one.
+        ident = ("chatcmpl-" if chat else "cmpl-") + request.headers.get("X-Request-Id", uuid.uuid4().hex)
         created = int(time.time())
         tokens = self.engine.generate(adapter, n_in, n_out)
         self.metrics.served_once = True

@@ -18,6 +18,8 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from discovery.connect import EtcdSettings, add_etcd_arguments, as_argv, settings_from_args
 from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
+from router.logs import FORMATS
+from router.logs import configure as configure_logs
 from router.metrics import MULTIPROC_DIR
 from router.procs import ManagedProcess, python_cli
 from router.server import ServeOptions, default_state_dir, serve
@@ -46,12 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on other machines)")
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-format", choices=FORMATS, default=os.environ.get("LORA_ROUTER_LOG_FORMAT", "text"),
+                   help="text, or json: one object per line (default text; env LORA_ROUTER_LOG_FORMAT)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per inference request: id, adapter, tenant, worker, status, latency")
     add_etcd_arguments(p, "comma-separated etcd endpoints; none anywhere = start an embedded etcd", config_flag=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(args.log_level, args.log_format, args.access_log)
     router_id = args.router_id or f"{socket.gethostname()}-{os.getpid()}"
     embedded: EmbeddedEtcd | None = None
     try:
@@ -94,7 +99,8 @@ def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings, 
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
                           *as_argv(etcd), "--router-id", f"{router_id}-{i}",
-                          "--reuse-port", "--log-level", args.log_level)
+                          "--reuse-port", "--log-level", args.log_level, "--log-format", args.log_format,
+                          *(["--access-log"] if args.access_log else []))
         if args.config:
             argv += ["--config", args.config]
         for url in args.worker:
