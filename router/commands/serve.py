@@ -31,7 +31,8 @@ HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="router config file (YAML); defaults apply when omitted")
+    p.add_argument("--config", default=os.environ.get("LORA_ROUTER_CONFIG"),
+                   help="router config file (YAML; env LORA_ROUTER_CONFIG); defaults apply when omitted")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
     p.add_argument("--worker", action="append", default=[], metavar="URL",
