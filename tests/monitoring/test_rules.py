@@ -61,3 +61,18 @@ def test_every_alert_the_issue_asks_for_is_there() -> None:
     assert {"LoraRouterNoLeader", "LoraRouterEtcdUnreachable", "LoraRouterAdaptersUnplaced",
             "LoraRouterAdapterLoadsFailedPermanently", "LoraRouterWorkerEjected",
             "LoraRouterErrorBudgetBurnFast", "LoraRouterTTFBBudgetBurnFast"} <= alerts
+
+
+def test_every_runbook_anchor_is_a_section_of_operations_md() -> None:
+    """Alerts link to docs/operations.md#SECTION: each must be a heading there (GitHub's anchors)."""
+    import re
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+    runbooks = {r["annotations"]["runbook"] for g in yaml.safe_load(RULES.read_text())["groups"]
+                for r in g["rules"] if "runbook" in r.get("annotations", {})}
+    assert runbooks
+    for runbook in runbooks:
+        page, _, anchor = runbook.partition("#")
+        assert page == "docs/operations.md" and anchor in anchors, runbook
