@@ -76,3 +76,56 @@ def test_every_runbook_anchor_is_a_section_of_operations_md() -> None:
     for runbook in runbooks:
         page, _, anchor = runbook.partition("#")
         assert page == "docs/operations.md" and anchor in anchors, runbook
+
+
+DASHBOARD = ROOT / "helm" / "lora-router" / "files" / "grafana-dashboard.json"
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$job": ".*", "$topk": "10"}
+
+
+def dashboard_expressions() -> list[str]:
+    import json
+
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"] for p in panels for t in p.get("targets", [])]
+
+
+@needs_promtool
+def test_every_dashboard_expression_is_valid_promql(tmp_path: Path) -> None:
+    """Each panel's query, with Grafana's variables filled in, parses as PromQL (as a recording rule)."""
+    rules = []
+    for i, expr in enumerate(dashboard_expressions()):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"unknown Grafana variable in {expr}"
+        rules.append({"record": f"dashboard:panel_{i}", "expr": expr})
+    (tmp_path / "dashboard-rules.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = promtool("check", "rules", tmp_path / "dashboard-rules.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_structure() -> None:
+    """What Grafana's sidecar needs: a uid, unique panel ids, every query on the datasource variable,
+    the template variables the queries use, panels that do not overlap."""
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "lora-router" and dashboard["title"]
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "job", "topk"} <= variables
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24
+        mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not cells & mine, f"panel {panel['title']} overlaps another"
+        cells |= mine
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert 'namespace=~"$namespace"' in target["expr"], f"{panel['title']} ignores the namespace"
+    titles = " ".join(p["title"] for p in panels).lower()
+    for topic in ("error", "time to first byte", "cold start", "overflow", "replicas", "worker health",
+                  "leader", "etcd", "tick", "reconcile", "tenant"):
+        assert topic in titles, topic
