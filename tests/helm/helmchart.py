@@ -126,13 +126,14 @@ SECURED_ETCD_VALUES: dict[str, Any] = {
 Ingress, HTTPRoute, monitoring objects and the test hook."""
 OWN_ETCD_VALUES: dict[str, Any] = {
     "etcd": {**_extras("etcd"), "backup": {"enabled": True},
+             "tls": {"enabled": True, "existingSecret": "etcd-peer-tls", "clientSecret": "etcd-client-tls"},
              "topologySpreadConstraints": [{**SPREAD[0], "labelSelector": {
                  "matchLabels": {"app.kubernetes.io/component": "etcd"}}}]},
     "workers": {"vllm": {"enabled": True}},
     "metrics": {"serviceMonitor": {"enabled": True}},
     "networkPolicy": {"enabled": True},
 }
-"""The chart's own etcd with backups, extras and spread; workers and monitors on."""
+"""The chart's own etcd with client and peer TLS, backups, extras and spread; workers and monitors on."""
 
 
 def scenarios() -> dict[str, dict[str, Any] | None]:

@@ -18,6 +18,7 @@ helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not install
 from helmchart import (
     CHART,
     FULLNAME,
+    NAMESPACE,
     OWN_ETCD_VALUES,
     SECURED_ETCD_VALUES,
     SPREAD,
@@ -144,7 +145,9 @@ def test_backup_cronjob_reaches_a_secured_etcd() -> None:
     assert job["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]["lora-router/etcd-client"] == "true"
     assert "PersistentVolumeClaim" not in kinds(manifests), "an existing claim is used as is"
     own = render(OWN_ETCD_VALUES)
-    assert env(pod_spec(find(own, "CronJob", BACKUP))["containers"][0])["ETCD_ENDPOINT"] == f"http://{ETCD}:2379"
+    own_backup = pod_spec(find(own, "CronJob", BACKUP))["containers"][0]
+    assert env(own_backup)["ETCD_ENDPOINT"] == f"https://{ETCD}:2379"
+    assert env(own_backup)["ETCDCTL_CERT"] == "/etc/lora-router/etcd/tls.crt"
     claim = find(own, "PersistentVolumeClaim", BACKUP)
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert "CronJob" not in kinds(render(None))
@@ -162,6 +165,41 @@ def test_helm_test_pod_is_a_hook_with_a_client_key_and_never_the_worker_key() ->
     assert "vllm-api-key" not in str(pod)
     assert "volumes" not in find(render(None), "Pod", TEST_POD)["spec"], "no keys, no key volume"
     assert "Pod" not in kinds(render({"tests": {"enabled": False}}))
+
+
+def test_own_etcd_with_tls_members_and_clients() -> None:
+    """etcd.tls: members serve clients and peers over TLS with client certificates; routers,
+    registrars and the backup reach them over https with the client Secret."""
+    manifests = render(OWN_ETCD_VALUES)
+    etcd = container(find(manifests, "StatefulSet", ETCD), "etcd")
+    args = etcd["args"]
+    assert "--listen-client-urls=https://0.0.0.0:2379" in args
+    assert "--client-cert-auth=true" in args and "--peer-client-cert-auth=true" in args
+    assert "--trusted-ca-file=/etc/etcd/tls/ca.crt" in args
+    cluster = next(a for a in args if a.startswith("--initial-cluster="))
+    assert cluster.count("https://") == 3 and "http://" not in cluster
+    assert "--listen-metrics-urls=http://0.0.0.0:2381" in args, "probes and Prometheus stay on plain HTTP"
+    assert mounts(etcd)["tls"] == "/etc/etcd/tls"
+    volumes = {v["name"]: v for v in pod_spec(find(manifests, "StatefulSet", ETCD))["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "etcd-peer-tls"
+    from test_helm_render import parse_cli
+
+    router_args = container(find(manifests, "Deployment", ROUTER), "router")["args"]
+    parsed = parse_cli("serve", router_args)
+    assert all(e.startswith("https://") for e in parsed.etcd.split(","))
+    assert (parsed.etcd_ca, parsed.etcd_cert, parsed.etcd_key) == (
+        "/etc/lora-router/etcd/ca.crt", "/etc/lora-router/etcd/tls.crt", "/etc/lora-router/etcd/tls.key")
+    registrar = parse_cli("register", container(find(manifests, "Deployment", VLLM), "registrar")["args"])
+    assert registrar.etcd_cert == "/etc/lora-router/etcd/tls.crt"
+    router_volumes = {v["name"]: v for v in pod_spec(find(manifests, "Deployment", ROUTER))["volumes"]}
+    [source] = router_volumes["etcd-client"]["projected"]["sources"]
+    assert source["secret"]["name"] == "etcd-client-tls"
+    assert "plain HTTP" not in notes(OWN_ETCD_VALUES)
+    with pytest.raises(helm.HelmValuesError, match="clientSecret"):
+        render({"etcd": {"tls": {"enabled": True, "existingSecret": "etcd-peer-tls"}}})
+    default_args = container(find(render(None), "StatefulSet", ETCD), "etcd")["args"]
+    assert "--listen-client-urls=http://0.0.0.0:2379" in default_args
+    assert not [a for a in default_args if "cert" in a]
 
 
 def notes(values: dict[str, Any] | None) -> str:
@@ -248,3 +286,65 @@ def test_backup_script_snapshots_prunes_and_restores(tmp_path: Path, etcd: Any) 
         assert got.stdout.strip() == "catalog"
     finally:
         server.kill()
+
+
+def test_rendered_tls_etcd_member_starts_and_requires_client_certificates(tmp_path: Path) -> None:
+    """The chart's etcd.tls flags, run by a real etcd (one member, DNS names and ports mapped to
+    loopback): a client with the client Secret's files is served, one without a certificate is not."""
+    import shutil
+
+    from discovery.embedded import find_etcd_binary
+    from discovery.ports import free_port
+    from router.procs import ManagedProcess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    member_dir, client_dir = tmp_path / "member", tmp_path / "client"
+    for d in (member_dir, client_dir):
+        d.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path, timeout=60)
+
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+            "-subj", "/CN=etcd-ca")
+    for name, d in (("member", member_dir), ("client", client_dir)):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/tls.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{d}/tls.crt", "-days", "1", "-extfile", "san.ext")
+        shutil.copy(tmp_path / "ca.crt", d / "ca.crt")
+
+    values = {"etcd": {"replicas": 1, "tls": OWN_ETCD_VALUES["etcd"]["tls"]}}
+    args = container(find(render(values), "StatefulSet", ETCD), "etcd")["args"]
+    client, peer, metrics = free_port(), free_port(), free_port()
+    member = f"{ETCD}-0"
+    host = f"{member}.{ETCD}-headless.{NAMESPACE}.svc.cluster.local"
+    replacements = [(f"$(POD_NAME).{ETCD}-headless.$(POD_NAMESPACE).svc.cluster.local", "127.0.0.1"),
+                    (host, "127.0.0.1"), ("$(POD_NAME)", member), ("0.0.0.0", "127.0.0.1"),
+                    (":2379", f":{client}"), (":2380", f":{peer}"), (":2381", f":{metrics}"),
+                    ("/etc/etcd/tls", str(member_dir)), ("/var/lib/etcd", str(tmp_path / "data"))]
+    argv = [find_etcd_binary()]
+    for arg in args:
+        for old, new in replacements:
+            arg = arg.replace(old, new)
+        argv.append(arg)
+    assert not [a for a in argv if "svc.cluster.local" in a or "$(" in a], argv
+    proc = ManagedProcess(argv + ["--log-level", "error"], health_url=f"http://127.0.0.1:{metrics}/health",
+                          log_path=tmp_path / "etcd.log").start(timeout_s=30)
+    etcdctl = str(Path(sys.executable).parent / "etcdctl")
+    endpoint = f"https://127.0.0.1:{client}"
+    try:
+        with_cert = subprocess.run(
+            [etcdctl, "--endpoints", endpoint, "--cacert", str(client_dir / "ca.crt"), "--cert",
+             str(client_dir / "tls.crt"), "--key", str(client_dir / "tls.key"), "put", "/lora-router/k", "v"],
+            capture_output=True, text=True, timeout=30, check=False)
+        assert with_cert.returncode == 0, with_cert.stderr
+        without = subprocess.run(
+            [etcdctl, "--endpoints", endpoint, "--cacert", str(client_dir / "ca.crt"), "--dial-timeout", "2s",
+             "--command-timeout", "3s", "get", "/lora-router/k"],
+            capture_output=True, text=True, timeout=30, check=False)
+        assert without.returncode != 0, "a client without a certificate was served"
+    finally:
+        proc.kill()
