@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -40,6 +41,20 @@ MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
 _PROCESS_MIN = frozenset({"process_start_time_seconds", "process_max_fds"})
 """Process metrics that are not summed over the router's processes: the oldest start, the lowest limit."""
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Answer(msgspec.Struct):
+    """Only `usage` of an OpenAI answer; every other field is skipped unread."""
+
+    usage: _Usage | None = None
+
+
+_decode_answer = msgspec.json.Decoder(_Answer).decode
 
 
 def router_version() -> str:
@@ -77,6 +92,10 @@ class RouterMetrics:
         self.tenant_requests = Counter("lora_router_tenant_requests",
                                        "Inference requests answered, by tenant ('' for admin keys and an "
                                        "open router) and status.", ["tenant", "status"], registry=r)
+        self.tenant_tokens = Counter("lora_router_tenant_tokens",
+                                     "Tokens of answered requests by tenant and kind (prompt, completion), "
+                                     "from the usage of whole (non-streamed) answers.",
+                                     ["tenant", "kind"], registry=r)
         self.ttft = Histogram("lora_router_time_to_first_byte_seconds",
                               "Time from request arrival to the first response byte sent.",
                               ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
@@ -142,6 +161,17 @@ class RouterMetrics:
         self.etcd_up.set(1 if etcd_connected else 0)
         self.inflight.set(self.requests_in_flight)
         self.asyncio_tasks.set(len(asyncio.all_tasks()))
+
+    def count_usage(self, tenant: str | None, answer: bytes) -> None:
+        """Tokens from a whole answer's `usage`; an answer without one (or not JSON) counts nothing."""
+        try:
+            usage = _decode_answer(answer).usage
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if usage is not None:
+            label = self.tenant(tenant)
+            self.tenant_tokens.labels(label, "prompt").inc(max(usage.prompt_tokens, 0))
+            self.tenant_tokens.labels(label, "completion").inc(max(usage.completion_tokens, 0))
 
     def first_byte(self, adapter: str | None, seconds: float) -> None:
         """On every inference response: the labelled child is looked up once per adapter, not per request."""

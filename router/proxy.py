@@ -273,6 +273,8 @@ async def _relay(request: web.Request, rt: RouterRuntime, target: Target, view: 
         else:
             buffered = await _read_up_to(chunks, BUFFER_LIMIT)
             if upstream.complete():
+                if upstream.status == 200:
+                    rt.metrics.count_usage(request.get(TENANT), buffered)
                 return web.Response(status=upstream.status, body=buffered, headers=headers)
             first = buffered
     except UpstreamTimeout as exc:

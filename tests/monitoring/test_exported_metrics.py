@@ -97,7 +97,8 @@ def test_dashboard_and_rules_name_only_metrics_a_router_exports(
 
     def complete() -> int:
         request = urllib.request.Request(
-            router.url + "/v1/completions", data=json.dumps({"model": "dash-a", "prompt": "x", "max_tokens": 2}).encode(),
+            router.url + "/v1/completions",
+            data=json.dumps({"model": "dash-a", "prompt": "x", "max_tokens": 2, "ignore_eos": True}).encode(),
             headers={"Authorization": "Bearer acme-key-1", "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
@@ -122,3 +123,4 @@ def test_dashboard_and_rules_name_only_metrics_a_router_exports(
                     if name in have and labels - have[name] - TARGET_LABELS}
     assert not wrong_labels, f"selected on labels the router does not export: {wrong_labels}"
     assert 'lora_router_tenant_requests_total{status="200",tenant="acme"} 1.0' in text
+    assert 'lora_router_tenant_tokens_total{kind="completion",tenant="acme"} 2.0' in text
