@@ -59,9 +59,13 @@ class ReplicaPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_replicas: Annotated[int, Meta(ge=1)] | None = None
     """Upper bound; null = as many as there are candidate workers."""
     scale_up_threshold: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    """Share of the replicas' capacity above which replicas are added."""
     scale_down_threshold: Annotated[float, Meta(gt=0, lt=1)] = 0.6
+    """Share below which replicas are removed; lower than the scale-up one, so the count does not flap."""
     scale_up_cooldown_s: NonNegative = 0.0
+    """Wait after a change before replicas are added."""
     scale_down_cooldown_s: NonNegative = 60.0
+    """How long demand must stay low before a replica is removed."""
 
     def __post_init__(self) -> None:
         _check_policy(self)
@@ -91,6 +95,7 @@ class PlanBudget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     loads_per_worker: Annotated[int, Meta(ge=1)] = 2
     """Adapter loads in flight on one worker at a time (a load competes with serving)."""
     actions_per_tick: Annotated[int, Meta(ge=1)] = 64
+    """Loads and unloads one reconcile round may start across the fleet."""
 
 
 class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -106,6 +111,7 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     sticky: bool = True
     """Keep a current holder while it stays in the adapter's top replicas + sticky_k and in bounds."""
     sticky_k: Count = 2
+    """How many ranks past its replica count a current holder may fall and keep the adapter (with `sticky`)."""
     rise_tau_s: NonNegative = 0.0
     """Estimator time constant for rising demand; 0 = follow a rise at once."""
     fall_tau_s: NonNegative = 30.0

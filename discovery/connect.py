@@ -83,8 +83,8 @@ def add_etcd_arguments(p: argparse.ArgumentParser, endpoints_help: str | None = 
         text = endpoints_help if opt.field == "endpoints" and endpoints_help else opt.help
         group.add_argument(opt.flag, default=None, metavar=opt.metavar, help=f"{text} [{opt.env}]")
     if config_flag:
-        group.add_argument("--config", default=None, metavar="FILE",
-                           help="a router config file: only its etcd: section is read")
+        group.add_argument("--config", default=os.environ.get("LORA_ROUTER_CONFIG"), metavar="FILE",
+                           help="a router config file: only its etcd: section is read [LORA_ROUTER_CONFIG]")
 
 
 class _EtcdSection(msgspec.Struct):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import proxy
 from router.errors import ExpectationFailed, HttpStatusError, PayloadTooLarge, RouterError
-from router.proxy import ADAPTER, RUNTIME
+from router.logs import ACCESS
+from router.proxy import ADAPTER, REQUEST_ID, REQUEST_ID_HEADER, RUNTIME, TENANT, WORKER
 from router.runtime import RouterRuntime
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,8 @@ OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
 """The API's OpenAPI document, served as is; tests/hostile checks it lists every route."""
 STARTED = web.RequestKey("started", float)
 """When an inference request reached its handler: time to first byte is measured from it."""
+USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+"""A client's x-request-id is kept when it is short visible ASCII; anything else is replaced."""
 
 
 class ModelCard(msgspec.Struct):
@@ -113,20 +118,45 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _inference(handler: Handler) -> Handler:
-    """Counts the request in flight while its handler runs, and marks its arrival for `_first_byte`."""
+    """Counts the request in flight while its handler runs, marks its arrival for `_first_byte`,
+    settles its request id, and counts (and, with the access log on, logs) its outcome per tenant."""
     async def counted(request: web.Request) -> web.StreamResponse:
-        request[STARTED] = time.monotonic()
+        request[STARTED] = started = time.monotonic()
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request[REQUEST_ID] = given if USABLE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         metrics = request.app[RUNTIME].metrics
         metrics.requests_in_flight += 1
+        status = 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
+        except (RouterError, web.HTTPException) as error:
+            status = error.status
+            raise
         finally:
             metrics.requests_in_flight -= 1
+            metrics.tenant_requests.labels(metrics.tenant(request.get(TENANT)), str(status)).inc()
+            if ACCESS.isEnabledFor(logging.INFO):
+                _access_line(request, status, started)
     return counted
 
 
-async def _first_byte(request: web.Request, _response: web.StreamResponse) -> None:
+def _access_line(request: web.Request, status: int, started: float) -> None:
+    latency_ms = round((time.monotonic() - started) * 1000, 1)
+    fields = {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
+              "adapter": request.get(ADAPTER), "tenant": request.get(TENANT),
+              "worker": request.get(WORKER), "status": status, "latency_ms": latency_ms}
+    ACCESS.info("%s %s %d %.1fms adapter=%s tenant=%s worker=%s id=%s", request.method, request.path,
+                status, latency_ms, fields["adapter"] or "-", fields["tenant"] or "-",
+                fields["worker"] or "-", fields["request_id"], extra=fields)
+
+
+async def _first_byte(request: web.Request, response: web.StreamResponse) -> None:
     """Runs as the response's head is sent: answers, errors and streams alike."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
     started = request.get(STARTED)
     if started is not None:
         request.app[RUNTIME].metrics.first_byte(request.get(ADAPTER), time.monotonic() - started)

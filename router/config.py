@@ -26,15 +26,24 @@ class AdapterEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A catalog adapter declared in the file, like vLLM's --lora-modules."""
 
     name: str
+    """The name clients send as `model`."""
     source: str
+    """Where workers load it from: a path under `security.allowed_path_prefixes`, or a URI whose scheme is in `security.allowed_schemes`."""
     base_model: str | None = None
+    """The base model it was trained for; null = the fleet's base model."""
     rank: int = 8
+    """LoRA rank: only workers whose maximum rank is at least this are given it."""
     tenant: str | None = None
+    """The owning tenant: other tenants see the adapter as absent. Null = any caller may use it."""
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One tenant: its keys and the adapters it may use."""
+
     keys_sha256: list[str] = []
+    """sha256 hex digests of the tenant's keys (so keys need not be on disk)."""
     keys_file: str | None = None
+    """A file of the tenant's keys, one per line (`#` comments); re-read on reload, so keys rotate without a restart."""
     adapters: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Glob patterns of the adapter (and alias) names this tenant may use among those no tenant owns; an
     adapter whose `tenant` is this one is usable whatever its name, one owned by another tenant never is."""
@@ -43,11 +52,17 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Admin keys. Admin keys use every adapter and the admin API; with no admin and no tenant keys the router is open to anyone who reaches it."""
+
     admin_keys_sha256: list[str] = []
+    """sha256 hex digests of admin keys."""
     admin_keys_file: str | None = None
+    """A file of admin keys, one per line (`#` comments); re-read on reload."""
 
 
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What clients and the catalog may do: adapter sources, request sizes, headers."""
+
     allowed_path_prefixes: list[str] = []
     """Local adapter paths must resolve under one of these; empty = no local paths."""
     allowed_schemes: list[str] = msgspec.field(default_factory=lambda: ["file"])
@@ -56,16 +71,24 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Remote sources (s3://, https://, hf://) must start with one of these, e.g. s3://bucket/adapters/ or
     hf://my-org/ (the bucket or repo allow-list); empty = any source of an allowed scheme."""
     max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted; larger ones are answered 413 (before the upload with `Expect: 100-continue`)."""
     max_header_bytes: int = 16 * 1024
+    """Largest request head (request line and headers) accepted."""
     worker_header: bool = True
     """Send x-lora-router-worker with the chosen worker's id."""
 
 
 class TimeoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Time limits on workers and clients, in seconds."""
+
     connect_s: float = 2.0
+    """Connecting to a worker; one that does not accept in time is not tried again for this request."""
     read_s: float = 600.0
+    """Waiting for a worker's answer; past it the client gets 504 and the request is not sent again."""
     cold_start_timeout_s: float = 30.0
+    """How long a request waits for its adapter's first load before it is answered 503."""
     drain_timeout_s: float = 30.0
+    """How long an unload waits for the adapter's requests in flight on that worker to finish."""
     worker_call_s: float = 30.0
     """Admin calls to workers: load, unload, models."""
     client_header_s: Seconds = 60.0
@@ -77,9 +100,14 @@ class TimeoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The control loops: ticks, leases, health, retries."""
+
     tick_s: float = 2.0
+    """Control loop period: demand is published and, on the leader, the placement computed."""
     reconcile_s: float = 5.0
+    """How often each router checks the workers' adapters against the placement and loads or unloads."""
     lease_ttl_s: int = 5
+    """TTL of this router's leased etcd keys (leadership, demand report): a dead leader is replaced within about this."""
     health_probe_s: float = 2.0
     """How often a worker marked down is probed back."""
     down_after_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -95,6 +123,7 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry_base_s: float = 0.5
     """First backoff after a transient load/unload failure; doubles per attempt, with jitter."""
     retry_max_s: float = 30.0
+    """Longest backoff between retries of a transiently failed load or unload."""
     failed_retry_max_s: Seconds = 240.0
     """Cap of the backoff between retries of a load a worker refused (no adapter at the path, rank too high):
     files may appear later (a synced volume, a slow download) and are then loaded without anyone asking."""
@@ -102,6 +131,7 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     base_model: str | None = None
+    """The base model's name when no worker announces one (static `--worker` discovery)."""
     placement: ReplicaConfig = msgspec.field(default_factory=ReplicaConfig)
     adapters: list[AdapterEntry] = []
     aliases: dict[str, dict[str, float]] = {}
@@ -114,9 +144,13 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workers: list[str] = []
     """Static worker URLs (used when no etcd discovery is given)."""
     worker_api_key_file: str | None = None
+    """A file whose first line is the key the workers require (vLLM's `--api-key`); sent to every worker whose record names no key of its own."""
     worker_api_key_env: str | None = None
+    """The environment variable holding that key, when `worker_api_key_file` is not set."""
     sticky_header: str = "x-lora-router-user"
+    """Request header whose value keeps a caller on one variant of an alias, when the body has no `user`."""
     metrics_adapter_cap: int = 200
+    """Adapters with their own metrics label; the rest share `__overflow__`, so metrics stay bounded."""
     etcd: EtcdSettings = EtcdSettings()
     """How every command reaches etcd (flags and LORA_ROUTER_ETCD* environment variables override it);
     read at start: a change applies on the next start."""

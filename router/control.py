@@ -99,6 +99,7 @@ class ControlLoop:
         """
         self.ticks += 1
         self.last_tick_at = now
+        self._rt.metrics.last_tick.set(now)
         self.sample(now)
         try:
             await self._demand_store.publish(self._rt.router_id, self._rt.estimates, at=now)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -33,11 +34,27 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 OVERFLOW = "__overflow__"
+TENANT_CAP = 256
+"""Tenants come from the config, so are few; the cap still bounds the label if a config grows wild."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
 _PROCESS_MIN = frozenset({"process_start_time_seconds", "process_max_fds"})
 """Process metrics that are not summed over the router's processes: the oldest start, the lowest limit."""
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Answer(msgspec.Struct):
+    """Only `usage` of an OpenAI answer; every other field is skipped unread."""
+
+    usage: _Usage | None = None
+
+
+_decode_answer = msgspec.json.Decoder(_Answer).decode
 
 
 def router_version() -> str:
@@ -71,6 +88,14 @@ class RouterMetrics:
         self.adapter = AdapterLabels(adapter_cap)
         self.requests = Counter("lora_router_requests", "Requests answered, by route, adapter and status.",
                                 ["route", "adapter", "status"], registry=r)
+        self.tenant = AdapterLabels(TENANT_CAP)
+        self.tenant_requests = Counter("lora_router_tenant_requests",
+                                       "Inference requests answered, by tenant ('' for admin keys and an "
+                                       "open router) and status.", ["tenant", "status"], registry=r)
+        self.tenant_tokens = Counter("lora_router_tenant_tokens",
+                                     "Tokens of answered requests by tenant and kind (prompt, completion), "
+                                     "from the usage of whole (non-streamed) answers.",
+                                     ["tenant", "kind"], registry=r)
         self.ttft = Histogram("lora_router_time_to_first_byte_seconds",
                               "Time from request arrival to the first response byte sent.",
                               ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
@@ -108,7 +133,10 @@ class RouterMetrics:
         self.adapter_failed = Gauge("lora_router_adapter_failed",
                                     "1 while the adapter is marked failed in the catalog: every worker placed "
                                     "for it refused to load it (reason in GET /v1/loras/{name}).",
-                                    ["adapter"], registry=r)
+                                    ["adapter"], registry=r, multiprocess_mode="livemax")
+        self.adapters_failed = Gauge("lora_router_adapters_failed",
+                                     "Adapters marked failed in the catalog (what the alert counts: the per-adapter "
+                                     "series stop at the adapter label cap).", registry=r, multiprocess_mode="livemax")
         self.reconcile_lag = Gauge("lora_router_reconcile_lag_seconds",
                                    "Age of the oldest unmet placement action.", registry=r,
                                    multiprocess_mode="livemax")
@@ -118,6 +146,12 @@ class RouterMetrics:
                                multiprocess_mode="livemax")
         self.etcd_up = Gauge("lora_router_etcd_connected", "1 while etcd answers.", registry=r,
                              multiprocess_mode="livemin")
+        self.unplaced = Gauge("lora_router_adapters_unplaced",
+                              "Adapters the placement could not give all their replicas (short of workers "
+                              "or slots).", registry=r, multiprocess_mode="livemax")
+        self.last_tick = Gauge("lora_router_control_last_tick_timestamp_seconds",
+                               "Unix time of the control loop's last tick: a stalled loop shows as its age.",
+                               registry=r, multiprocess_mode="livemin")
         self.placement_epoch = Gauge("lora_router_placement_epoch", "Epoch of the placement in use.",
                                      registry=r, multiprocess_mode="livemax")
         self.asyncio_tasks = Gauge("lora_router_asyncio_tasks",
@@ -127,12 +161,24 @@ class RouterMetrics:
                                 registry=r, multiprocess_mode="livemax")
         self.build_info.labels(router_version()).set(1)
 
-    def sample(self, *, leader: bool, etcd_connected: bool) -> None:
+    def sample(self, *, leader: bool, etcd_connected: bool, unplaced: int) -> None:
         """Set the gauges that mirror live state; called on the event loop."""
         self.is_leader.set(1 if leader else 0)
+        self.unplaced.set(unplaced)
         self.etcd_up.set(1 if etcd_connected else 0)
         self.inflight.set(self.requests_in_flight)
         self.asyncio_tasks.set(len(asyncio.all_tasks()))
+
+    def count_usage(self, tenant: str | None, answer: bytes) -> None:
+        """Tokens from a whole answer's `usage`; an answer without one (or not JSON) counts nothing."""
+        try:
+            usage = _decode_answer(answer).usage
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if usage is not None:
+            label = self.tenant(tenant)
+            self.tenant_tokens.labels(label, "prompt").inc(max(usage.prompt_tokens, 0))
+            self.tenant_tokens.labels(label, "completion").inc(max(usage.completion_tokens, 0))
 
     def first_byte(self, adapter: str | None, seconds: float) -> None:
         """On every inference response: the labelled child is looked up once per adapter, not per request."""

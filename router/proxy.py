@@ -39,15 +39,21 @@ log = logging.getLogger(__name__)
 RUNTIME = web.AppKey("runtime", RouterRuntime)
 ADAPTER = web.RequestKey("adapter", str)
 """The resolved adapter, for the metrics recorded when the response starts (router.app)."""
+TENANT = web.RequestKey("tenant", str)
+WORKER = web.RequestKey("worker", str)
+"""The last worker tried, for the access log."""
+REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "x-request-id"
+"""The client's (when usable) or the router's own: forwarded to the worker, returned to the client."""
 WORKER_HEADER = "x-lora-router-worker"
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
 })
-NOT_FORWARDED = HOP_BY_HOP | {"expect", "content-encoding"}
+NOT_FORWARDED = HOP_BY_HOP | {"expect", "content-encoding", REQUEST_ID_HEADER}
 """Request headers the router answers itself: `Expect` (aiohttp sends the client its 100 Continue
 when the body is read; the worker gets the whole body at once) and `Content-Encoding` (aiohttp
-decodes the body, so the worker gets plain JSON)."""
+decodes the body, so the worker gets plain JSON); the request id is sent as the router settled it."""
 ADAPTER_MISSING = "adapter_missing"
 """Retry reason of a 404 from a holder: the worker lost the adapter (restart, unload behind our back)."""
 BUFFER_LIMIT = 1 << 20
@@ -74,6 +80,7 @@ class _Retry(Exception):
 async def handle(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     caller = rt.auth.caller(request.headers.get("Authorization"))
+    request[TENANT] = caller.tenant or ""
     body = await read_body(request, rt.config.security.max_body_bytes, rt.config.timeouts.client_body_s)
     fields = _parse_fields(body)
     target = resolve(
@@ -138,7 +145,9 @@ def _forwarded_headers(request: web.Request) -> str:
     connection = request.headers.get("Connection")
     if connection:
         drop = drop | {t.strip().lower() for t in connection.split(",")}
-    return "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in drop)
+    request_id = request.get(REQUEST_ID)
+    return "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in drop) + (
+        f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id else "")
 
 
 async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body: bytes) -> web.StreamResponse:
@@ -186,6 +195,7 @@ async def _pick(rt: RouterRuntime, target: Target, views: list[WorkerView], fail
 async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,
                    headers: str, started: float, last_chance: bool) -> web.StreamResponse:
     origin = view.origin
+    request[WORKER] = view.id
     # aiohttp decodes header bytes as utf-8 with surrogateescape; encoding back the same way
     # forwards them byte for byte (latin-1 raised on any non-ASCII header byte: a 500).
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
@@ -263,6 +273,8 @@ async def _relay(request: web.Request, rt: RouterRuntime, target: Target, view: 
         else:
             buffered = await _read_up_to(chunks, BUFFER_LIMIT)
             if upstream.complete():
+                if upstream.status == 200:
+                    rt.metrics.count_usage(request.get(TENANT), buffered)
                 return web.Response(status=upstream.status, body=buffered, headers=headers)
             first = buffered
     except UpstreamTimeout as exc:

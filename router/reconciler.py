@@ -403,7 +403,9 @@ class Reconciler:
                     unmet[(worker, name)] = self._unmet_since.get((worker, name), now)
         self._unmet_since = unmet
         metrics.reconcile_lag.set(now - min(unmet.values(), default=now))
-        failed = {metrics.adapter(r.name) for r in fleet.catalog.values() if r.failed is not None}
+        failed_names = [r.name for r in fleet.catalog.values() if r.failed is not None]
+        metrics.adapters_failed.set(len(failed_names))
+        failed = {metrics.adapter(name) for name in failed_names}
         for label in self._failed_labels - failed:
             metrics.adapter_failed.remove(label)
         for label in failed:

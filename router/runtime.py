@@ -96,7 +96,8 @@ class RouterRuntime:
     def sample_metrics(self) -> None:
         """Mirror leadership and etcd reachability in the gauges, as of now (leadership is live, see
         `is_leader`); at every control tick and scrape."""
-        self.metrics.sample(leader=self.is_leader, etcd_connected=self.etcd_reachable)
+        self.metrics.sample(leader=self.is_leader, etcd_connected=self.etcd_reachable,
+                            unplaced=len(self.fleet.placement.unplaced))
 
     def ready(self) -> bool:
         return bool(self.fleet.workers) and self.placement_seen

@@ -244,7 +244,8 @@ class SimulatedWorker:
         finish = "length" if n_out >= max_tokens else "stop"
         usage: dict[str, object] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out,
                                     "completion_tokens": n_out, "prompt_tokens_details": None}
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        # vLLM names the completion after the caller's X-Request-Id when there is one.
+        ident = ("chatcmpl-" if chat else "cmpl-") + request.headers.get("X-Request-Id", uuid.uuid4().hex)
         created = int(time.time())
         tokens = self.engine.generate(adapter, n_prompt, n_out)
         self.metrics.served_once = True

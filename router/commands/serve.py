@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,8 @@ from discovery.embedded import EmbeddedEtcd, EtcdBinaryNotFound, EtcdStartFailed
 from discovery.errors import EtcdAuthFailed
 from router.clikit import UsageError
 from router.config import load_config
+from router.logs import FORMATS
+from router.logs import configure as configure_logs
 from router.metrics import MULTIPROC_DIR
 from router.procs import ManagedProcess, python_cli
 from router.server import ServeOptions, default_state_dir, listen, serve
@@ -33,7 +34,8 @@ HELP = "Run the router: OpenAI-compatible proxy, admin API, placement and reconc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="router config file (YAML); defaults apply when omitted")
+    p.add_argument("--config", default=os.environ.get("LORA_ROUTER_CONFIG"),
+                   help="router config file (YAML; env LORA_ROUTER_CONFIG); defaults apply when omitted")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 = any free port)")
     p.add_argument("--worker", action="append", default=[], metavar="URL",
@@ -51,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for --workers children)")
     p.add_argument("--log-level", default="INFO", type=_log_level,
                    help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
+    p.add_argument("--log-format", choices=FORMATS, default=os.environ.get("LORA_ROUTER_LOG_FORMAT", "text"),
+                   help="text, or json: one object per line (default text; env LORA_ROUTER_LOG_FORMAT)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per inference request: id, adapter, tenant, worker, status, latency")
     add_etcd_arguments(p, "comma-separated etcd endpoints; none anywhere = start an embedded etcd", config_flag=False)
 
 
@@ -67,8 +73,7 @@ def _log_level(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(args.log_level, args.log_format, args.access_log)
     try:
         loaded = load_config(args.config)
         etcd = settings_from_args(args)
@@ -122,7 +127,8 @@ def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings, 
     for i in range(args.workers):
         argv = python_cli("router", "serve", "--host", args.host, "--port", str(args.port),
                           *as_argv(etcd), "--router-id", f"{router_id}-{i}",
-                          "--reuse-port", "--log-level", args.log_level)
+                          "--reuse-port", "--log-level", args.log_level, "--log-format", args.log_format,
+                          *(["--access-log"] if args.access_log else []))
         if args.config:
             argv += ["--config", args.config]
         for url in args.worker:

@@ -91,6 +91,52 @@ TRIAL_VALUES: dict[str, Any] = {
 """External etcd, keys given inline (the chart makes the Secret), workers on: the other branches."""
 
 
+def _extras(name: str) -> dict[str, Any]:
+    return {"extraEnv": [{"name": f"EXTRA_{name.upper()}", "value": "1"}],
+            "extraVolumes": [{"name": f"extra-{name}", "emptyDir": {}}],
+            "extraVolumeMounts": [{"name": f"extra-{name}", "mountPath": f"/extra/{name}"}]}
+
+
+SPREAD = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+           "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "vllm"}}}]
+SECURED_ETCD_VALUES: dict[str, Any] = {
+    "etcd": {"external": {"endpoints": ["https://etcd-a.infra:2379", "https://etcd-b.infra:2379"],
+                          "tls": {"existingSecret": "etcd-client-tls"},
+                          "auth": {"user": "lora-router", "existingSecret": "etcd-password"}},
+             "backup": {"enabled": True, "persistence": {"existingClaim": "etcd-snapshots"}}},
+    "secrets": {"admin": {"existingSecret": "lora-router-admin", "existingSecretKey": "keys"},
+                "workerApiKey": {"existingSecret": "vllm-api-key"}},
+    "router": _extras("router"),
+    "workers": {"vllm": {"enabled": True, "extraEnv": [{"name": "EXTRA_VLLM", "value": "1"}],
+                         "extraVolumes": [{"name": "model-cache", "emptyDir": {}}],
+                         "extraVolumeMounts": [{"name": "model-cache", "mountPath": "/root/.cache"}],
+                         "topologySpreadConstraints": SPREAD},
+                "registrar": {"extraEnv": [{"name": "EXTRA_REGISTRAR", "value": "1"}],
+                              "extraVolumeMounts": [{"name": "model-cache", "mountPath": "/cache",
+                                                     "readOnly": True}]}},
+    "ingress": {"enabled": True, "className": "nginx",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-buffering": "off"},
+                "tls": [{"hosts": ["lora-router.example.com"], "secretName": "lora-router-tls"}]},
+    "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway"}],
+                  "hostnames": ["llm.example.com"], "timeouts": {"request": "600s"}},
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True}},
+}
+"""Operations on: a TLS + password external etcd with backups, extra volumes/env in every container,
+Ingress, HTTPRoute, monitoring objects and the test hook."""
+OWN_ETCD_VALUES: dict[str, Any] = {
+    "etcd": {**_extras("etcd"), "backup": {"enabled": True},
+             "tls": {"enabled": True, "existingSecret": "etcd-peer-tls", "clientSecret": "etcd-client-tls"},
+             "topologySpreadConstraints": [{**SPREAD[0], "labelSelector": {
+                 "matchLabels": {"app.kubernetes.io/component": "etcd"}}}]},
+    "workers": {"vllm": {"enabled": True}},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "networkPolicy": {"enabled": True},
+}
+"""The chart's own etcd with client and peer TLS, backups, extras and spread; workers and monitors on."""
+
+
 def scenarios() -> dict[str, dict[str, Any] | None]:
     """The value sets every rendering check runs over."""
-    return {"default": None, "production": load_values(PRODUCTION_VALUES), "trial": TRIAL_VALUES}
+    return {"default": None, "production": load_values(PRODUCTION_VALUES), "trial": TRIAL_VALUES,
+            "secured-etcd": SECURED_ETCD_VALUES, "own-etcd": OWN_ETCD_VALUES}

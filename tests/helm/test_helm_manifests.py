@@ -10,7 +10,8 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 from helmchart import FULLNAME, NAMESPACE, Manifest, find, kinds, render, scenarios
 
 KUBE_VERSIONS = ["1.28.0", "1.31.0"]
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+             ("gateway.networking.k8s.io/v1", "HTTPRoute")}
 """Custom resources kubernetes-validate has no schema for; their shape is checked below instead."""
 
 

@@ -68,7 +68,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- range $i := until (int .Values.etcd.replicas) }}
 {{- $member := printf "%s-%d" $base $i }}
 {{- $host := include "lora-router.etcd.memberHost" (dict "ctx" $ "member" $member) }}
-{{- $peers = append $peers (printf "%s=http://%s:%d" $member $host (int $.Values.etcd.peerPort)) }}
+{{- $peers = append $peers (printf "%s=%s://%s:%d" $member (include "lora-router.etcd.scheme" $) $host (int $.Values.etcd.peerPort)) }}
 {{- end }}
 {{- join "," $peers }}
 {{- end }}
@@ -82,18 +82,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- $base := include "lora-router.etcd.fullname" . }}
 {{- range $i := until (int .Values.etcd.replicas) }}
 {{- $host := include "lora-router.etcd.memberHost" (dict "ctx" $ "member" (printf "%s-%d" $base $i)) }}
-{{- $urls = append $urls (printf "http://%s:%d" $host (int $.Values.etcd.clientPort)) }}
+{{- $urls = append $urls (printf "%s://%s:%d" (include "lora-router.etcd.scheme" $) $host (int $.Values.etcd.clientPort)) }}
 {{- end }}
 {{- join "," $urls }}
 {{- end }}
 {{- end }}
 
+{{/* The chart's own etcd: https for clients and peers with etcd.tls.enabled. */}}
+{{- define "lora-router.etcd.scheme" -}}
+{{- if and .Values.etcd.tls.enabled (not .Values.etcd.external.endpoints) }}https{{ else }}http{{ end }}
+{{- end }}
+
 {{/* etcd client credentials: files under one directory, and the flags naming them. */}}
 {{- define "lora-router.etcd.clientDir" -}}/etc/lora-router/etcd{{- end }}
 
+{{/*
+The client side of etcd's TLS and auth, as YAML {tls: {...}, auth: {...}} shaped like etcd.external's:
+etcd.external's own for an external etcd, else the client certificate Secret of the chart's etcd.
+*/}}
+{{- define "lora-router.etcd.client" -}}
+{{- if .Values.etcd.external.endpoints }}
+{{- toYaml (dict "tls" .Values.etcd.external.tls "auth" .Values.etcd.external.auth) }}
+{{- else if .Values.etcd.tls.enabled }}
+{{- $tls := dict "existingSecret" .Values.etcd.tls.clientSecret "caKey" "ca.crt" "certKey" "tls.crt" "keyKey" "tls.key" }}
+{{- toYaml (dict "tls" $tls "auth" (dict "user" "")) }}
+{{- else }}
+{{- toYaml (dict "tls" (dict "existingSecret" "") "auth" (dict "user" "")) }}
+{{- end }}
+{{- end }}
+
 {{/* The --etcd-* credential flags of routers and registrars, as YAML (read with fromYamlArray). */}}
 {{- define "lora-router.etcd.clientArgs" -}}
-{{- $e := .Values.etcd.external }}
+{{- $e := include "lora-router.etcd.client" . | fromYaml }}
 {{- $dir := include "lora-router.etcd.clientDir" . }}
 {{- $args := list }}
 {{- if $e.tls.existingSecret }}
@@ -112,7 +132,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The volume of etcd client files, or nothing when etcd needs none. */}}
 {{- define "lora-router.etcd.clientVolume" -}}
-{{- $e := .Values.etcd.external }}
+{{- $e := include "lora-router.etcd.client" . | fromYaml }}
 {{- if or $e.tls.existingSecret $e.auth.user }}
 - name: etcd-client
   projected:
