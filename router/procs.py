@@ -6,6 +6,7 @@ processes (simulated workers, routers, registrars) on loopback ports.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -15,6 +16,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+"""From linux/prctl.h."""
+SUPERVISOR_ENV = "LORA_ROUTER_SUPERVISOR_PID"
+"""Set by a supervisor in its children's environment: each child calls `die_with_supervisor()`."""
 
 
 class ProcessStartFailed(RuntimeError):
@@ -103,6 +109,18 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             return self.proc.returncode
+
+
+def die_with_supervisor() -> None:
+    """In a child started with SUPERVISOR_ENV: get SIGTERM when the supervisor dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG, Linux), so a supervisor killed outright leaves no orphan serving on its port;
+    exit at once if it is already gone."""
+    supervisor = os.environ.pop(SUPERVISOR_ENV, None)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(supervisor):
+        raise SystemExit(1)
 
 
 def python_cli(module: str, *args: str) -> list[str]:

@@ -24,7 +24,7 @@ from router.config import load_config
 from router.logs import FORMATS
 from router.logs import configure as configure_logs
 from router.metrics import MULTIPROC_DIR
-from router.procs import ManagedProcess, python_cli
+from router.procs import SUPERVISOR_ENV, ManagedProcess, die_with_supervisor, python_cli
 from router.server import ServeOptions, default_state_dir, listen, serve
 
 EMBEDDED_ETCD_PORT = 2379
@@ -73,6 +73,7 @@ def _log_level(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    die_with_supervisor()
     configure_logs(args.log_level, args.log_format, args.access_log)
     try:
         loaded = load_config(args.config)
@@ -133,7 +134,8 @@ def _run_children(args: argparse.Namespace, router_id: str, etcd: EtcdSettings, 
             argv += ["--config", args.config]
         for url in args.worker:
             argv += ["--worker", url]
-        children.append(ManagedProcess(argv, env={MULTIPROC_DIR: metrics_dir}).start())
+        env = {MULTIPROC_DIR: metrics_dir, SUPERVISOR_ENV: str(os.getpid())}
+        children.append(ManagedProcess(argv, env=env).start())
     stopping = False
 
     def stop(_sig: int, _frame: object) -> None:
