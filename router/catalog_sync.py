@@ -128,5 +128,6 @@ async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime, *, s
             await catalog.put(record)
             written += 1
     if written:
-        log.info("declared %d adapters from the config", written)
+        log.info("wrote %d of the config's %d adapters to the catalog (the others were there already)", written,
+                 len(rt.config.adapters))
     return written

@@ -17,6 +17,8 @@ import msgspec
 
 from allocator.config import ConfigError, ReplicaConfig, decode_all
 from discovery.connect import EtcdSettings
+from router.errors import InvalidAdapter
+from router.validation import validate_name, validate_source
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -200,7 +202,15 @@ def load_config(path: str | Path | None) -> LoadedConfig:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     config = parse_config(data, source)
-    contents = {what: _read_key_file(file, what, source) for what, file in key_files(config).items()}
+    contents: dict[str, str] = {}
+    problems: list[str] = []
+    for what, file in key_files(config).items():
+        try:
+            contents[what] = _read_key_file(file, what, source)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
     parts = {"config": hashlib.sha256(data).hexdigest()}
     parts |= {what: hashlib.sha256(content.encode()).hexdigest() for what, content in contents.items()}
     version = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(parts.items())).encode()).hexdigest()
@@ -235,9 +245,33 @@ def _reference_problems(config: RouterConfig, source: str) -> list[str]:
         if alias in names:
             problems.append(f"{source}: aliases.{alias}: an adapter has the same name")
     problems += _check_tenants(config, source)
+    problems += _adapter_problems(config, source)
     for digest in [*config.auth.admin_keys_sha256, *(d for t in config.tenants.values() for d in t.keys_sha256)]:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             problems.append(f"{source}: a keys_sha256 entry is not 64 lowercase hex characters")
+    return problems
+
+
+def _adapter_problems(config: RouterConfig, source: str) -> list[str]:
+    """The config's adapters under the admin API's rules (names, sources, the security allow-lists), so a
+    bad entry fails `config check`, a start and a reload alike before anything is written: a reload
+    used to skip it and apply the rest. The base model must be given: workers register after the router
+    starts, so the fleet cannot name it when the config's adapters are declared."""
+    problems = []
+    first: dict[str, int] = {}
+    reserved = {config.base_model} if config.base_model else set()
+    for i, entry in enumerate(config.adapters):
+        where = f"{source}: adapters[{i}] ({entry.name!r})"
+        if entry.name in first:
+            problems.append(f"{where}: the same name as adapters[{first[entry.name]}]")
+        first.setdefault(entry.name, i)
+        try:
+            validate_name(entry.name, reserved=reserved, param="name")
+            validate_source(entry.source, config.security, param="source")
+        except InvalidAdapter as exc:
+            problems.append(f"{where}: {exc.message}")
+        if entry.base_model is None and config.base_model is None:
+            problems.append(f"{where}: base_model is missing (give it here or as the top-level base_model)")
     return problems
 
 

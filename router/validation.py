@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from router.config import SecurityConfig
 from router.errors import InvalidAdapter
+
+if TYPE_CHECKING:  # router.config checks its own adapters with these functions
+    from router.config import SecurityConfig
 
 NAME_MAX = 128
 SOURCE_MAX = 4096

@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except EtcdAuthFailed as exc:  # retrying cannot help: the credentials are wrong
         raise UsageError(f"etcd refused this router's credentials: {exc}") from None
+    except ConfigError as exc:  # what only the catalog can tell (an adapter named like a served base model)
+        raise UsageError(str(exc)) from None
     finally:
         if embedded is not None:
             embedded.stop()

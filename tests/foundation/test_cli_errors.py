@@ -79,6 +79,36 @@ def test_serve_on_a_port_in_use_fails_before_writing_to_etcd(
     assert _etcd_key_count(etcd, "/lora-router/") == 0, "the config's adapters were written before the bind"
 
 
+def test_config_check_holds_config_adapters_and_key_files_to_the_rules_serve_applies(tmp_path: Path) -> None:
+    """What `serve` (and a reload) would refuse, `config check` lists, every problem at once."""
+    models = tmp_path / "models"
+    models.mkdir()
+    bad = tmp_path / "router.yaml"
+    bad.write_text(f"security: {{allowed_path_prefixes: [{models}]}}\n"
+                   "adapters:\n"
+                   f"  - {{name: a, source: {models}/a, base_model: b}}\n"
+                   f"  - {{name: a, source: {models}/a2, base_model: b}}\n"
+                   "  - {name: rel, source: models/x, base_model: b}\n"
+                   "  - {name: out, source: /etc/passwd, base_model: b}\n"
+                   f"  - {{name: nobase, source: {models}/n}}\n"
+                   "  - {name: ftp, source: 'ftp://h/x', base_model: b}\n"
+                   f"tenants: {{t1: {{keys_file: {tmp_path}/missing-1}}}}\n"
+                   f"auth: {{admin_keys_file: {tmp_path}/missing-2}}\n")
+    done = _cli("router", "config", "check", str(bad))
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    for fragment in ["adapters[1] ('a'): the same name as adapters[0]", "adapters[2] ('rel'): The adapter path",
+                     "adapters[3] ('out'):", "adapters[4] ('nobase'): base_model is missing",
+                     "adapters[5] ('ftp'): Unknown source scheme"]:
+        assert any(fragment in line for line in lines), (fragment, lines)
+    assert len(lines) == 5, lines  # schema and references first: the key files are read once those pass
+    bad.write_text(f"tenants: {{t1: {{keys_file: {tmp_path}/missing-1}}}}\n"
+                   f"auth: {{admin_keys_file: {tmp_path}/missing-2}}\n")
+    done = _cli("router", "config", "check", str(bad))
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 2, done.stderr
+    assert "missing-1" in done.stderr and "missing-2" in done.stderr
+
+
 def test_config_check_reports_every_error_with_key_value_and_file(tmp_path: Path) -> None:
     """Schema errors in several sections and list entries, and a reference error found on what is left valid."""
     bad = tmp_path / "router.yaml"
@@ -99,4 +129,6 @@ def test_config_check_reports_every_error_with_key_value_and_file(tmp_path: Path
         "adapters[2].rank: Expected `int`, got `str` (got 'x')",
         "control.down_after_failures: Expected `int` >= 1 (got 0)",
         "aliases.sup.ok: weight must be > 0, got -1.0",
+        "adapters[0] ('ok'): Local adapter paths are not allowed: security.allowed_path_prefixes is empty.",
+        "adapters[0] ('ok'): base_model is missing (give it here or as the top-level base_model)",
     ]]
