@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import re
@@ -15,7 +16,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import proxy
-from router.errors import ExpectationFailed, HttpStatusError, PayloadTooLarge, RouterError
+from router.errors import (
+    AnswerCut,
+    ClientClosedRequest,
+    ExpectationFailed,
+    HttpStatusError,
+    PayloadTooLarge,
+    RouterError,
+)
 from router.logs import ACCESS
 from router.proxy import ADAPTER, REQUEST_ID, REQUEST_ID_HEADER, RUNTIME, TENANT, WORKER
 from router.runtime import RouterRuntime
@@ -96,6 +104,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return _error_response(HttpStatusError(exc.status, exc.reason))
+    except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
+        request.app[RUNTIME].metrics.requests.labels(_route(request), "", str(ClientClosedRequest.status)).inc()
+        raise
 
 
 async def health(_request: web.Request) -> web.Response:
@@ -133,6 +144,12 @@ def _inference(handler: Handler) -> Handler:
             return response
         except (RouterError, web.HTTPException) as error:
             status = error.status
+            raise
+        except AnswerCut:
+            status = 502
+            raise
+        except asyncio.CancelledError:  # aiohttp cancels the handler of a client that went away
+            status = ClientClosedRequest.status
             raise
         finally:
             metrics.requests_in_flight -= 1

@@ -15,7 +15,7 @@ import asyncio
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from router.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from router.errors import BadRequest, ClientClosedRequest, PayloadTooLarge, RequestTimeout
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -28,6 +28,8 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
+    except ConnectionResetError:
+        raise ClientClosedRequest("The client closed the connection before sending the whole body.") from None
     except RequestPayloadError:
         encoding = request.headers.get("Content-Encoding", "identity")[:32]
         raise BadRequest("The request body could not be read: it was cut short, or it does not decode "

@@ -84,6 +84,14 @@ class PayloadTooLarge(RouterError):
     type = "BadRequestError"
 
 
+class ClientClosedRequest(RouterError):
+    """The client went away before its request was whole: nginx's 499, so no metric or log calls it a
+    server error (nobody receives the body)."""
+
+    status = 499
+    type = "ClientClosedRequest"
+
+
 class ExpectationFailed(RouterError):
     """An `Expect` header other than 100-continue: HTTP/1.1 says 417."""
 

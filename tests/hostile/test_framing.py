@@ -194,6 +194,27 @@ def test_gzip_request_bodies_work_and_bad_ones_never_eject_a_worker(hostile_rout
     _plain_rounds(env.port, tags, 5)
 
 
+def test_a_client_that_leaves_mid_body_is_a_499_in_every_metric_and_no_traceback(
+        hostile_router: Callable, poll_until: Callable) -> None:
+    env = hostile_router()
+
+    def scraped() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{env.port}/metrics", timeout=5).read().decode()
+
+    with Wire(env.port) as wire:
+        wire.send(head("/v1/completions", ACME, None, 100) + b'{"model": "acme-chat"')
+        poll_until(lambda: "lora_router_inflight_requests 1.0" in scraped(), timeout_s=20,
+                   what="the router to be reading the body")
+    poll_until(lambda: 'status="499"' in scraped(), timeout_s=20, what="the abandoned request to be counted")
+    text = scraped()
+    counted = [line for line in text.splitlines() if line.startswith(("lora_router_requests_total{",
+                                                                      "lora_router_tenant_requests_total{"))]
+    assert any('tenant="acme"' in line and 'status="499"' in line for line in counted), counted
+    assert not any('status="500"' in line for line in counted), counted
+    log = env.router.proc.log_path.read_text()
+    assert "Traceback" not in log, log[-2000:]
+
+
 def test_a_read_timeout_never_sends_the_inference_twice(hostile_router: Callable) -> None:
     """The worker may still be generating: sending the request again (on another pooled connection or
     to another holder) would run it twice. The client gets a 504 instead."""
