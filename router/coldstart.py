@@ -136,8 +136,17 @@ class ColdStarter:
         if cold:
             self._metrics.cold_starts.labels(label, "failed").inc()
         log.warning("load of %s failed on every worker tried: %s", adapter, "; ".join(reasons) or "none")
-        raise NoWorkerAvailable(f"No worker could load adapter '{adapter}'.",
-                                headers={"Retry-After": "5"})
+        raise NoWorkerAvailable(_why_none(adapter, record.base_model, self._fleet) if not ranked else
+                                f"No worker could load adapter '{adapter}'.", headers={"Retry-After": "5"})
+
+
+def _why_none(adapter: str, base: str, fleet: Fleet) -> str:
+    """Why no worker was even tried: the client (and its operator) should not go looking at the adapter."""
+    serving = [v for v in fleet.workers.values() if base in v.record.base_models]
+    if not serving:
+        return f"No worker serves base model '{base}', which adapter '{adapter}' is for."
+    return (f"No healthy worker for adapter '{adapter}' right now: all {len(serving)} workers serving "
+            f"'{base}' are out of rotation or cannot take its rank.")
 
 
 def _failed(record: AdapterRecord, failed: AdapterFailure) -> AdapterFailed:

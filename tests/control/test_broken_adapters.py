@@ -239,3 +239,18 @@ async def test_a_tenant_uses_the_adapters_it_owns_and_config_check_refuses_a_def
                                    "tenant": "globex"}]
     assert check({"default_adapter": "house"}, owned).returncode == 0, "an adapter globex owns is its to use"
     assert check({"default_adapter": "globex-chat"}, config["adapters"]).returncode == 0
+
+
+async def test_an_adapter_for_a_base_model_no_worker_serves_says_so(
+        http: aiohttp.ClientSession, start_workers: Callable, start_router: Callable,
+        adapter_dirs: Callable) -> None:
+    """It answered "No worker could load adapter", which sends an operator to look at the adapter."""
+    root = adapter_dirs("elsewhere").parent
+    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    router = start_router(router_config(root), workers=workers).url
+    status, _ = await _post(http, router + "/v1/loras", {"lora_name": "elsewhere", "base_model": "other-base",
+                                                         "source": {"uri": str(root / "elsewhere")}})
+    assert status == 201
+    status, body = await _post(http, router + "/v1/completions", {"model": "elsewhere", "prompt": "x"})
+    assert status == 503, body
+    assert body["error"]["message"] == "No worker serves base model 'other-base', which adapter 'elsewhere' is for."
