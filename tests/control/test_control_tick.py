@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from control_helpers import BASE, until
 
+from allocator.config import ConfigError
 from allocator.model import Placement
 from discovery.election import LeaderElection
 from discovery.embedded import EmbeddedEtcd
@@ -187,11 +188,13 @@ async def test_a_config_reload_applies_at_the_next_tick(routers: Callable, tmp_p
     await until(lambda: _at(only, "cold", 1), 10, "one replica of 'cold'")
     fresh = {"name": "fresh", "source": "/adapters/fresh", "base_model": BASE}
     bad = {"name": "bad", "source": "/etc/passwd", "base_model": BASE}
-    reloaded = load_config(_write_config(tmp_path / "new.yaml", [fresh, bad], adapters={"cold": {"min_replicas": 3}}))
+    with pytest.raises(ConfigError, match="adapters\\[1\\] \\('bad'\\)"):  # refused whole, never half-applied
+        load_config(_write_config(tmp_path / "bad.yaml", [fresh, bad]))
+    reloaded = load_config(_write_config(tmp_path / "new.yaml", [fresh], adapters={"cold": {"min_replicas": 3}}))
     only.rt.apply_config(reloaded)
     ticks = only.control.ticks
     await until(lambda: _at(only, "cold", 3), 10, "three replicas after the reload")
     assert only.control.ticks - ticks <= 3, "applied within a tick or two, not after a restart"
     assert await _replicas(only, "hot") == 1
     catalog = await only.catalog.list()
-    assert "fresh" in catalog and "bad" not in catalog, "new config adapters declared, invalid ones skipped"
+    assert "fresh" in catalog, "new config adapters declared"

@@ -67,7 +67,7 @@ def test_serve_on_a_port_in_use_fails_before_writing_to_etcd(
     path = adapter_dirs("declared")
     config = tmp_path / "router.yaml"
     config.write_text(json.dumps({"security": {"allowed_path_prefixes": [str(path.parent)]},
-                                  "adapters": [{"name": "declared", "source": str(path)}]}))
+                                  "adapters": [{"name": "declared", "source": str(path), "base_model": "sim-base"}]}))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
