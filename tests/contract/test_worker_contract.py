@@ -177,7 +177,8 @@ def test_chat_stream_role_tokens_finish_usage_done(worker, two_adapters) -> None
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == two_adapters[1] for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     token_chunks = [c for c in chunks[1:] if c["choices"]]
-    assert len(token_chunks) == 4
+    # vLLM sends what each engine step produced: under load one chunk may carry two tokens; usage counts them.
+    assert 1 <= len(token_chunks) <= 4
     assert token_chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert all(c["choices"][0]["finish_reason"] is None for c in token_chunks[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
