@@ -193,7 +193,8 @@ def test_completion_stream_without_usage(worker, two_adapters) -> None:
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "text_completion" for c in chunks)
-    assert len(chunks) == 3 and all("text" in c["choices"][0] for c in chunks)
+    # One chunk per engine step: under load vLLM may put two tokens in one.
+    assert 1 <= len(chunks) <= 3 and all("text" in c["choices"][0] for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 

@@ -175,7 +175,7 @@ async def test_router_serves_each_adapter_from_a_holder_streams_and_deletes_ever
     assert plain.status == 200 and streamed.status == 200, (plain.text, streamed.text)
     assert streamed.headers["Content-Type"].startswith("text/event-stream")
     words = [d for d in chat_deltas(streamed.text) if d]
-    assert len(words) == 8
+    assert 1 <= len(words) <= 8  # one delta per engine step: two tokens may share one under load
     assert "".join(words) == plain.json()["choices"][0]["message"]["content"]
 
     gone = names[1]
