@@ -13,74 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import xxhash
 
-from allocator.model import Demand, Worker
 from discovery.errors import MalformedRecord
-
-
-class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One registered worker, under the leased key workers/{id}."""
-
-    id: str
-    """STABLE across restarts (configured, or derived from the URL): the worker's identity for HRW hashing."""
-    url: str
-    base_models: tuple[str, ...] = ()
-    slots: int = 8
-    weight: float = 1.0
-    max_lora_rank: int = 16
-    max_loras: int | None = None
-    """vLLM's --max-loras as its /metrics reports it; None when not observable."""
-    instance: str = ""
-    """Changes on every worker start: routers re-load a worker's adapters when it changes."""
-    labels: dict[str, str] = {}
-    api_key_ref: str | None = None
-    """Where the ROUTER finds this worker's API key (a file path or env var name); never the key itself."""
-    registered_at: float = 0.0
-    cache_dir: str | None = None
-    """Where this worker's fetcher puts remote adapters (discovery.fetch), as the worker reads the path;
-    None when the registrar fetches nothing (remote sources then go to the worker unchanged)."""
-    cached: tuple[str, ...] = ()
-    """Cache entries (discovery.fetch.layout.entry_name of a source) complete on the worker's disk."""
-    fetch_failures: dict[str, str] = {}
-    """Cache entry -> why fetching its source failed for good ("reason: detail"); cleared by a new source."""
-
-    def to_worker(self) -> Worker:
-        return Worker(id=self.id, base_model=self.base_models[0] if self.base_models else "",
-                      slots=self.slots, weight=self.weight, max_lora_rank=self.max_lora_rank)
-
-
-class AdapterFailure(msgspec.Struct, frozen=True, kw_only=True):
-    """Why an adapter is marked failed: every worker it was placed on refused to load it."""
-
-    reason: str
-    """The workers' refusal, classified: not_found, rank_too_high, rejected, unauthorized, ..."""
-    detail: str
-    workers: tuple[str, ...]
-    since: float
-    """Wall-clock time it was first marked."""
-
-
-class AdapterRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One catalog entry, under the durable key adapters/{name}."""
-
-    name: str
-    source: str
-    """Where workers load it from: a local path or a URI the workers understand."""
-    base_model: str
-    rank: int = 8
-    tenant: str | None = None
-    created_at: float = 0.0
-    failed: AdapterFailure | None = None
-    """Set by the leader while every worker placed for it refuses it, cleared once one holds it: requests
-    fail at once instead of trying loads; the reconciler keeps retrying with backoff. A write of the
-    record (a new source, load_inplace) clears it."""
-
-
-class DemandReport(msgspec.Struct, frozen=True, kw_only=True):
-    """One router's smoothed demand, under the leased key load/{router_id}."""
-
-    router_id: str
-    at: float
-    adapters: dict[str, Demand] = {}
+from router.core.records import WorkerRecord
 
 
 def encode(record: msgspec.Struct) -> bytes:

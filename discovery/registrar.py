@@ -23,8 +23,9 @@ import msgspec
 from discovery.aio import wait_event
 from discovery.errors import EtcdUnavailable, WorkerNotVllm, WorkerUnreachable
 from discovery.probe import WorkerFacts, WorkerProbe
-from discovery.records import WorkerRecord, new_instance, worker_id_for
+from discovery.records import new_instance, worker_id_for
 from discovery.registry import Registration, WorkerRegistry
+from router.core.records import WorkerRecord
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import msgspec
 from discovery.errors import MalformedRecord
 from discovery.etcd import EtcdClient, KeyValue, PrefixState
 from discovery.lease import Lease
-from discovery.records import WorkerRecord, decode_worker, encode
+from discovery.records import decode_worker, encode
+from router.core.records import WorkerRecord
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ import aiohttp
 
 from discovery.errors import WorkerNotVllm, WorkerUnreachable
 from discovery.probe import WorkerFacts, WorkerProbe
-from discovery.records import WorkerRecord, new_instance
+from discovery.records import new_instance
 from discovery.registrar import RegistrarConfig, worker_record
 from discovery.registry import Membership
+from router.core.records import WorkerRecord
 
 log = logging.getLogger(__name__)
 

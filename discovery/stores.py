@@ -23,7 +23,8 @@ from discovery.election import Fence, LeaderElection
 from discovery.errors import FencingFailed, MalformedRecord, NotLeader
 from discovery.etcd import Compare, EtcdClient, KeyValue, Put
 from discovery.lease import Lease
-from discovery.records import AdapterFailure, AdapterRecord, DemandReport, decode, encode
+from discovery.records import decode, encode
+from router.core.records import AdapterFailure, AdapterRecord, DemandReport
 
 log = logging.getLogger(__name__)
 

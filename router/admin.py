@@ -29,13 +29,14 @@ import msgspec
 from aiohttp import web
 
 from discovery.errors import EtcdUnavailable
-from discovery.records import AdapterFailure, AdapterRecord
 from discovery.stores import CatalogStore
 from router.bodies import read_body
 from router.catalog_sync import make_record, require_adapter_files
 from router.control import ControlLoop
+from router.core.events import AdapterDeleted, AdapterWritten
+from router.core.reconcile_plan import Failure
+from router.core.records import AdapterFailure, AdapterRecord
 from router.errors import NOT_JSON, BadRequest, NotFound, RouterError
-from router.reconcile_plan import Failure
 from router.reconciler import Reconciler
 from router.runtime import RouterRuntime
 from router.validation import NAME_MAX
@@ -195,7 +196,7 @@ class _Admin:
         A name longer than any valid one cannot be in the catalog; asking etcd for it
         would fail on etcd's request size limit and answer a 503 to a client error.
         """
-        record = self._rt.fleet.catalog.get(name)
+        record = self._rt.state.catalog.get(name)
         if record is None and len(name) <= NAME_MAX:
             with _catalog_call("reading"):
                 record = await self._catalog.get(name)
@@ -204,7 +205,7 @@ class _Admin:
     async def _write(self, record: AdapterRecord) -> None:
         with _catalog_call("writing"):
             written = await self._catalog.put(record)
-        self._rt.fleet.catalog[record.name] = written
+        self._rt.state.apply(AdapterWritten(written))
 
     async def _remove(self, name: str, lora_int_id: int | None = None) -> bool:
         """Drop `name` from the catalog; False if it was not there; 400/409 if it must not go (see above)."""
@@ -223,7 +224,7 @@ class _Admin:
                                   "back at every start and reload; remove it there.", param="lora_name")
         with _catalog_call("deleting"):
             await self._catalog.delete(name)
-        self._rt.fleet.catalog.pop(name, None)
+        self._rt.state.apply(AdapterDeleted(name))
         return True
 
     # -- vLLM-compatible --------------------------------------------------------------------
@@ -251,7 +252,7 @@ class _Admin:
     # -- REST -------------------------------------------------------------------------------
     async def list_loras(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        catalog = self._rt.fleet.catalog
+        catalog = self._rt.state.catalog
         draining = self._draining()
         return _json(LoraList(data=[self._view(catalog[n], draining, detail=False) for n in sorted(catalog)]))
 
@@ -288,27 +289,27 @@ class _Admin:
         workers = [WorkerStatus(id=v.id, url=v.url, healthy=v.healthy, instance=v.record.instance,
                                 base_models=sorted(v.record.base_models), inflight=v.inflight,
                                 holds=sorted(v.holds), draining=sorted(v.draining), error=errors.get(v.id))
-                   for v in sorted(rt.fleet.workers.values(), key=lambda v: v.id)]
-        placement = rt.fleet.placement
+                   for v in sorted(rt.state.workers.values(), key=lambda v: v.id)]
+        placement = rt.state.placement
         return _json(RouterStatus(
             router_id=rt.router_id, leader=rt.leader_id, is_leader=rt.is_leader,
             config_version=rt.loaded.version, placement_epoch=placement.epoch,
             placement_computed_at=placement.computed_at,
             ticks=self._control.ticks if self._control else 0,
             last_tick_at=self._control.last_tick_at if self._control else None,
-            adapters=len(rt.fleet.catalog), unplaced=list(placement.unplaced), workers=workers))
+            adapters=len(rt.state.catalog), unplaced=list(placement.unplaced), workers=workers))
 
     def _draining(self) -> dict[str, list[str]]:
         """adapter -> workers draining it, built once per answer rather than once per adapter."""
         index: dict[str, list[str]] = {}
-        for view in sorted(self._rt.fleet.workers.values(), key=lambda v: v.id):
+        for view in sorted(self._rt.state.workers.values(), key=lambda v: v.id):
             for name in view.draining:
                 index.setdefault(name, []).append(view.id)
         return index
 
     def _view(self, record: AdapterRecord, draining: dict[str, list[str]], *, detail: bool) -> LoraView:
-        fleet = self._rt.fleet
-        replica_set = fleet.placement.replica_sets.get(record.name)
+        state = self._rt.state
+        replica_set = state.placement.replica_sets.get(record.name)
         estimates = self._rt.estimates
         failures = {}
         if detail and self._reconciler is not None:
@@ -317,7 +318,7 @@ class _Admin:
             name=record.name, source=record.source, base_model=record.base_model, rank=record.rank,
             tenant=record.tenant, replicas=replica_set.replicas if replica_set else 0,
             replica_set=list(replica_set.workers) if replica_set else [],
-            holders=sorted(fleet.holders(record.name)),
+            holders=sorted(state.holders(record.name)),
             draining=draining.get(record.name, []),
             demand_rps=estimates[record.name].rps if record.name in estimates else 0.0,
             inflight=self._rt.demand.inflight.get(record.name, 0), failures=failures, failed=record.failed)

@@ -123,8 +123,8 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     rt.sample_metrics()
-    adapters = {rt.metrics.adapter(name) for name in rt.fleet.placement.replica_sets}
-    return web.Response(body=rt.metrics.exposition(rt.fleet.workers.keys(), adapters),
+    adapters = {rt.metrics.adapter(name) for name in rt.state.placement.replica_sets}
+    return web.Response(body=rt.metrics.exposition(rt.state.workers.keys(), adapters),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -191,10 +191,10 @@ async def list_models(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     caller = rt.auth.caller(request.headers.get("Authorization"))
     created = int(rt.started_at)
-    bases = sorted(rt.fleet.bases() or ({rt.config.base_model} if rt.config.base_model else set()))
+    bases = sorted(rt.state.bases() or ({rt.config.base_model} if rt.config.base_model else set()))
     cards = [ModelCard(id=b, created=created, root=b) for b in bases]
-    for name in sorted(rt.fleet.catalog):
-        record = rt.fleet.catalog[name]
+    for name in sorted(rt.state.catalog):
+        record = rt.state.catalog[name]
         if caller.may_use(name, record.tenant):
             cards.append(ModelCard(id=name, created=created, root=record.source if caller.admin else name,
                                    parent=record.base_model))

@@ -4,34 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from fnmatch import fnmatchcase
-
-import msgspec
 
 from router.config import RouterConfig, Secrets, TenantConfig
+from router.core.names import OPEN, Caller
 from router.errors import Forbidden, Unauthorized
-
-
-class Caller(msgspec.Struct, frozen=True):
-    """Who sent a request: admin, a tenant, or anyone (no auth configured)."""
-
-    tenant: str | None = None
-    admin: bool = False
-    open: bool = False
-    patterns: tuple[str, ...] = ("*",)
-    default_adapter: str | None = None
-
-    def may_use(self, name: str, owner: str | None) -> bool:
-        """An adapter's owner decides first: its own tenant may use it whatever its name, other tenants see
-        it as absent. The tenant's patterns grant the adapters nobody owns (and aliases)."""
-        if self.admin or self.open:
-            return True
-        if owner is not None:
-            return owner == self.tenant
-        return any(fnmatchcase(name, p) for p in self.patterns)
-
-
-OPEN = Caller(open=True)
 
 
 class Authenticator:

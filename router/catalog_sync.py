@@ -22,9 +22,9 @@ from pathlib import Path
 import msgspec
 
 from allocator.config import ConfigError
-from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
 from router.config import SecurityConfig
+from router.core.records import AdapterRecord
 from router.errors import InvalidAdapter, NotFound
 from router.runtime import RouterRuntime
 from router.validation import SOURCE_MAX, validate_name, validate_source
@@ -36,7 +36,7 @@ DEFAULT_RANK = 8
 
 def reserved_names(rt: RouterRuntime) -> set[str]:
     """Names an adapter may not take: base models (known to the fleet or the config) and aliases."""
-    names = set(rt.fleet.bases()) | set(rt.config.aliases)
+    names = set(rt.state.bases()) | set(rt.config.aliases)
     if rt.config.base_model:
         names.add(rt.config.base_model)
     return names
@@ -97,7 +97,7 @@ def _base_model(rt: RouterRuntime, given: object) -> str:
         return given
     if rt.config.base_model:
         return rt.config.base_model
-    bases = rt.fleet.bases()
+    bases = rt.state.bases()
     if len(bases) == 1:
         return next(iter(bases))
     known = ", ".join(sorted(bases)) or "none known yet"

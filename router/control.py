@@ -38,6 +38,7 @@ from discovery.election import LeaderElection
 from discovery.errors import EtcdUnavailable, NotLeader
 from discovery.stores import CatalogStore, DemandStore, PlacementStore, sum_demand
 from router.catalog_sync import declare_config_adapters
+from router.core.events import PlacementChanged
 from router.runtime import RouterRuntime
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,9 @@ class ControlLoop:
                 await declare_config_adapters(self._catalog, rt, strict=False)
             except EtcdUnavailable as exc:
                 self._etcd_failed("declaring the config's adapters", exc)
-        previous = rt.fleet.placement
-        workers = [v.record.to_worker() for v in rt.fleet.workers.values()]
-        adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in rt.fleet.catalog.values()]
+        previous = rt.state.placement
+        workers = [v.record.to_worker() for v in rt.state.workers.values()]
+        adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in rt.state.catalog.values()]
         placement = self._planner.place(workers, adapters, sum_demand(reports), rt.config.placement,
                                         previous if previous.epoch else None, now)
         if previous.epoch and same_assignment(previous, placement):
@@ -155,7 +156,7 @@ class ControlLoop:
             return
         self.placements_written += 1
         rt.metrics.placement_churn.inc(len(assignments(previous) ^ assignments(placement)))
-        rt.fleet.placement = placement
+        rt.state.apply(PlacementChanged(placement))
 
     def _etcd_failed(self, what: str, exc: EtcdUnavailable) -> None:
         self._rt.etcd_reachable = False

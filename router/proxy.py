@@ -1,4 +1,8 @@
-"""The OpenAI-compatible request path: resolve, pick a holder, forward, relay.
+"""The OpenAI-compatible request path: resolve, then {decide, execute, report} until answered, relay.
+
+Where to send the request is router.core.routing's decision, on the state
+router.core.fleetstate keeps; this module executes it (forward, or load then
+ask again, or the client's error) and reports each outcome back as an event.
 
 The body is forwarded byte for byte; only `model` (and `user`/`stream`) are
 decoded. The one rewrite — `BASE@ADAPTER` or an alias to the adapter's own
@@ -19,20 +23,23 @@ import msgspec
 from aiohttp import web
 
 from router.bodies import read_body
+from router.core import routing
+from router.core.events import AdapterMissing, Answered, RequestBegun, RequestEnded, Unreachable
+from router.core.names import Target, resolve
+from router.core.routing import FIRST, Attempts, Load, LoadThen, Refusal, Reject, Via
 from router.errors import (
     NOT_JSON,
+    AdapterFailed,
     AnswerCut,
     BadRequest,
+    ColdStartTimeout,
     GatewayTimeout,
     NoWorkerAvailable,
+    RouterError,
     UpstreamFailed,
 )
-from router.fleet import WorkerView
-from router.names import Target, resolve
-from router.outlier import should_eject
-from router.picking import pick_with_room, power_of_two
 from router.runtime import RouterRuntime
-from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +91,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, rt.config.security.max_body_bytes, rt.config.timeouts.client_body_s)
     fields = _parse_fields(body)
     target = resolve(
-        fields.model, caller=caller, bases=rt.fleet.bases() or _configured_base(rt),
-        catalog=rt.fleet.catalog, aliases=rt.config.aliases,
+        fields.model, caller=caller, bases=rt.state.bases() or _configured_base(rt),
+        catalog=rt.state.catalog, aliases=rt.config.aliases,
         sticky_key=fields.user or _header_text(request, rt.config.sticky_header), rng=rt.rng,
     )
     if target.model != fields.model:
@@ -131,14 +138,6 @@ def _rewrite_model(body: bytes, model: str) -> bytes:
     return msgspec.json.encode(top)
 
 
-def _candidates(rt: RouterRuntime, target: Target, tried: set[str]) -> list[WorkerView]:
-    if target.adapter is None:
-        views = rt.fleet.base_workers(target.base or target.model)
-    else:
-        views = rt.fleet.routable_holders(target.adapter)
-    return [v for v in views if v.id not in tried] if tried else views
-
-
 def _forwarded_headers(request: web.Request) -> str:
     """End-to-end request headers as one pre-encoded block; the client's key never reaches a worker."""
     drop = NOT_FORWARDED
@@ -151,119 +150,131 @@ def _forwarded_headers(request: web.Request) -> str:
 
 
 async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body: bytes) -> web.StreamResponse:
+    """Ask the routing policy, do what it says, tell the state and `Attempts` how it went; again."""
     started = time.monotonic()
     headers = _forwarded_headers(request)
-    tried: set[str] = set()
-    failed: set[str] = set()
-    """Workers not to try again; one that answered 404 is not among them: a cold start may load it there."""
-    last_reason = "no holder"
-    for attempt in range(2):
-        views = _candidates(rt, target, failed)
-        if not views and target.adapter is not None:
-            await rt.cold.ensure_loaded(target.adapter)
-            views = _candidates(rt, target, failed)
-        if not views:
-            break
-        if attempt and not rt.retry_budget.try_spend():
-            last_reason = "retry budget exhausted"
-            break
-        view = await _pick(rt, target, views, failed)
-        tried.add(view.id)
-        last_chance = attempt == 1 or (len(views) == 1 and target.adapter is None)
+    tried = FIRST
+    cold_since: float | None = None
+    while True:
+        decision = routing.decide(target, rt.state, tried, rt.retry_budget, rt.rng)
+        if isinstance(decision, LoadThen):
+            if decision.why is Load.COLD_START and cold_since is None:
+                cold_since = time.monotonic()
+            tried = await _load(rt, target, decision, tried, cold_since)
+            continue
+        if cold_since is not None:
+            rt.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
+            cold_since = None
+        if isinstance(decision, Reject):
+            raise _rejected(rt, target, decision)
+        if decision.retry:
+            rt.retry_budget.spend()
+        if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
+            rt.metrics.overflows.labels(decision.via.value).inc()
         try:
-            return await _attempt(request, rt, target, view, body, headers, started, last_chance)
+            return await _attempt(request, rt, target, decision.worker, body, headers, started, decision.last_chance)
         except _Retry as retry:
-            last_reason = retry.reason
             rt.metrics.retries.labels(retry.reason).inc()
-            if retry.reason != ADAPTER_MISSING:
-                failed.add(view.id)
-    if tried:
-        raise UpstreamFailed(f"No worker answered for model '{target.model}' ({last_reason}).")
-    raise NoWorkerAvailable(f"No healthy worker serves model '{target.model}'.", headers={"Retry-After": "1"})
+            tried = tried.forward_failed(decision.worker, retry.reason, retry_there=retry.reason == ADAPTER_MISSING)
 
 
-async def _pick(rt: RouterRuntime, target: Target, views: list[WorkerView], failed: set[str]) -> WorkerView:
-    """A holder whose batch takes the request at once; when none can, the adapter's best-ranked worker
-    that can (loaded there first, see router.coldstart); else the least busy holder, to queue there."""
+async def _load(rt: RouterRuntime, target: Target, decision: LoadThen, tried: Attempts,
+                cold_since: float | None) -> Attempts:
+    """Run the load the policy asked for. A cold start waits at most the cold-start timeout in all (then
+    503 with Retry-After, the load going on); an overflow load that fails or is slow just ends the overflow."""
     adapter = target.adapter
-    if adapter is None:
-        return power_of_two(views, rt.rng)
-    return (pick_with_room(views, adapter, rt.rng) or await rt.cold.overflow(adapter, failed)
-            or power_of_two(views, rt.rng))
+    assert adapter is not None
+    timeout = rt.config.timeouts.cold_start_timeout_s
+    cold = cold_since is not None and decision.why is Load.COLD_START
+    wait = timeout - (time.monotonic() - cold_since) if cold_since is not None and cold else timeout
+    try:
+        loaded = await rt.loads.load(adapter, decision.worker, max(0.0, wait), cold=cold)
+    except TimeoutError:
+        if not cold:
+            return tried.load_failed(decision.worker, decision.why)
+        assert cold_since is not None
+        rt.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
+        rt.metrics.cold_starts.labels(rt.metrics.adapter(adapter), "timeout").inc()
+        raise ColdStartTimeout(f"Adapter '{adapter}' is being loaded; retry shortly.",
+                               headers={"Retry-After": str(max(1, int(timeout)))}) from None
+    if not loaded:
+        return tried.load_failed(decision.worker, decision.why)
+    if not cold:
+        rt.metrics.overflows.labels(Via.OVERFLOW_LOADED.value).inc()
+    return tried.loaded(decision.worker)
 
 
-async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView, body: bytes,
+def _rejected(rt: RouterRuntime, target: Target, reject: Reject) -> RouterError:
+    refusal = reject.refusal
+    if refusal is Refusal.FAILED:
+        return AdapterFailed(reject.message, param="model")
+    if refusal in (Refusal.EXHAUSTED, Refusal.BUDGET):
+        return UpstreamFailed(reject.message)
+    if refusal is Refusal.UNLOADABLE and target.adapter is not None:
+        rt.metrics.cold_starts.labels(rt.metrics.adapter(target.adapter), "failed").inc()
+    return NoWorkerAvailable(reject.message, headers={"Retry-After": "5" if target.adapter else "1"})
+
+
+async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, worker: str, body: bytes,
                    headers: str, started: float, last_chance: bool) -> web.StreamResponse:
-    origin = view.origin
-    request[WORKER] = view.id
+    state = rt.state
+    origin = origin_of(state.workers[worker].url)
+    request[WORKER] = worker
     # aiohttp decodes header bytes as utf-8 with surrogateescape; encoding back the same way
     # forwards them byte for byte (latin-1 raised on any non-ASCII header byte: a 500).
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
-            f"Content-Length: {len(body)}\r\n{headers}{rt.auth_line(view.id)}\r\n"
+            f"Content-Length: {len(body)}\r\n{headers}{rt.auth_line(worker)}\r\n"
             ).encode("utf-8", "surrogateescape")
-    view.begin(target.adapter)
+    adapter = target.adapter
+    state.apply(RequestBegun(worker, adapter))
     try:
         try:
             upstream = await rt.upstream.request(origin.host, origin.port, origin.tls, head, body)
         except UpstreamTimeout as exc:
-            _worker_failed(rt, view, exc)
+            _unreachable(rt, worker, exc)
             raise _timed_out(target) from None
         except UpstreamError as exc:
-            _worker_failed(rt, view, exc)
+            _unreachable(rt, worker, exc)
             raise _Retry("connect") from None
         try:
-            if not last_chance and _should_retry(rt, target, view, upstream.status):
+            status = upstream.status
+            _answered(rt, worker, status)
+            if status == 404 and adapter is not None:
+                state.apply(AdapterMissing(worker, adapter))
+            if not last_chance and (status >= 500 or (status == 404 and adapter is not None)):
                 upstream.close()
-                raise _Retry(ADAPTER_MISSING if upstream.status == 404 else "worker_5xx")
-            if upstream.status < 500:
-                view.failures = 0
-            response = await _relay(request, rt, target, view, upstream)
+                raise _Retry(ADAPTER_MISSING if status == 404 else "worker_5xx")
+            response = await _relay(request, rt, target, worker, upstream)
         except AnswerCut:
             upstream.close()
-            rt.metrics.requests.labels(request.path, rt.metrics.adapter(target.adapter), "502").inc()
+            rt.metrics.requests.labels(request.path, rt.metrics.adapter(adapter), "502").inc()
             raise
         except BaseException:
             upstream.close()
             raise
         upstream.release()
     finally:
-        view.end(target.adapter)
-    label = rt.metrics.adapter(target.adapter)
+        state.apply(RequestEnded(worker, adapter))
+    label = rt.metrics.adapter(adapter)
     rt.metrics.requests.labels(request.path, label, str(response.status)).inc()
     rt.metrics.latency.labels(label).observe(time.monotonic() - started)
     return response
 
 
-def _should_retry(rt: RouterRuntime, target: Target, view: WorkerView, status: int) -> bool:
-    """A 404 for a held adapter means the worker lost it; a 5xx counts against the worker's health."""
-    if status == 404 and target.adapter is not None:
-        rt.fleet.remove_holding(view.id, target.adapter)
-        return True
-    if status >= 500:
-        view.failures += 1
-        control = rt.config.control
-        workers = rt.fleet.workers.values()
-        if should_eject(view.failures, threshold=control.down_after_failures, pool=len(workers),
-                        down=sum(not v.healthy for v in workers), max_fraction=control.max_ejected_fraction):
-            _mark_down(rt, view)
-        return True
-    return False
-
-
-def _response_headers(rt: RouterRuntime, view: WorkerView, upstream: UpstreamResponse) -> dict[str, str]:
+def _response_headers(rt: RouterRuntime, worker: str, upstream: UpstreamResponse) -> dict[str, str]:
     headers = {k: v for k, v in upstream.headers if k.lower() not in HOP_BY_HOP}
     if rt.config.security.worker_header:
-        headers[WORKER_HEADER] = view.id
+        headers[WORKER_HEADER] = worker
     return headers
 
 
-async def _relay(request: web.Request, rt: RouterRuntime, target: Target, view: WorkerView,
+async def _relay(request: web.Request, rt: RouterRuntime, target: Target, worker: str,
                  upstream: UpstreamResponse) -> web.StreamResponse:
     """Relay the answer. A non-streaming answer is read whole up to BUFFER_LIMIT, so a worker dying
     in it is retried elsewhere; past that, or for a stream, the client has the head already: a stream
     cut then ends with an SSE error event, any other answer cut then ends with the connection closed,
     so the client sees a truncated body fail rather than succeed."""
-    headers = _response_headers(rt, view, upstream)
+    headers = _response_headers(rt, worker, upstream)
     streaming = upstream.content_type.startswith("text/event-stream")
     chunks = upstream.iter_chunks()
     first = b""
@@ -278,10 +289,10 @@ async def _relay(request: web.Request, rt: RouterRuntime, target: Target, view: 
                 return web.Response(status=upstream.status, body=buffered, headers=headers)
             first = buffered
     except UpstreamTimeout as exc:
-        _worker_failed(rt, view, exc)
+        _unreachable(rt, worker, exc)
         raise _timed_out(target) from None
     except UpstreamError as exc:  # nothing sent yet (for a stream: no token): another holder may answer
-        _worker_failed(rt, view, exc)
+        _unreachable(rt, worker, exc)
         raise _Retry("body_cut") from None
     response = web.StreamResponse(status=upstream.status, headers=headers)
     if not streaming and upstream.content_length is not None:
@@ -292,7 +303,7 @@ async def _relay(request: web.Request, rt: RouterRuntime, target: Target, view: 
         async for chunk in chunks:
             await response.write(chunk)
     except UpstreamError as exc:
-        _worker_failed(rt, view, exc)
+        _unreachable(rt, worker, exc)
         if not streaming:
             assert request.transport is not None
             request.transport.close()
@@ -325,13 +336,15 @@ def _sse_error(message: str) -> bytes:
     return b"data: " + error.body() + b"\n\n"
 
 
-def _worker_failed(rt: RouterRuntime, view: WorkerView, exc: BaseException) -> None:
-    log.warning("worker %s failed: %s", view.id, type(exc).__name__)
-    _mark_down(rt, view)
+def _unreachable(rt: RouterRuntime, worker: str, exc: BaseException) -> None:
+    """Passive health: out of rotation at once; the prober brings it back when /health answers."""
+    log.warning("worker %s failed: %s", worker, type(exc).__name__)
+    if rt.state.apply(Unreachable(worker, time.monotonic())).changed:
+        rt.metrics.worker_healthy.labels(worker).set(0)
 
 
-def _mark_down(rt: RouterRuntime, view: WorkerView) -> None:
-    """Passive health: stop sending to it; the health prober brings it back when /health answers."""
-    view.healthy = False
-    view.probe_at = time.monotonic() + rt.config.control.health_probe_s
-    rt.metrics.worker_healthy.labels(view.id).set(0)
+def _answered(rt: RouterRuntime, worker: str, status: int) -> None:
+    """5xx answers in a row take a worker out of rotation (router.core.health), others reset the count."""
+    if rt.state.apply(Answered(worker, status, time.monotonic())).changed:
+        log.warning("worker %s taken out of rotation after consecutive 5xx answers", worker)
+        rt.metrics.worker_healthy.labels(worker).set(0)

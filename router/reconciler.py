@@ -2,13 +2,13 @@
 
 Wiring in server.py: `reconciler = Reconciler(runtime)`; run `reconciler.run()`
 as one of the process's loops; call `reconciler.on_membership(change)` right
-after `fleet.set_membership` returns a non-empty change and
-`reconciler.on_placement()` right after `fleet.placement` is replaced. The admin
+after `state.set_membership` returns a non-empty change and
+`reconciler.on_placement()` right after `state.placement` is replaced. The admin
 API reads `reconciler.failures(name)` and `reconciler.worker_errors()`. Given the
 catalog store, the leader's reconciler also marks an adapter failed in the
 catalog when every worker placed for it refused it, and clears the mark once
-one holds it (router.reconcile_plan.failure_marks); the request path then fails
-at once for it (router.coldstart) while the loads go on being retried.
+one holds it (router.core.reconcile_plan.failure_marks); the request path then fails
+at once for it (router.core.routing) while the loads go on being retried.
 
 A plan round (allocator.plan.plan_actions over the placement and what the
 workers hold) runs on a placement change, a membership change, a listing that
@@ -35,20 +35,22 @@ import random
 import time
 from collections.abc import Callable
 
-from allocator.plan import DesiredIndex, plan_actions
+from allocator.plan import DesiredIndex
 from discovery.aio import wait_event
 from discovery.errors import EtcdUnavailable
-from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore
-from router.fleet import MembershipChange, WorkerView
-from router.reconcile_plan import (
+from router.core.events import AdaptersListed, DrainCancelled, DrainStarted, Unloaded
+from router.core.fleetstate import Effect, WorkerState
+from router.core.reconcile_plan import (
     Failure,
     WorkerBook,
     backoff_delay,
     failure_marks,
+    idle_grace_s,
+    plan_round,
     stale,
-    worker_work,
 )
+from router.core.records import AdapterRecord
 from router.runtime import RouterRuntime
 from router.workers import AdapterRejected, WorkerCallFailed
 
@@ -124,10 +126,10 @@ class Reconciler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def on_membership(self, change: MembershipChange) -> None:
+    def on_membership(self, change: Effect) -> None:
         for worker_id in change.restarted:
             agent = self._agents.get(worker_id)
-            view = self._rt.fleet.workers.get(worker_id)
+            view = self._rt.state.workers.get(worker_id)
             if agent is not None and view is not None:
                 agent.restart(view.record.instance)
         self._wake.set()
@@ -147,25 +149,24 @@ class Reconciler:
     # -- plan rounds ------------------------------------------------------------------------
     def plan_round(self) -> None:
         """Diff placement vs holdings once for the whole fleet and hand each agent its part."""
-        fleet = self._rt.fleet
+        state = self._rt.state
         self.rounds += 1
-        self._managed.update(fleet.catalog)
-        self._managed.update(fleet.placement.replica_sets)
-        holdings = {wid: frozenset(v.holds) for wid, v in fleet.workers.items()}
+        self._managed.update(state.catalog)
+        self._managed.update(state.placement.replica_sets)
+        holdings = {wid: frozenset(v.holds) for wid, v in state.workers.items()}
         loading = {wid: frozenset(a.loading) for wid, a in self._agents.items() if a.loading}
-        actions = plan_actions(self._placement_index(), holdings, loading, self._rt.config.placement.plan,
-                               self._rt.estimates)
         control = self._rt.config.control
-        work = worker_work(actions, fleet.placement, fleet.catalog, self._managed, self._idle_since,
-                           self._clock(), 2 * control.tick_s + control.reconcile_s,
-                           placement_stale=not self._rt.etcd_reachable)
+        work = plan_round(self._placement_index(), holdings, loading, self._rt.config.placement.plan,
+                          self._rt.estimates, state.catalog, self._managed, self._idle_since, self._clock(),
+                          idle_grace_s(control.tick_s, control.reconcile_s),
+                          placement_stale=not self._rt.etcd_reachable)
         for worker_id, agent in self._agents.items():
             todo = work.get(worker_id)
             agent.loads, agent.unloads = (todo.loads, todo.unloads) if todo else ([], [])
             agent.wake.set()
 
     def _placement_index(self) -> DesiredIndex:
-        placement = self._rt.fleet.placement
+        placement = self._rt.state.placement
         if self._index is None or self._index.placement is not placement:
             self._index = DesiredIndex(placement)
         return self._index
@@ -178,17 +179,17 @@ class Reconciler:
         fence = self._rt.election.fence if self._rt.election is not None else None
         if self._catalog is None or fence is None or not self._rt.is_leader:
             return
-        fleet = self._rt.fleet
+        state = self._rt.state
         refused: dict[str, dict[str, Failure]] = {}
         for worker_id, agent in self._agents.items():
             for name in agent.book.failures:
-                record = fleet.catalog.get(name)
+                record = state.catalog.get(name)
                 failure = agent.book.refusal(name, self._key(record)) if record is not None else None
                 if failure is not None:
                     refused.setdefault(name, {})[worker_id] = failure
-        marks = failure_marks(fleet.catalog, fleet.placement, fleet.holders, refused, fleet.workers, self._wall())
+        marks = failure_marks(state.catalog, state.placement, state.holders, refused, state.workers, self._wall())
         for name, mark in sorted(marks.items()):
-            seen = fleet.catalog.get(name)
+            seen = state.catalog.get(name)
             if seen is None:
                 continue
             try:
@@ -204,7 +205,7 @@ class Reconciler:
 
     # -- agents -----------------------------------------------------------------------------
     def _sync_agents(self) -> None:
-        workers = self._rt.fleet.workers
+        workers = self._rt.state.workers
         for worker_id in [w for w in self._agents if w not in workers]:
             gone = self._agents.pop(worker_id)
             if gone.task is not None:
@@ -223,13 +224,13 @@ class Reconciler:
             await self._pass(agent)
             await wait_event(agent.wake, agent.book.next_wake(self._clock(), DRAIN_POLL_S))
 
-    def _current(self, agent: _Agent, view: WorkerView, book: WorkerBook) -> bool:
+    def _current(self, agent: _Agent, view: WorkerState, book: WorkerBook) -> bool:
         """Is the worker this pass started on still the same instance? (Checked after every await.)"""
-        return self._rt.fleet.workers.get(agent.worker_id) is view and agent.book is book
+        return self._rt.state.workers.get(agent.worker_id) is view and agent.book is book
 
     async def _pass(self, agent: _Agent) -> None:
-        fleet = self._rt.fleet
-        view = fleet.workers.get(agent.worker_id)
+        state = self._rt.state
+        view = state.workers.get(agent.worker_id)
         if view is None:
             return
         book = agent.book
@@ -242,21 +243,21 @@ class Reconciler:
                 return
         desired = self._desired(agent.worker_id)
         for name in sorted(desired & view.draining):
-            fleet.add_holding(agent.worker_id, name)
+            state.apply(DrainCancelled(agent.worker_id, name))
             book.draining_since.pop(name, None)
         for name in agent.unloads:
             if name in view.holds and name not in view.draining and name not in desired:
-                fleet.start_draining(agent.worker_id, name)
+                state.apply(DrainStarted(agent.worker_id, name))
                 book.draining_since[name] = now
         agent.unloads = []
-        agent.loaded_from = {n: agent.loaded_from.get(n) or fleet.catalog[n].source
-                             for n in view.holds if n in fleet.catalog}
+        agent.loaded_from = {n: agent.loaded_from.get(n) or state.catalog[n].source
+                             for n in view.holds if n in state.catalog}
         todo = [(n, False) for n in agent.loads if n not in view.holds]
-        todo += [(n, True) for n in stale(desired & (view.holds - view.draining), agent.loaded_from, fleet.catalog)]
+        todo += [(n, True) for n in stale(desired & (view.holds - view.draining), agent.loaded_from, state.catalog)]
         agent.loads = []
         loaded = []
         for name, inplace in todo:
-            record = fleet.catalog.get(name)
+            record = state.catalog.get(name)
             if record is None or not book.may_try(name, self._clock(), self._key(record)):
                 continue
             agent.loading.add(name)
@@ -277,7 +278,7 @@ class Reconciler:
     def _key(self, record: AdapterRecord) -> tuple[str, str]:
         return record.source, self._rt.loaded.version
 
-    async def _list(self, agent: _Agent, view: WorkerView) -> set[str] | None:
+    async def _list(self, agent: _Agent, view: WorkerState) -> set[str] | None:
         try:
             names = await self._rt.workers.list_adapters(view.url)
         except (AdapterRejected, WorkerCallFailed) as exc:
@@ -286,10 +287,10 @@ class Reconciler:
             agent.list_error = str(exc)
             return None
         agent.list_error = None
-        if self._rt.fleet.workers.get(agent.worker_id) is view:
+        if self._rt.state.workers.get(agent.worker_id) is view:
             if names != view.holds:
                 self._wake.set()
-            self._rt.fleet.set_holdings(agent.worker_id, names)
+            self._rt.state.apply(AdaptersListed(agent.worker_id, frozenset(names)))
             self._rt.metrics.worker_adapters.labels(agent.worker_id).set(len(names))
         return names
 
@@ -300,7 +301,7 @@ class Reconciler:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _load(self, view: WorkerView, book: WorkerBook, record: AdapterRecord, inplace: bool) -> bool:
+    async def _load(self, view: WorkerState, book: WorkerBook, record: AdapterRecord, inplace: bool) -> bool:
         await self._rate_limit(book)
         try:
             await self._rt.workers.load(view.url, record, inplace)
@@ -310,13 +311,13 @@ class Reconciler:
         self._rt.metrics.adapter_ops.labels("load", "ok", "").inc()
         return True
 
-    async def _confirm(self, agent: _Agent, view: WorkerView, book: WorkerBook, loaded: list[str]) -> None:
+    async def _confirm(self, agent: _Agent, view: WorkerState, book: WorkerBook, loaded: list[str]) -> None:
         """A load counts once /v1/models lists the adapter; only then is the worker a holder."""
         listed = await self._list(agent, view)
         if listed is None:
             return
         for name in loaded:
-            record = self._rt.fleet.catalog.get(name)
+            record = self._rt.state.catalog.get(name)
             if record is None:
                 continue
             if name in listed:
@@ -326,7 +327,7 @@ class Reconciler:
                 error = WorkerCallFailed("the load succeeded but /v1/models does not list the adapter")
                 self._failed(view, book, name, "load", error, self._key(record), reason="not_listed")
 
-    async def _finish_drains(self, agent: _Agent, view: WorkerView, book: WorkerBook) -> None:
+    async def _finish_drains(self, agent: _Agent, view: WorkerState, book: WorkerBook) -> None:
         drain_timeout = self._rt.config.timeouts.drain_timeout_s
         for name, since in list(book.draining_since.items()):
             if name not in view.draining:
@@ -351,9 +352,9 @@ class Reconciler:
             book.succeeded(name)
             book.draining_since.pop(name, None)
             agent.loaded_from.pop(name, None)
-            self._rt.fleet.remove_holding(agent.worker_id, name)
+            self._rt.state.apply(Unloaded(agent.worker_id, name))
 
-    async def _busy_elsewhere(self, view: WorkerView, adapter: str) -> bool:
+    async def _busy_elsewhere(self, view: WorkerState, adapter: str) -> bool:
         """Whether the worker still runs requests for `adapter` (other routers' included).
 
         A worker whose metrics cannot be read counts as idle: the drain then
@@ -366,7 +367,7 @@ class Reconciler:
                      view.id, exc)
             return False
 
-    def _failed(self, view: WorkerView, book: WorkerBook, adapter: str, op: str, exc: Exception,
+    def _failed(self, view: WorkerState, book: WorkerBook, adapter: str, op: str, exc: Exception,
                 key: tuple[str, str], reason: str | None = None) -> None:
         permanent = isinstance(exc, AdapterRejected)
         why = reason or (exc.reason if isinstance(exc, AdapterRejected) else "transient")
@@ -385,25 +386,25 @@ class Reconciler:
 
     # -- metrics ----------------------------------------------------------------------------
     def _update_metrics(self) -> None:
-        fleet, metrics = self._rt.fleet, self._rt.metrics
+        state, metrics = self._rt.state, self._rt.metrics
         now = self._clock()
         unmet: dict[tuple[str, str], float] = {}
-        labels = {metrics.adapter(name) for name in fleet.placement.replica_sets}
+        labels = {metrics.adapter(name) for name in state.placement.replica_sets}
         for label in self._labels - labels:
             metrics.forget(metrics.replicas_desired, label)
             metrics.forget(metrics.replicas_holding, label)
         self._labels = labels
-        for name, replica_set in fleet.placement.replica_sets.items():
+        for name, replica_set in state.placement.replica_sets.items():
             label = metrics.adapter(name)
             metrics.replicas_desired.labels(label).set(len(replica_set.workers))
-            holders = fleet.holders(name)
+            holders = state.holders(name)
             metrics.replicas_holding.labels(label).set(len(holders))
             for worker in replica_set.workers:
-                if worker not in holders and worker in fleet.workers:
+                if worker not in holders and worker in state.workers:
                     unmet[(worker, name)] = self._unmet_since.get((worker, name), now)
         self._unmet_since = unmet
         metrics.reconcile_lag.set(now - min(unmet.values(), default=now))
-        failed_names = [r.name for r in fleet.catalog.values() if r.failed is not None]
+        failed_names = [r.name for r in state.catalog.values() if r.failed is not None]
         metrics.adapters_failed.set(len(failed_names))
         failed = {metrics.adapter(name) for name in failed_names}
         for label in self._failed_labels - failed:

@@ -10,13 +10,15 @@ import aiohttp
 from allocator.model import Demand
 from discovery.election import LeaderElection
 from router.auth import Authenticator
-from router.coldstart import ColdStarter
 from router.config import LoadedConfig
+from router.core.events import RulesChanged
+from router.core.fleetstate import FleetState
+from router.core.health import HealthRules
+from router.core.retrybudget import RetryBudget
 from router.demand import DemandCounter
-from router.fleet import Fleet
 from router.keyrefs import WorkerKeys, key_ref_path
+from router.loads import Loader
 from router.metrics import RouterMetrics
-from router.retrybudget import RetryBudget
 from router.sources import SourceLocator
 from router.upstream import UpstreamPool
 from router.workers import WorkerClient
@@ -28,7 +30,7 @@ class RouterRuntime:
         self.router_id = router_id
         self.session = session
         self.rng = rng or random.Random()
-        self.fleet = Fleet()
+        self.state = FleetState()
         self.demand = DemandCounter()
         self.estimates: dict[str, Demand] = {}
         """This router's smoothed demand per adapter as of its last control tick (what it reports to etcd)."""
@@ -43,11 +45,10 @@ class RouterRuntime:
         self.auth_lines: dict[str, str] = {}
         self.upstream = UpstreamPool(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)
         self.workers = WorkerClient(session, loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
-        self.sources = SourceLocator(self.fleet)
+        self.sources = SourceLocator(self.state)
         self.workers.locate = self.sources.path
         self.apply_config(loaded)
-        self.cold = ColdStarter(self.fleet, self.workers, self.metrics,
-                                lambda: self.config.timeouts.cold_start_timeout_s)
+        self.loads = Loader(self.state, self.workers, self.metrics)
 
     def apply_config(self, loaded: LoadedConfig) -> None:
         """Swap in a validated config; in-flight requests keep the objects they already hold."""
@@ -59,6 +60,10 @@ class RouterRuntime:
         key = loaded.secrets.worker_api_key
         self.worker_auth_line = f"Authorization: Bearer {key}\r\n" if key else ""
         self.workers.configure(loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
+        control = loaded.config.control
+        self.state.apply(RulesChanged(HealthRules(down_after_failures=control.down_after_failures,
+                                                  max_ejected_fraction=control.max_ejected_fraction,
+                                                  probe_s=control.health_probe_s)))
 
     @property
     def is_leader(self) -> bool:
@@ -76,7 +81,7 @@ class RouterRuntime:
         Returns the ids of workers whose key changed (for the reload log line; never the keys)."""
         by_url: dict[str, str] = {}
         lines: dict[str, str] = {}
-        for view in self.fleet.workers.values():
+        for view in self.state.workers.values():
             key = self.worker_keys.resolve(view.record.api_key_ref)
             if key is not None:
                 by_url[view.url] = key
@@ -87,7 +92,7 @@ class RouterRuntime:
 
     def worker_key_files(self) -> list[str]:
         """Files the workers' key references name: a reload re-reads them, the reloader watches them."""
-        refs = {view.record.api_key_ref for view in self.fleet.workers.values()}
+        refs = {view.record.api_key_ref for view in self.state.workers.values()}
         return sorted({path for ref in refs if ref and (path := key_ref_path(ref)) is not None})
 
     def auth_line(self, worker_id: str) -> str:
@@ -97,7 +102,7 @@ class RouterRuntime:
         """Mirror leadership and etcd reachability in the gauges, as of now (leadership is live, see
         `is_leader`); at every control tick and scrape."""
         self.metrics.sample(leader=self.is_leader, etcd_connected=self.etcd_reachable,
-                            unplaced=len(self.fleet.placement.unplaced))
+                            unplaced=len(self.state.placement.unplaced))
 
     def ready(self) -> bool:
-        return bool(self.fleet.workers) and self.placement_seen
+        return bool(self.state.workers) and self.placement_seen

@@ -33,6 +33,7 @@ from router.app import build_app
 from router.catalog_sync import declare_config_adapters
 from router.config import LoadedConfig
 from router.control import ControlLoop
+from router.core.events import CatalogChanged, MembershipChanged, PlacementChanged
 from router.health import probe_down_workers
 from router.httpserver import harden_connections
 from router.reconciler import Reconciler
@@ -94,21 +95,21 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
 
     async def follow_membership() -> None:
         async for membership in discovery.watch():
-            change = runtime.fleet.set_membership(membership.workers)
+            change = runtime.state.apply(MembershipChanged(membership.workers))
             runtime.refresh_worker_keys()
             runtime.metrics.workers_changed([*change.added, *change.restarted], change.removed)
             runtime.sources.notify()
-            if change:
+            if change.changed:
                 reconciler.on_membership(change)
                 control.trigger()
 
     async def follow_catalog() -> None:
         async for adapters in catalog.watch():
-            runtime.fleet.catalog = adapters
+            runtime.state.apply(CatalogChanged(adapters))
 
     async def follow_placement() -> None:
         async for placement in placement_store.watch():
-            runtime.fleet.placement = placement
+            runtime.state.apply(PlacementChanged(placement))
             runtime.placement_seen = True
             runtime.metrics.placement_epoch.set(placement.epoch)
             reconciler.on_placement()

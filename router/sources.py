@@ -11,27 +11,25 @@ from __future__ import annotations
 
 import asyncio
 
-from discovery.fetch.layout import cache_status, is_remote, scheme
-from discovery.records import AdapterRecord, WorkerRecord
-from router.fleet import Fleet, WorkerView
-from router.workers import AdapterRejected, WorkerCallFailed, adapter_path
+from router.core.fleetstate import FleetState
+from router.core.records import (
+    AdapterRecord,
+    WorkerRecord,
+    adapter_path,
+    cache_status,
+    is_remote,
+    scheme,
+)
+from router.workers import AdapterRejected, WorkerCallFailed
 
 
 def status(record: WorkerRecord, source: str) -> tuple[str, str]:
     return cache_status(record.cache_dir, record.cached, record.fetch_failures, source)
 
 
-def cached_first(views: list[WorkerView], adapter: AdapterRecord) -> list[WorkerView]:
-    """`views` (in HRW order) with the workers that have the adapter on disk first: they load in about a
-    second where the others must download first; the order is otherwise kept, the same on every router."""
-    if not is_remote(adapter.source):
-        return views
-    return sorted(views, key=lambda v: status(v.record, adapter.source)[0] != "ready")
-
-
 class SourceLocator:
-    def __init__(self, fleet: Fleet) -> None:
-        self._fleet = fleet
+    def __init__(self, state: FleetState) -> None:
+        self._state = state
         self._changed = asyncio.Event()
 
     def notify(self) -> None:
@@ -48,7 +46,7 @@ class SourceLocator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            view = next((v for v in self._fleet.workers.values() if v.url == base_url), None)
+            view = next((v for v in self._state.workers.values() if v.url == base_url), None)
             state, detail = status(view.record, source) if view is not None else ("no_cache", "")
             if state == "ready":
                 return detail

@@ -9,12 +9,11 @@ too high, unauthorized), or a transient failure worth retrying.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from discovery.records import AdapterRecord
+from router.core.records import AdapterRecord, adapter_path
 
 
 class WorkerCallFailed(Exception):
@@ -50,16 +49,6 @@ class _ErrorEnvelope(msgspec.Struct):
 
 def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def adapter_path(source: str) -> str:
-    """What vLLM's lora_path receives: a local path for file sources, the repo id for hf://."""
-    parts = urlsplit(source)
-    if parts.scheme == "file":
-        return parts.path
-    if parts.scheme == "hf":
-        return (parts.netloc + parts.path).partition("@")[0]
-    return source
 
 
 def error_message(body: bytes) -> str:

@@ -21,9 +21,10 @@ from allocator.model import Demand
 from discovery.election import LeaderElection
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
-from discovery.records import WorkerRecord, encode, worker_id_for
+from discovery.records import encode, worker_id_for
 from discovery.registry import WORKERS, WorkerRegistry
 from discovery.stores import DemandStore
+from router.core.records import WorkerRecord
 
 COUNTERS = {
     "raft proposals committed": r"etcd_server_proposals_committed_total",

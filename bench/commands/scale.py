@@ -21,8 +21,9 @@ import uvloop
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.ports import free_port
-from discovery.records import AdapterRecord, WorkerRecord, encode
+from discovery.records import encode
 from discovery.stores import CatalogStore
+from router.core.records import AdapterRecord, WorkerRecord
 from router.procs import ManagedProcess, python_cli
 
 HELP = "Measure one router's RSS with a large fleet of registered workers and catalog adapters."

@@ -11,12 +11,12 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from bench.sim.fleet import Fleet
+from bench.sim.fleet import SimFleet
 from bench.sim.metrics import RunMetrics, compute
 from bench.sim.scenarios import Setup, run_strategy
 from bench.sim.strategies import Strategy
 from bench.workloads import Requests
-from router.picking import pick_with_room, power_of_two
+from router.core.picking import pick_with_room, power_of_two
 
 OURS = "lora-router"
 RATIO_COLUMNS = (("ttft_p50_ms", "TTFT p50"), ("ttft_p99_ms", "TTFT p99"), ("e2e_p99_ms", "e2e p99"),
@@ -40,7 +40,7 @@ class FixedMap(Strategy):
 
     name = "consistent-hash"
 
-    def __init__(self, fleet: Fleet, seed: int, route_map: list[int]) -> None:
+    def __init__(self, fleet: SimFleet, seed: int, route_map: list[int]) -> None:
         super().__init__(fleet, seed)
         self.route_map = route_map
 
@@ -53,7 +53,7 @@ def simulate(strategy: str, requests: Requests, names: list[str], setup: Setup, 
     """`bench.sim.scenarios.run_strategy`, plus the counterparts the simulator does not list:
     the router's picking over all workers, and consistent hash on a probed map."""
     if strategy == Spread.name or route_map is not None:
-        fleet = Fleet(setup.workers, names, setup.params())
+        fleet = SimFleet(setup.workers, names, setup.params())
         chosen = Spread(fleet, seed) if route_map is None else FixedMap(fleet, seed, route_map)
         return compute(fleet.run(requests, chosen.route), setup.ttft_slo_ms, 0)
     return run_strategy(strategy, requests, names, setup, seed)[0]

@@ -12,7 +12,7 @@ those k steps as ONE event. Only a request routed to it that could join the
 batch interrupts the coast: it is cut at the first step boundary at or after
 the arrival, where a normal step admits it, exactly when step-by-step
 simulation would (boundaries are summed step by step, so times are equal, not
-just close). `Fleet(fast_forward=False)` steps one by one, for the tests. Routing and placement decisions belong to the
+just close). `SimFleet(fast_forward=False)` steps one by one, for the tests. Routing and placement decisions belong to the
 strategy (bench/sim/strategies.py), which calls `submit`, `wait`, `load` and
 `unload` here.
 """
@@ -37,8 +37,8 @@ _Payload = tuple[Any, Any]
 (worker index, adapter) or (period or None, action). Typed where unpacked: the kind says which."""
 
 
-class WorkerState:
-    """One worker as the router and the strategies see it; `inflight` feeds router.picking.power_of_two."""
+class SimWorker:
+    """One simulated worker: its engine and what the baseline strategies read (`inflight`, slots, queues)."""
 
     __slots__ = ("adapter_inflight", "busy", "busy_s", "changes", "coast", "coast_id", "engine", "held", "index",
                  "inflight", "loading", "max_loras", "max_seqs", "running", "served", "waiting")
@@ -48,7 +48,7 @@ class WorkerState:
         self.engine = EngineModel(params)
         self.max_loras: int | None = params.max_loras
         self.max_seqs: int | None = params.max_num_seqs
-        """The batch limits router.picking checks; the real router knows max_loras from the worker's record."""
+        """The batch limits router.core.picking checks; the real router knows max_loras from the worker's record."""
         self.busy = False
         self.busy_s = 0.0
         self.inflight = 0
@@ -105,12 +105,12 @@ def _boundary(start: float, step_s: float, steps: int, at_or_after: float = floa
     return end, n
 
 
-class Fleet:
+class SimFleet:
     def __init__(self, n_workers: int, names: list[str], params: PerfParams, fast_forward: bool = True) -> None:
         self.params = params
         self.fast_forward = fast_forward
         self.names = names
-        self.workers = [WorkerState(i, params) for i in range(n_workers)]
+        self.workers = [SimWorker(i, params) for i in range(n_workers)]
         self.now = 0.0
         self._heap: list[tuple[float, int, int, _Payload]] = []
         self._seq = 0
@@ -127,10 +127,10 @@ class Fleet:
         """Per request, as plain lists while running (numpy scalars cost more per access); arrays at the end."""
         self.inflight = [0] * len(names)
         """Per adapter: requests arrived and not finished (what the router's demand counts in flight)."""
-        self.holders: list[list[WorkerState]] = [[] for _ in names]
-        """Per adapter: the workers holding it, in the order they loaded it."""
-        self.on_loaded: Callable[[], None] | None = None
-        """Called after every finished load: the holdings changed (the reconciler re-plans)."""
+        self.on_loaded: Callable[[int, int], None] | None = None
+        """Called with (worker, adapter) after every finished load: the holdings changed."""
+        self.on_finished: Callable[[int, list[int]], None] | None = None
+        """Called with (worker, adapters of the requests that just finished there)."""
 
     def _push(self, at: float, kind: int, payload: _Payload) -> None:
         self._seq += 1
@@ -181,7 +181,6 @@ class Fleet:
         if adapter not in ws.held or adapter in ws.running or adapter in ws.waiting:
             return False
         ws.held.discard(adapter)
-        self.holders[adapter].remove(ws)
         ws.changes += 1
         ws.engine.forget_host(self.names[adapter])
         self._placement_unloads += 1
@@ -192,7 +191,6 @@ class Fleet:
         cache and a GPU slot with the first request's step, which pays for them."""
         ws = self.workers[w]
         ws.held.add(adapter)
-        self.holders[adapter].append(ws)
         ws.changes += 1
         self._placement_loads += 1
         for rid in ws.loading.pop(adapter):
@@ -200,9 +198,9 @@ class Fleet:
             count_down(ws.adapter_inflight, adapter)
             self.submit(w, rid)
         if self.on_loaded is not None:
-            self.on_loaded()
+            self.on_loaded(w, adapter)
 
-    def _step(self, ws: WorkerState) -> None:
+    def _step(self, ws: SimWorker) -> None:
         """Start the worker's next step now: a coast through identical decode steps, or one step."""
         ws.busy = True
         engine = ws.engine
@@ -216,7 +214,7 @@ class Fleet:
         ws.busy_s += result.duration_s
         self._push(self.now + result.duration_s, _STEP_END, (ws, result))
 
-    def _cut(self, ws: WorkerState) -> None:
+    def _cut(self, ws: SimWorker) -> None:
         """A request that can join the batch arrived: end the coast at the step boundary it waits for."""
         start, step_s, steps = ws.coast  # type: ignore[misc]
         end, n = _boundary(start, step_s, steps, self.now)
@@ -225,7 +223,7 @@ class Fleet:
             ws.coast_id += 1
             self._push(end, _COAST_END, (ws, ws.coast_id))
 
-    def _coast_end(self, ws: WorkerState, coast_id: int) -> None:
+    def _coast_end(self, ws: SimWorker, coast_id: int) -> None:
         if coast_id != ws.coast_id:
             return
         _, step_s, steps = ws.coast  # type: ignore[misc]
@@ -236,7 +234,7 @@ class Fleet:
         if not ws.engine.idle:
             self._step(ws)
 
-    def _finished(self, ws: WorkerState, rids: list[int]) -> None:
+    def _finished(self, ws: SimWorker, rids: list[int]) -> None:
         now, adapter, inflight, finish = self.now, self._adapter, self.inflight, self._finish
         for rid in rids:
             finish[rid] = now
@@ -246,8 +244,10 @@ class Fleet:
             inflight[a] -= 1
         ws.inflight -= len(rids)
         ws.served += len(rids)
+        if self.on_finished is not None and rids:
+            self.on_finished(ws.index, [adapter[rid] for rid in rids])
 
-    def _step_end(self, ws: WorkerState, result: StepResult) -> None:
+    def _step_end(self, ws: SimWorker, result: StepResult) -> None:
         now, adapter, first = self.now, self._adapter, self._first
         for rid in result.started:
             first[rid] = now

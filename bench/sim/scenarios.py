@@ -16,9 +16,9 @@ import numpy as np
 from allocator.config import ReplicaConfig
 from bench import workloads
 from bench.perfmodel import PerfParams
-from bench.sim.fleet import Fleet, Outcome
+from bench.sim.fleet import Outcome, SimFleet
 from bench.sim.metrics import RunMetrics, compute
-from bench.sim.strategies import STRATEGIES, ControlLoop
+from bench.sim.strategies import STRATEGIES, ControlTiming
 from bench.workloads import Lengths, Requests
 
 
@@ -100,7 +100,7 @@ def names(n: int) -> list[str]:
 
 def run_strategy(strategy: str, requests: Requests, adapter_names: list[str], setup: Setup, seed: int,
                  progress: Callable[[int], None] | None = None) -> tuple[RunMetrics, Outcome]:
-    fleet = Fleet(setup.workers, adapter_names, setup.params(), setup.fast_forward)
-    chosen = STRATEGIES[strategy](fleet, seed, ControlLoop(setup.tick_s, setup.reconcile_s), setup.config)
+    fleet = SimFleet(setup.workers, adapter_names, setup.params(), setup.fast_forward)
+    chosen = STRATEGIES[strategy](fleet, seed, ControlTiming(setup.tick_s, setup.reconcile_s), setup.config)
     outcome = fleet.run(requests, chosen.route, progress)
     return compute(outcome, setup.ttft_slo_ms, getattr(chosen, "churn", 0)), outcome

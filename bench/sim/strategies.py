@@ -1,21 +1,19 @@
-"""Routing strategies side by side, each a `route(rid, adapter)` over a `Fleet`.
+"""Routing strategies side by side, each a `route(rid, adapter)` over a `SimFleet`.
 
 Strategies without placement submit wherever they pick; the engine then reads
 the adapter from disk into its host LRU and swaps it into a GPU slot, evicting
 least recently used ones — what vLLM's filesystem resolver does. `dynamo-hrw`
 narrows routing to Dynamo's replica sets (bench/baselines_placement.py) but,
-like Dynamo, loads nothing itself. `lora-router` runs the allocator's
-placement on the control loop's clock (tick, reconcile, load latency), picks
-among holders with room for the adapter in their GPU slots with the router's
-own `router.picking`, and otherwise loads the adapter on its best-ranked HRW
-worker that has room (a cold start when no one holds it), the request waiting
-for the load.
+like Dynamo, loads nothing itself. `lora-router` is the router's own code:
+the allocator's placement on the control loop's clock (tick, reconcile, load
+latency), the reconciler's plan round, and router.core.routing.decide for
+every request, on the router's own FleetState.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,15 +21,32 @@ from allocator import hrw, plan
 from allocator.config import ReplicaConfig
 from allocator.model import Adapter, Placement, Worker
 from bench.baselines_placement import DynamoStrategy, OursStrategy
-from bench.sim.fleet import Fleet, WorkerState
-from router.picking import first_with_room, pick_with_room, power_of_two
+from bench.sim.fleet import SimFleet, SimWorker
+from router.core import routing
+from router.core.events import (
+    CatalogChanged,
+    DrainCancelled,
+    DrainStarted,
+    LoadFinished,
+    MembershipChanged,
+    PlacementChanged,
+    RequestBegun,
+    RequestEnded,
+    Unloaded,
+)
+from router.core.fleetstate import FleetState
+from router.core.names import Target
+from router.core.picking import power_of_two
+from router.core.reconcile_plan import idle_grace_s, plan_round
+from router.core.records import AdapterRecord, WorkerRecord
+from router.core.retrybudget import RetryBudget
 
 BASE = "base"
 TOP = 32
 """How far an adapter's HRW ranking is kept (as far as the allocator's rankings keep theirs)."""
 
 
-class ControlLoop:
+class ControlTiming:
     """The router's control-loop timing (router/reconciler.py): a placement every `tick_s`; a plan round
     `reconcile_s` after each placement (propagation through etcd) and `listing_s` after each finished load
     (the worker's /v1/models shows it, the holdings changed); every load takes the engine's load cost."""
@@ -45,7 +60,7 @@ class Strategy:
 
     name = ""
 
-    def __init__(self, fleet: Fleet, seed: int) -> None:
+    def __init__(self, fleet: SimFleet, seed: int) -> None:
         self.fleet = fleet
         self.rng = random.Random(seed)
         self.n = len(fleet.workers)
@@ -67,7 +82,7 @@ class RandomRouting(Strategy):
 class RoundRobin(Strategy):
     name = "round-robin"
 
-    def __init__(self, fleet: Fleet, seed: int) -> None:
+    def __init__(self, fleet: SimFleet, seed: int) -> None:
         super().__init__(fleet, seed)
         self.next = 0
 
@@ -77,7 +92,7 @@ class RoundRobin(Strategy):
         return w
 
 
-def _least(workers: list[WorkerState]) -> int:
+def _least(workers: list[SimWorker]) -> int:
     return min(workers, key=lambda ws: ws.inflight).index
 
 
@@ -116,7 +131,7 @@ class _Ranked(Strategy):
     """Strategies that need each adapter's first HRW worker, computed once per adapter on first use
     (against worker keys hashed once: at 1,000 workers a cold fleet asks for thousands of them)."""
 
-    def __init__(self, fleet: Fleet, seed: int, slots: int) -> None:
+    def __init__(self, fleet: SimFleet, seed: int, slots: int) -> None:
         super().__init__(fleet, seed)
         self.pool = [Worker(id=f"w{i}", base_model=BASE, slots=slots) for i in range(self.n)]
         self.index = {w.id: i for i, w in enumerate(self.pool)}
@@ -153,11 +168,11 @@ class ConsistentHash(_Ranked):
 class _Placed(_Ranked):
     """Strategies that re-place every tick from the arrival rates measured over the last tick."""
 
-    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop, slots: int) -> None:
+    def __init__(self, fleet: SimFleet, seed: int, control: ControlTiming, slots: int) -> None:
         super().__init__(fleet, seed, slots)
         self.control = control
         self.arrivals = np.zeros(len(fleet.names), dtype=np.int64)
-        self.sets: list[list[WorkerState]] = [[] for _ in fleet.names]
+        self.sets: list[list[SimWorker]] = [[] for _ in fleet.names]
         self.placement = Placement()
         self.churn = 0
         fleet.every(control.tick_s, control.tick_s, self.tick)
@@ -189,7 +204,7 @@ class DynamoHrw(_Placed):
 
     name = "dynamo-hrw"
 
-    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop) -> None:
+    def __init__(self, fleet: SimFleet, seed: int, control: ControlTiming) -> None:
         super().__init__(fleet, seed, control, fleet.params.max_loras)
         self.dynamo = DynamoStrategy()
 
@@ -205,87 +220,96 @@ class DynamoHrw(_Placed):
 
 
 class LoraRouter(_Placed):
-    """The allocator's placement, the reconciler's make-before-break actions, slot-aware power of two
-    among holders. A worker's placement slots are the adapters it keeps loaded (vLLM's host LRU,
-    `max_cpu_loras`); the engine swaps the held ones through its `max_loras` GPU slots, and the router
-    counts adapters in flight per worker to send a request where its adapter can join the batch."""
+    """The router itself: the allocator's placement on the control loop's clock, the reconciler's plan
+    round (router.core.reconcile_plan.plan_round), and every request routed by router.core.routing.decide on a
+    router.core.fleetstate.FleetState fed the same events the router's edges report. What stays here is
+    what the simulator does instead of I/O: a LoadThen starts the engine's load and the request waits for
+    it on that worker (the router, asking again once it is loaded, finds that worker the holder with
+    room), and a drain ends as soon as nothing of the adapter runs on the worker. A worker's placement
+    slots are the adapters it keeps loaded (vLLM's host LRU, `max_cpu_loras`); the engine swaps them
+    through its `max_loras` GPU slots."""
 
     name = "lora-router"
 
-    def __init__(self, fleet: Fleet, seed: int, control: ControlLoop, config: ReplicaConfig) -> None:
+    def __init__(self, fleet: SimFleet, seed: int, control: ControlTiming, config: ReplicaConfig) -> None:
         super().__init__(fleet, seed, control, fleet.params.host_slots)
         self.config = config
         self.ours = OursStrategy(config, control.tick_s)
         self.round_due = False
         self.desired: plan.DesiredIndex | None = None
         """The placement indexed once for the many plan rounds against it."""
-        self.views: list[tuple[int, frozenset[str], frozenset[str]]] = [(-1, frozenset(), frozenset())] * self.n
-        """Per worker: (its `changes`, held names, loading names) as of the last plan round."""
-        fleet.on_loaded = self.holdings_changed
+        params = fleet.params
+        self.state = FleetState()
+        self.state.apply(MembershipChanged({w.id: WorkerRecord(
+            id=w.id, url=f"http://{w.id}.sim:80", base_models=(BASE,), slots=w.slots, max_loras=params.max_loras,
+            max_num_seqs=params.max_num_seqs) for w in self.pool}))
+        self.state.apply(CatalogChanged({a.name: AdapterRecord(name=a.name, source=f"/adapters/{a.name}",
+                                                               base_model=BASE) for a in self.catalog}))
+        self.targets = [Target(base=BASE, adapter=name, model=name) for name in fleet.names]
+        self.budget = RetryBudget(0.0)
+        """Never spent: simulated workers do not fail, so no request is tried twice."""
+        self.idle_since: dict[tuple[str, str], float] = {}
+        fleet.on_loaded = self.loaded
+        fleet.on_finished = self.finished
 
-    def holdings_changed(self) -> None:
+    def loaded(self, w: int, adapter: int) -> None:
+        self.state.apply(LoadFinished(self.pool[w].id, self.fleet.names[adapter]))
         if not self.round_due:
             self.round_due = True
             self.fleet.at(self.fleet.now + self.control.listing_s, self.reconcile)
+
+    def finished(self, w: int, adapters: list[int]) -> None:
+        worker, names, apply = self.pool[w].id, self.fleet.names, self.state.apply
+        for a in adapters:
+            apply(RequestEnded(worker, names[a]))
 
     def place(self, measured: dict[str, float]) -> Placement:
         names = self.fleet.names
         placement = self.ours.step(self.pool, self.catalog, measured,
                                    {names[a]: float(c) for a, c in enumerate(self.fleet.inflight) if c})
+        self.state.apply(PlacementChanged(placement))
         self.fleet.at(self.fleet.now + self.control.reconcile_s, self.reconcile)
         return placement
 
     def reconcile(self, now: float) -> None:
         self.round_due = False
-        fleet = self.fleet
-        names, views = fleet.names, self.views
-        for i, ws in enumerate(fleet.workers):
-            if views[i][0] != ws.changes:
-                views[i] = (ws.changes, frozenset([names[a] for a in ws.held]),
-                            frozenset([names[a] for a in ws.loading]))
-        holdings = {w.id: v[1] for w, v in zip(self.pool, views)}
-        loading = {w.id: v[2] for w, v in zip(self.pool, views)}
-        if self.desired is None or self.desired.placement is not self.placement:
-            self.desired = plan.DesiredIndex(self.placement)
-        for action in plan.plan_actions(self.desired, holdings, loading, self.config.plan):
-            w, a = self.index[action.worker], self.adapter_index[action.adapter]
-            if action.kind == "load":
-                fleet.load(w, a)
-            else:
-                fleet.unload(w, a)
+        fleet, state, names = self.fleet, self.state, self.fleet.names
+        if self.desired is None or self.desired.placement is not state.placement:
+            self.desired = plan.DesiredIndex(state.placement)
+        holdings = {wid: frozenset(v.holds) for wid, v in state.workers.items()}
+        loading = {w.id: frozenset(names[a] for a in ws.loading) for w, ws in zip(self.pool, fleet.workers) if ws.loading}
+        control = self.control
+        work = plan_round(self.desired, holdings, loading, self.config.plan, self.ours.estimates, state.catalog,
+                          state.catalog, self.idle_since, now, idle_grace_s(control.tick_s, control.reconcile_s))
+        for wid, todo in work.items():
+            w = self.index[wid]
+            for name in todo.loads:
+                fleet.load(w, self.adapter_index[name])
+            for name in todo.unloads:
+                state.apply(DrainStarted(wid, name))
+        for wid, view in state.workers.items():
+            desired = self.desired.on.get(wid, frozenset())
+            for name in list(view.draining):
+                if name in desired:
+                    state.apply(DrainCancelled(wid, name))
+                elif name not in view.adapter_inflight and fleet.unload(self.index[wid], self.adapter_index[name]):
+                    state.apply(Unloaded(wid, name))
 
     def route(self, rid: int, adapter: int) -> None:
-        """A holder in the replica set (any holder while none in the set has it yet, as the router does)
-        with room in its batch for the adapter (a sequence and a GPU LoRA slot); when none has, the
-        adapter's best-ranked worker that has (loading it there if need be); when no worker has, the
-        holders' queue."""
         self.arrivals[adapter] += 1
-        fleet = self.fleet
-        holders = [ws for ws in self.sets[adapter] if adapter in ws.held] or fleet.holders[adapter]
-        chosen = pick_with_room(holders, adapter, self.rng)
-        if chosen is None:
-            chosen = first_with_room(self.ranked(adapter), adapter)
-        if chosen is None:
-            chosen = power_of_two(holders, self.rng) if holders else fleet.workers[self.first_hrw(adapter)]
-        if adapter in chosen.held:
-            fleet.submit(chosen.index, rid)
-        else:
-            fleet.wait(chosen.index, rid, adapter)
-
-    def ranked(self, adapter: int) -> Iterator[WorkerState]:
-        """The adapter's HRW order as far as the placement's rankings keep it (our own top before the first placement)."""
-        rankings, workers = self.ours.planner.rankings, self.fleet.workers
-        row = rankings.rows.get(self.fleet.names[adapter])
-        if row is None:
-            for i in self.top_hrw(adapter):
-                yield workers[i]
-            return
-        ids, index = rankings.ids, self.index
-        for i in row.idx:
-            yield workers[index[ids[i]]]
+        decision = routing.decide(self.targets[adapter], self.state, routing.FIRST, self.budget, self.rng)
+        match decision:
+            case routing.Forward(worker=worker):
+                self.state.apply(RequestBegun(worker, self.fleet.names[adapter]))
+                self.fleet.submit(self.index[worker], rid)
+            case routing.LoadThen(worker=worker):
+                self.state.apply(RequestBegun(worker, self.fleet.names[adapter]))
+                self.fleet.wait(self.index[worker], rid, adapter)
+            case routing.Reject(message=message):
+                raise RuntimeError(f"the simulated router refused a request: {message}")
 
 
-Factory = Callable[[Fleet, int, ControlLoop, ReplicaConfig], Strategy]
+Factory = Callable[[SimFleet, int, ControlTiming, ReplicaConfig], Strategy]
 
 STRATEGIES: dict[str, Factory] = {
     "random": lambda f, s, c, r: RandomRouting(f, s),

@@ -29,11 +29,11 @@ from discovery.aio import wait_event
 from discovery.errors import WorkerNotVllm, WorkerUnreachable
 from discovery.etcd import EtcdClient
 from discovery.fetch.cache import AdapterCache
-from discovery.fetch.layout import allowed, entry_name, is_remote
+from discovery.fetch.layout import allowed
 from discovery.fetch.sources import HfDownload, SourceSettings, download
 from discovery.fetch.verify import FetchError, check_adapter
-from discovery.records import AdapterRecord
 from discovery.stores import CatalogStore, PlacementStore
+from router.core.records import AdapterRecord, entry_name, is_remote
 
 log = logging.getLogger(__name__)
 

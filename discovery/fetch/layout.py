@@ -7,29 +7,14 @@ worker's record alone, with no lookup table to keep in step.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from urllib.parse import urlsplit
 
-REMOTE_SCHEMES = ("s3", "https", "hf")
+from router.core.records import entry_name
+
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 TMP_DIR = ".tmp"
 """Downloads in progress and entries being evicted, inside the cache (same filesystem: rename is atomic)."""
-
-
-def scheme(source: str) -> str:
-    """The source's scheme, lower case; "file" for a bare absolute path."""
-    head, sep, _ = source.partition("://")
-    return head.lower() if sep else "file"
-
-
-def is_remote(source: str) -> bool:
-    return scheme(source) in REMOTE_SCHEMES
-
-
-def entry_name(source: str) -> str:
-    """The cache entry of a source: 32 hex digits of its SHA-256 (a new source is a new entry)."""
-    return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
 def entry_path(cache_dir: str, source: str) -> str:
@@ -63,17 +48,3 @@ def split_https(source: str) -> tuple[str, str | None]:
 def allowed(source: str, prefixes: list[str]) -> bool:
     """Whether a remote source lies under one of the allow-listed prefixes (an empty list allows any)."""
     return not prefixes or any(source.startswith(p) for p in prefixes)
-
-
-def cache_status(cache_dir: str | None, cached: tuple[str, ...], failures: dict[str, str],
-                 source: str) -> tuple[str, str]:
-    """Where a worker stands with a remote source: ("ready", local path), ("failed", why),
-    ("fetching", "") or ("no_cache", "") when its registrar fetches nothing."""
-    if cache_dir is None:
-        return "no_cache", ""
-    name = entry_name(source)
-    if name in cached:
-        return "ready", os.path.join(cache_dir, name)
-    if name in failures:
-        return "failed", failures[name]
-    return "fetching", ""

@@ -24,8 +24,9 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from discovery.fetch.layout import is_archive, scheme, split_hf, split_https, split_s3
+from discovery.fetch.layout import is_archive, split_hf, split_https, split_s3
 from discovery.fetch.verify import FetchError, extract_archive
+from router.core.records import scheme
 
 CHUNK = 1 << 20
 HfDownload = Callable[..., Any]

@@ -16,9 +16,9 @@ import msgspec
 from discovery.connect import add_etcd_arguments, client_from_args
 from discovery.election import LEADER
 from discovery.errors import DiscoveryError
-from discovery.records import AdapterRecord, WorkerRecord
 from discovery.registry import WorkerRegistry
 from discovery.stores import CatalogStore, PlacementStore
+from router.core.records import AdapterRecord, WorkerRecord
 from router.keyrefs import KeyRefUnresolved, resolve_key_ref
 from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient
 

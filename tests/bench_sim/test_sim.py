@@ -12,7 +12,7 @@ from allocator import hrw, synthetic
 from bench.baselines_placement import HrwOrders
 from bench.cli import main
 from bench.perfmodel import PerfParams
-from bench.sim.fleet import Fleet
+from bench.sim.fleet import SimFleet
 from bench.sim.metrics import compute
 from bench.sim.scenarios import SCENARIOS, Setup, Shape, names, run_strategy
 from bench.sim.strategies import STRATEGIES, RoundRobin
@@ -74,7 +74,7 @@ def test_metrics_of_a_hand_checked_run() -> None:
     one step of 13.65 ms."""
     requests = Requests(np.array([0.0, 1.0]), np.array([0, 0], dtype=np.int32),
                         np.array([100, 0], dtype=np.int32), np.array([2, 1], dtype=np.int32))
-    fleet = Fleet(1, ["a0"], PerfParams(max_loras=1))
+    fleet = SimFleet(1, ["a0"], PerfParams(max_loras=1))
     outcome = fleet.run(requests, RoundRobin(fleet, 0).route)
     assert outcome.first_token - outcome.arrival == pytest.approx([0.145658, 0.01365])
     assert outcome.finish - outcome.arrival == pytest.approx([0.159308, 0.01365])
@@ -135,7 +135,7 @@ def test_a_coast_is_cut_where_the_arrival_is_admitted() -> None:
                         np.array([10, 10], dtype=np.int32), np.array([200, 5], dtype=np.int32))
     runs = []
     for fast in (True, False):
-        fleet = Fleet(1, ["a0"], PerfParams(max_loras=1), fast_forward=fast)
+        fleet = SimFleet(1, ["a0"], PerfParams(max_loras=1), fast_forward=fast)
         runs.append(fleet.run(requests, RoundRobin(fleet, 0).route))
     assert np.array_equal(runs[0].first_token, runs[1].first_token)
     assert np.array_equal(runs[0].finish, runs[1].finish)
@@ -153,7 +153,7 @@ def test_dynamo_bulk_rankings_equal_rank_workers() -> None:
 
 
 def test_first_hrw_is_rank_workers_first() -> None:
-    fleet = Fleet(13, names(200), PerfParams())
+    fleet = SimFleet(13, names(200), PerfParams())
     ranked = STRATEGIES["consistent-hash"](fleet, 0, None, None)  # type: ignore[arg-type]
     for a in range(200):
         assert ranked.pool[ranked.first_hrw(a)].id == hrw.rank_workers(f"a{a}", ranked.pool)[0].id

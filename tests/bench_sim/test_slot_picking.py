@@ -11,10 +11,11 @@ import numpy as np
 from allocator.config import ReplicaConfig
 from allocator.model import Placement, ReplicaSet
 from bench.perfmodel import PerfParams
-from bench.sim.fleet import Fleet
-from bench.sim.strategies import ControlLoop, LoraRouter
+from bench.sim.fleet import SimFleet
+from bench.sim.strategies import ControlTiming, LoraRouter
 from bench.workloads import Requests
-from router.picking import first_with_room, has_room, pick_with_room
+from router.core.events import LoadFinished, PlacementChanged
+from router.core.picking import first_with_room, has_room, pick_with_room
 
 
 @dataclass
@@ -54,20 +55,14 @@ def test_the_simulated_router_overflows_a_full_holder() -> None:
     instead of queueing behind them; later, with room back on worker 0, a0 goes to its holder."""
     requests = Requests(np.array([0.0, 0.0, 0.001, 10.0]), np.array([1, 2, 0, 0], dtype=np.int32),
                         np.full(4, 10, dtype=np.int32), np.full(4, 10, dtype=np.int32))
-    fleet = Fleet(2, ["a0", "a1", "a2"], PerfParams(max_loras=2))
-    router = LoraRouter(fleet, 0, ControlLoop(tick_s=100.0), ReplicaConfig())
-    w0 = fleet.workers[0]
-    w0.held.update({0, 1, 2})
-    router.placement = Placement(replica_sets={a: ReplicaSet(workers=("w0",), replicas=1) for a in fleet.names})
-    router.sets = [[w0], [w0], [w0]]
-
-    def route(rid: int, adapter: int) -> None:
-        if adapter == 0:
-            router.route(rid, adapter)
-        else:
-            fleet.submit(0, rid)
-
-    outcome = fleet.run(requests, route)
+    fleet = SimFleet(2, ["a0", "a1", "a2"], PerfParams(max_loras=2))
+    router = LoraRouter(fleet, 0, ControlTiming(tick_s=100.0), ReplicaConfig())
+    fleet.workers[0].held.update({0, 1, 2})
+    for name in fleet.names:
+        router.state.apply(LoadFinished("w0", name))
+    router.state.apply(PlacementChanged(Placement(replica_sets={
+        a: ReplicaSet(workers=("w0",), replicas=1) for a in fleet.names})))
+    outcome = fleet.run(requests, router.route)
     assert outcome.worker.tolist() == [0, 0, 1, 0]
     assert outcome.placement_loads == 1  # a0 on worker 1
 

@@ -10,9 +10,9 @@ import aiohttp
 from allocator.model import Action, Placement, ReplicaSet
 from bench.chaos.observe import loras, status, time_until, worker_holds
 from bench.promtext import metric_sum
-from discovery.records import AdapterRecord
+from router.core.reconcile_plan import WorkerWork, worker_work
+from router.core.records import AdapterRecord
 from router.devfleet import worker_url
-from router.reconcile_plan import WorkerWork, worker_work
 
 WORKER_ARGS = ("--max-loras", "4", "--speed", "0.01")
 

@@ -19,10 +19,11 @@ from allocator.model import Placement
 from discovery.election import LeaderElection
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
-from discovery.records import AdapterRecord, WorkerRecord
 from discovery.stores import CatalogStore, DemandStore, PlacementStore
 from router.config import load_config
 from router.control import ControlLoop
+from router.core.events import CatalogChanged, MembershipChanged, PlacementChanged
+from router.core.records import AdapterRecord, WorkerRecord
 from router.runtime import RouterRuntime
 
 TTL = 2
@@ -46,10 +47,10 @@ class Router:
 
     async def follow_placement(self) -> None:
         async for placement in self.placements.watch():
-            self.rt.fleet.placement = placement
+            self.rt.state.apply(PlacementChanged(placement))
 
     def start(self) -> Router:
-        self.rt.fleet.set_membership(WORKERS)
+        self.rt.state.apply(MembershipChanged(WORKERS))
         self.tasks = [asyncio.create_task(c()) for c in (self.election.run, self.control.run,
                                                           self.follow_placement)]
         return self
@@ -87,7 +88,7 @@ async def routers(etcd: EmbeddedEtcd, tmp_path: Path) -> AsyncIterator[Callable[
         for i in range(n):
             session = aiohttp.ClientSession()
             rt = RouterRuntime(config, session, f"r{i}", rng=random.Random(i))
-            rt.fleet.catalog = dict(catalog)
+            rt.state.apply(CatalogChanged(catalog))
             router = Router(f"r{i}", rt, await EtcdClient.connect([etcd.endpoint]))
             made.append((router.start(), session))
             out.append(router)

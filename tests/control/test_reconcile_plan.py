@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from allocator.model import Action, Placement, ReplicaSet
 from allocator.plan import DesiredIndex
-from discovery.records import AdapterFailure, AdapterRecord
-from router.reconcile_plan import (
+from router.core.reconcile_plan import (
     Failure,
     WorkerBook,
     WorkerWork,
@@ -21,6 +20,7 @@ from router.reconcile_plan import (
     stale,
     worker_work,
 )
+from router.core.records import AdapterFailure, AdapterRecord
 
 
 def _catalog(*names: str) -> dict[str, AdapterRecord]:

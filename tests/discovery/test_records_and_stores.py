@@ -11,16 +11,10 @@ from disco_helpers import until
 
 from allocator.model import Demand, Placement, ReplicaSet
 from discovery.etcd import EtcdClient
-from discovery.records import (
-    AdapterRecord,
-    DemandReport,
-    WorkerRecord,
-    encode,
-    normalise_url,
-    worker_id_for,
-)
+from discovery.records import encode, normalise_url, worker_id_for
 from discovery.registry import Membership, WorkerRegistry
 from discovery.stores import CatalogStore, DemandStore, PlacementStore, sum_demand
+from router.core.records import AdapterRecord, DemandReport, WorkerRecord
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
 

@@ -17,10 +17,11 @@ from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.ports import free_port
 from discovery.probe import parse_metrics
-from discovery.records import AdapterRecord, WorkerRecord, encode
+from discovery.records import encode
 from discovery.registry import Membership, WorkerRegistry
 from discovery.static import StaticDiscovery
 from discovery.stores import CatalogStore
+from router.core.records import AdapterRecord, WorkerRecord
 from router.devfleet import sim_worker, worker_url
 from router.procs import ManagedProcess
 

@@ -15,7 +15,7 @@ from sources.s3_helpers import CREDENTIALS, moto_server
 from vllm_backend import TinyModel
 
 from discovery.embedded import EmbeddedEtcd
-from discovery.fetch.layout import entry_name
+from router.core.records import entry_name
 from router.devfleet import worker_url
 from router.procs import ManagedProcess, python_cli
 

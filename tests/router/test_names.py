@@ -7,10 +7,9 @@ from collections import Counter
 
 import pytest
 
-from discovery.records import AdapterRecord
-from router.auth import OPEN, Caller
+from router.core.names import OPEN, Caller, Target, resolve
+from router.core.records import AdapterRecord
 from router.errors import ModelNotFound
-from router.names import Target, resolve
 
 CATALOG = {
     n: AdapterRecord(name=n, source=f"/m/{n}", base_model=b, tenant=t)

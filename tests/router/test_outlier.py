@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
+from router.core.health import should_eject
 from router.devfleet import worker_url
-from router.outlier import should_eject
 
 BASE = "sim-base"
 

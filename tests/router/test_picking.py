@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.picking import power_of_two
+from router.core.picking import power_of_two
 
 
 @dataclass

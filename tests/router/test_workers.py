@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from router.workers import adapter_path, error_message, lora_activity
+from router.core.records import adapter_path
+from router.workers import error_message, lora_activity
 
 
 def test_lora_activity_takes_only_the_newest_series() -> None:

@@ -9,13 +9,13 @@ import pytest
 from s3_helpers import adapter_config, tarball
 
 from discovery.fetch.cache import AdapterCache, CacheEntry, plan_eviction
-from discovery.fetch.layout import cache_status, entry_name, split_hf, split_https
+from discovery.fetch.layout import split_hf, split_https
 from discovery.fetch.verify import FetchError, check_adapter, extract_archive
-from discovery.records import AdapterRecord, WorkerRecord
 from router.config import SecurityConfig
+from router.core.fleetstate import WorkerState
+from router.core.records import AdapterRecord, WorkerRecord, cache_status, entry_name
+from router.core.routing import cached_first
 from router.errors import InvalidAdapter
-from router.fleet import WorkerView
-from router.sources import cached_first
 from router.validation import validate_source
 
 
@@ -103,8 +103,8 @@ def test_source_forms_split_as_documented() -> None:
 def test_workers_with_the_adapter_cached_come_first_in_hrw_order() -> None:
     source = "s3://adapters/x"
 
-    def view(wid: str, cached: bool) -> WorkerView:
-        return WorkerView(WorkerRecord(id=wid, url=f"http://{wid}:1", base_models=("b",), cache_dir="/c",
+    def view(wid: str, cached: bool) -> WorkerState:
+        return WorkerState(WorkerRecord(id=wid, url=f"http://{wid}:1", base_models=("b",), cache_dir="/c",
                                        cached=(entry_name(source),) if cached else ()))
 
     ranked = [view("w1", False), view("w2", True), view("w3", False), view("w4", True)]

@@ -16,9 +16,9 @@ from s3_helpers import adapter_config, self_signed, tarball
 from test_s3_fetch import _call, _roots, _served
 
 from discovery.embedded import EmbeddedEtcd
-from discovery.fetch.layout import entry_name
 from discovery.fetch.sources import SourceSettings, download
 from discovery.ports import free_port
+from router.core.records import entry_name
 from router.devfleet import worker_url
 from router.procs import ManagedProcess, python_cli
 

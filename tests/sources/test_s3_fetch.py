@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from s3_helpers import S3, adapter_config, adapter_files, tarball
 
-from discovery.fetch.layout import entry_name
 from discovery.ports import free_port
+from router.core.records import entry_name
 from router.devfleet import sim_worker, worker_url
 from router.procs import ManagedProcess
 

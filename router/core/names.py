@@ -1,17 +1,41 @@
-"""Model name -> what to serve: an adapter, or the base model. Pure; the caller supplies the views."""
+"""Who is calling and what they may use; model name -> what to serve (an adapter, or the base model).
+
+Pure: the caller supplies the views (catalog, bases, aliases) and the randomness."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from fnmatch import fnmatchcase
 
 import msgspec
 
 from allocator.hrw import pick_weighted
-from discovery.records import AdapterRecord
-from router.auth import Caller
+from router.core.records import AdapterRecord
 from router.errors import ModelNotFound
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """Who sent a request: admin, a tenant, or anyone (no auth configured)."""
+
+    tenant: str | None = None
+    admin: bool = False
+    open: bool = False
+    patterns: tuple[str, ...] = ("*",)
+    default_adapter: str | None = None
+
+    def may_use(self, name: str, owner: str | None) -> bool:
+        """An adapter's owner decides first: its own tenant may use it whatever its name, other tenants see
+        it as absent. The tenant's patterns grant the adapters nobody owns (and aliases)."""
+        if self.admin or self.open:
+            return True
+        if owner is not None:
+            return owner == self.tenant
+        return any(fnmatchcase(name, p) for p in self.patterns)
+
+
+OPEN = Caller(open=True)
 
 
 class Target(msgspec.Struct, frozen=True):

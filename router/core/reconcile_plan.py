@@ -16,8 +16,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
-from allocator.model import Action, Placement
-from discovery.records import AdapterFailure, AdapterRecord
+from allocator.config import PlanBudget
+from allocator.model import Action, Demand, Placement
+from allocator.plan import DesiredIndex, plan_actions
+from router.core.records import AdapterFailure, AdapterRecord
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +38,18 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
 class WorkerWork(msgspec.Struct, kw_only=True):
     loads: list[str] = msgspec.field(default_factory=list)
     unloads: list[str] = msgspec.field(default_factory=list)
+
+
+def plan_round(desired: DesiredIndex, holdings: Mapping[str, frozenset[str]], loading: Mapping[str, frozenset[str]],
+               config: PlanBudget, estimates: Mapping[str, Demand], catalog: Mapping[str, AdapterRecord],
+               managed: Collection[str], idle_since: dict[tuple[str, str], float], now: float, grace_s: float, *,
+               placement_stale: bool = False) -> dict[str, WorkerWork]:
+    """One plan round, the reconciler's and the simulator's: the fleet-wide diff of the placement against
+    what the workers hold and are loading (allocator.plan.plan_actions), narrowed to what this router
+    should do on each worker now (`worker_work`)."""
+    actions = plan_actions(desired, holdings, loading, config, estimates)
+    return worker_work(actions, desired.placement, catalog, managed, idle_since, now, grace_s,
+                       placement_stale=placement_stale)
 
 
 def worker_work(actions: Iterable[Action], placement: Placement, catalog: Mapping[str, AdapterRecord],
@@ -74,6 +88,12 @@ def worker_work(actions: Iterable[Action], placement: Placement, catalog: Mappin
     idle_since.clear()
     idle_since.update(idle_now)
     return work
+
+
+def idle_grace_s(tick_s: float, reconcile_s: float) -> float:
+    """How long an adapter sized to zero replicas stays loaded: two ticks for the placement to see the
+    demand of a cold start made outside it, and a round for the reconciler to hear of it."""
+    return 2 * tick_s + reconcile_s
 
 
 def stale(held: Collection[str], loaded_from: Mapping[str, str],

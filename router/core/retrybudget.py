@@ -14,8 +14,9 @@ class RetryBudget:
     def on_request(self) -> None:
         self.tokens = min(self.cap, self.tokens + self.ratio)
 
-    def try_spend(self) -> bool:
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+    def may_spend(self) -> bool:
+        """Read by the routing policy, which decides whether a retry happens; `spend` when it does."""
+        return self.tokens >= 1.0
+
+    def spend(self) -> None:
+        self.tokens -= 1.0
