@@ -15,7 +15,6 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router import proxy
 from router.errors import (
     AnswerCut,
     ClientClosedRequest,
@@ -25,8 +24,7 @@ from router.errors import (
     RouterError,
 )
 from router.logs import ACCESS
-from router.proxy import ADAPTER, REQUEST_ID, REQUEST_ID_HEADER, RUNTIME, TENANT, WORKER
-from router.runtime import RouterRuntime
+from router.proxy import ADAPTER, REQUEST_ID, REQUEST_ID_HEADER, TENANT, WORKER, Proxy
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +33,12 @@ OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
 """The API's OpenAPI document, served as is; tests/hostile checks it lists every route."""
 STARTED = web.RequestKey("started", float)
 """When an inference request reached its handler: time to first byte is measured from it."""
+PROXY = web.AppKey("proxy", Proxy)
+"""The request path, and what the other routes read through it: the live config, the state, the metrics."""
+READY = web.AppKey[Callable[[], bool]]("ready")
+BEFORE_SCRAPE = web.AppKey[Callable[[], None]]("before_scrape")
+"""Sets the gauges that mirror live state (leadership, etcd reachability) just before a scrape."""
+STARTED_AT = web.AppKey("started_at", float)
 USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 """A client's x-request-id is kept when it is short visible ASCII; anything else is replaced."""
 
@@ -73,12 +77,12 @@ async def expect_continue(request: web.Request) -> web.Response | None:
     """`Expect: 100-continue` is the router's to answer (it is never forwarded): the client is asked
     for its body only when its key is good and the announced body fits; else it gets the error at
     once, without uploading, and the connection closes (the unsent body cannot be skipped)."""
-    rt = request.app[RUNTIME]
+    px = request.app[PROXY]
     try:
         if request.headers.get("Expect", "").lower() != "100-continue":
             raise ExpectationFailed("Only 'Expect: 100-continue' is supported.")
-        rt.auth.caller(request.headers.get("Authorization"))
-        limit = rt.config.security.max_body_bytes
+        px.auth.caller(request.headers.get("Authorization"))
+        limit = px.config.security.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
     except RouterError as error:
@@ -95,8 +99,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RouterError as error:
-        rt = request.app[RUNTIME]
-        rt.metrics.requests.labels(_route(request), "", str(error.status)).inc()
+        px = request.app[PROXY]
+        px.metrics.requests.labels(_route(request), "", str(error.status)).inc()
         if error.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, error.status, error.message)
         return _error_response(error)
@@ -105,7 +109,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         return _error_response(HttpStatusError(exc.status, exc.reason))
     except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
-        request.app[RUNTIME].metrics.requests.labels(_route(request), "", str(ClientClosedRequest.status)).inc()
+        request.app[PROXY].metrics.requests.labels(_route(request), "", str(ClientClosedRequest.status)).inc()
         raise
 
 
@@ -114,17 +118,16 @@ async def health(_request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    if rt.ready():
+    if request.app[READY]():
         return web.Response(status=200, text="ready")
     return web.Response(status=503, text="no workers or no placement yet")
 
 
 async def metrics(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    rt.sample_metrics()
-    adapters = {rt.metrics.adapter(name) for name in rt.state.placement.replica_sets}
-    return web.Response(body=rt.metrics.exposition(rt.state.workers.keys(), adapters),
+    request.app[BEFORE_SCRAPE]()
+    px = request.app[PROXY]
+    adapters = {px.metrics.adapter(name) for name in px.state.placement.replica_sets}
+    return web.Response(body=px.metrics.exposition(px.state.workers.keys(), adapters),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -135,7 +138,7 @@ def _inference(handler: Handler) -> Handler:
         request[STARTED] = started = time.monotonic()
         given = request.headers.get(REQUEST_ID_HEADER, "")
         request[REQUEST_ID] = given if USABLE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        metrics = request.app[RUNTIME].metrics
+        metrics = request.app[PROXY].metrics
         metrics.requests_in_flight += 1
         status = 500
         try:
@@ -176,7 +179,7 @@ async def _first_byte(request: web.Request, response: web.StreamResponse) -> Non
         response.headers[REQUEST_ID_HEADER] = request_id
     started = request.get(STARTED)
     if started is not None:
-        request.app[RUNTIME].metrics.first_byte(request.get(ADAPTER), time.monotonic() - started)
+        request.app[PROXY].metrics.first_byte(request.get(ADAPTER), time.monotonic() - started)
 
 
 async def openapi(_request: web.Request) -> web.Response:
@@ -188,25 +191,31 @@ async def list_models(request: web.Request) -> web.Response:
 
     vLLM puts an adapter's path in `root`; a server path is only for admins here (as in the admin API).
     Everyone else sees the adapter's name there, as for the base models and aliases."""
-    rt = request.app[RUNTIME]
-    caller = rt.auth.caller(request.headers.get("Authorization"))
-    created = int(rt.started_at)
-    bases = sorted(rt.state.bases() or ({rt.config.base_model} if rt.config.base_model else set()))
+    px = request.app[PROXY]
+    caller = px.auth.caller(request.headers.get("Authorization"))
+    created = int(request.app[STARTED_AT])
+    bases = sorted(px.state.bases() or ({px.config.base_model} if px.config.base_model else set()))
     cards = [ModelCard(id=b, created=created, root=b) for b in bases]
-    for name in sorted(rt.state.catalog):
-        record = rt.state.catalog[name]
+    for name in sorted(px.state.catalog):
+        record = px.state.catalog[name]
         if caller.may_use(name, record.tenant):
             cards.append(ModelCard(id=name, created=created, root=record.source if caller.admin else name,
                                    parent=record.base_model))
-    for alias in sorted(rt.config.aliases):
+    for alias in sorted(px.config.aliases):
         if caller.may_use(alias, None):
             cards.append(ModelCard(id=alias, created=created, root=alias, parent=bases[0] if bases else None))
     return web.Response(body=msgspec.json.encode(ModelList(data=cards)), content_type="application/json")
 
 
-def build_app(runtime: RouterRuntime, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=runtime.config.security.max_body_bytes)
-    app[RUNTIME] = runtime
+def build_app(proxy: Proxy, *, is_ready: Callable[[], bool], before_scrape: Callable[[], None] = lambda: None,
+              started_at: float = 0.0, extra_routes: Callable[[web.Application], None] | None = None,
+              ) -> web.Application:
+    """`is_ready`: whether /ready says so (workers known, a placement seen)."""
+    app = web.Application(middlewares=[errors], client_max_size=proxy.config.security.max_body_bytes)
+    app[PROXY] = proxy
+    app[READY] = is_ready
+    app[BEFORE_SCRAPE] = before_scrape
+    app[STARTED_AT] = started_at
     inference = _inference(proxy.handle)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, inference, expect_handler=expect_continue)

@@ -7,7 +7,7 @@ given or the fleet's only one, and the rank is read from the adapter's own
 `adapter_config.json` when the router can see it (a worker would reject a
 rank above its max, and placement needs the rank to pick workers that admit it).
 
-Wiring in server.py: `await declare_config_adapters(catalog_store, runtime)`
+Wiring in server.py: `await declare_config_adapters(catalog_store, loaded, state.bases())`
 once at start-up, after the catalog store exists and before the loops run; the
 control loop re-declares (not strictly) on the leader after a config reload.
 """
@@ -17,16 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import msgspec
 
 from allocator.config import ConfigError
 from discovery.stores import CatalogStore
-from router.config import SecurityConfig
+from router.config import LoadedConfig, RouterConfig, SecurityConfig
 from router.core.records import AdapterRecord
 from router.errors import InvalidAdapter, NotFound
-from router.runtime import RouterRuntime
 from router.validation import SOURCE_MAX, validate_name, validate_source
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 DEFAULT_RANK = 8
 
 
-def reserved_names(rt: RouterRuntime) -> set[str]:
+def reserved_names(config: RouterConfig, bases: AbstractSet[str]) -> set[str]:
     """Names an adapter may not take: base models (known to the fleet or the config) and aliases."""
-    names = set(rt.state.bases()) | set(rt.config.aliases)
-    if rt.config.base_model:
-        names.add(rt.config.base_model)
+    names = set(bases) | set(config.aliases)
+    if config.base_model:
+        names.add(config.base_model)
     return names
 
 
@@ -73,31 +73,31 @@ def require_adapter_files(record: AdapterRecord, security: SecurityConfig) -> No
             return
 
 
-def make_record(rt: RouterRuntime, name: object, source: object, *, base_model: object = None,
+def make_record(config: RouterConfig, bases: AbstractSet[str], name: object, source: object, *, base_model: object = None,
                 rank: object = None, tenant: object = None, name_param: str = "lora_name",
                 source_param: str = "lora_path") -> AdapterRecord:
-    """A validated catalog record, or InvalidAdapter (400) naming the field at fault."""
-    valid_name = validate_name(name, reserved=reserved_names(rt), param=name_param)
-    valid_source = validate_source(source, rt.config.security, param=source_param)
-    base = _base_model(rt, base_model)
+    """A validated catalog record, or InvalidAdapter (400) naming the field at fault; `bases`: the base
+    models the fleet serves."""
+    valid_name = validate_name(name, reserved=reserved_names(config, bases), param=name_param)
+    valid_source = validate_source(source, config.security, param=source_param)
+    base = _base_model(config, bases, base_model)
     if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
         raise InvalidAdapter("rank must be a positive integer.", param="rank")
-    if tenant is not None and (not isinstance(tenant, str) or tenant not in rt.config.tenants):
+    if tenant is not None and (not isinstance(tenant, str) or tenant not in config.tenants):
         raise InvalidAdapter(f"Unknown tenant {tenant!r}.", param="tenant")
     found = adapter_rank(valid_source)
     return AdapterRecord(name=valid_name, source=valid_source, base_model=base,
                          rank=found or rank or DEFAULT_RANK, tenant=tenant)
 
 
-def _base_model(rt: RouterRuntime, given: object) -> str:
+def _base_model(config: RouterConfig, bases: AbstractSet[str], given: object) -> str:
     if given is not None:
         if not isinstance(given, str) or not given or len(given) > SOURCE_MAX or not given.isprintable():
             raise InvalidAdapter(f"base_model must be a non-empty printable string of at most {SOURCE_MAX} "
                                  "characters.", param="base_model")
         return given
-    if rt.config.base_model:
-        return rt.config.base_model
-    bases = rt.state.bases()
+    if config.base_model:
+        return config.base_model
     if len(bases) == 1:
         return next(iter(bases))
     known = ", ".join(sorted(bases)) or "none known yet"
@@ -105,7 +105,8 @@ def _base_model(rt: RouterRuntime, given: object) -> str:
                          param="base_model")
 
 
-async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime, *, strict: bool = True) -> int:
+async def declare_config_adapters(catalog: CatalogStore, loaded: LoadedConfig, bases: AbstractSet[str], *,
+                                  strict: bool = True) -> int:
     """Write the config's `adapters:` that the catalog lacks or holds differently; returns how many.
 
     At start-up (`strict`) an invalid entry stops the router with its reason; on
@@ -113,12 +114,12 @@ async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime, *, s
     """
     existing = await catalog.list()
     written = 0
-    for i, entry in enumerate(rt.config.adapters):
+    for i, entry in enumerate(loaded.config.adapters):
         try:
-            record = make_record(rt, entry.name, entry.source, base_model=entry.base_model,
+            record = make_record(loaded.config, bases, entry.name, entry.source, base_model=entry.base_model,
                                  rank=entry.rank, tenant=entry.tenant)
         except InvalidAdapter as exc:
-            message = f"{rt.loaded.source}: adapters[{i}] ({entry.name!r}): {exc.message}"
+            message = f"{loaded.source}: adapters[{i}] ({entry.name!r}): {exc.message}"
             if strict:
                 raise ConfigError(message) from None
             log.error("config adapter skipped: %s", message)
@@ -129,5 +130,5 @@ async def declare_config_adapters(catalog: CatalogStore, rt: RouterRuntime, *, s
             written += 1
     if written:
         log.info("wrote %d of the config's %d adapters to the catalog (the others were there already)", written,
-                 len(rt.config.adapters))
+                 len(loaded.config.adapters))
     return written

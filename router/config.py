@@ -17,6 +17,7 @@ import msgspec
 
 from allocator.config import ConfigError, ReplicaConfig, decode_all
 from discovery.connect import EtcdSettings
+from router.core.health import HealthRules
 from router.errors import InvalidAdapter
 from router.validation import validate_name, validate_source
 
@@ -129,6 +130,11 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     failed_retry_max_s: Seconds = 240.0
     """Cap of the backoff between retries of a load a worker refused (no adapter at the path, rank too high):
     files may appear later (a synced volume, a slow download) and are then loaded without anyone asking."""
+
+    def health_rules(self) -> HealthRules:
+        """What the fleet state's health state machine reads (router.core.health)."""
+        return HealthRules(down_after_failures=self.down_after_failures,
+                           max_ejected_fraction=self.max_ejected_fraction, probe_s=self.health_probe_s)
 
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -1,7 +1,8 @@
 """The control tick: publish this router's demand; if leader, compute the placement and write it, fenced.
 
 Wiring in server.py:
-`control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog_store)`;
+`control = ControlLoop(router_id, live, state, demand, metrics, demand_store, placement_store, election,
+catalog=catalog_store)`;
 run `control.run()` as one of the process's loops and call `control.trigger()` when
 membership changes (the leader then re-places at once instead of at the next tick).
 
@@ -31,7 +32,7 @@ import msgspec
 
 from allocator.estimator import update_all
 from allocator.measure import assignments
-from allocator.model import Adapter, Placement
+from allocator.model import Adapter, Demand, Placement
 from allocator.placement import Planner
 from discovery.aio import wait_event
 from discovery.election import LeaderElection
@@ -39,7 +40,10 @@ from discovery.errors import EtcdUnavailable, NotLeader
 from discovery.stores import CatalogStore, DemandStore, PlacementStore, sum_demand
 from router.catalog_sync import declare_config_adapters
 from router.core.events import PlacementChanged
-from router.runtime import RouterRuntime
+from router.core.fleetstate import FleetState
+from router.demand import DemandCounter
+from router.live import LiveConfig
+from router.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +64,17 @@ def same_assignment(a: Placement, b: Placement) -> bool:
 
 
 class ControlLoop:
-    def __init__(self, runtime: RouterRuntime, demand_store: DemandStore, placement_store: PlacementStore,
+    def __init__(self, router_id: str, live: LiveConfig, state: FleetState, demand: DemandCounter,
+                 metrics: RouterMetrics, demand_store: DemandStore, placement_store: PlacementStore,
                  election: LeaderElection, clock: Callable[[], float] = time.time, *,
                  catalog: CatalogStore | None = None) -> None:
-        self._rt = runtime
-        runtime.election = election
+        self._router_id = router_id
+        self._live = live
+        self._state = state
+        self._demand = demand
+        self._metrics = metrics
         self._catalog = catalog
-        self._declared_version = runtime.loaded.version
+        self._declared_version = live.loaded.version
         self._demand_store = demand_store
         self._placement_store = placement_store
         self._election = election
@@ -77,6 +85,10 @@ class ControlLoop:
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.placements_written = 0
+        self.estimates: dict[str, Demand] = {}
+        """This router's smoothed demand per adapter as of its last tick (what it reports to etcd)."""
+        self.etcd_reachable = True
+        """As of the last etcd call; while False the placement cannot follow demand."""
 
     def trigger(self) -> None:
         self._wake.set()
@@ -88,7 +100,7 @@ class ControlLoop:
             self._wake.clear()
             now = self._clock()
             if now >= next_tick:
-                next_tick = now + self._rt.config.control.tick_s
+                next_tick = now + self._live.config.control.tick_s
                 await self.tick(now)
             else:
                 await self.place(now)
@@ -100,48 +112,54 @@ class ControlLoop:
         """
         self.ticks += 1
         self.last_tick_at = now
-        self._rt.metrics.last_tick.set(now)
+        self._metrics.last_tick.set(now)
         self.sample(now)
         try:
-            await self._demand_store.publish(self._rt.router_id, self._rt.estimates, at=now)
+            await self._demand_store.publish(self._router_id, self.estimates, at=now)
         except EtcdUnavailable as exc:
             self._etcd_failed("publishing demand", exc)
         else:
-            self._rt.etcd_reachable = True
+            self.etcd_reachable = True
             await self.place(now)
-        self._rt.sample_metrics()
+        self.sample_metrics()
+
+    def sample_metrics(self) -> None:
+        """Mirror leadership and etcd reachability in the gauges, as of now (leadership is asked of the
+        election, never cached); at every tick and scrape."""
+        self._metrics.sample(leader=self._election.is_leader, etcd_connected=self.etcd_reachable,
+                             unplaced=len(self._state.placement.unplaced))
 
     def sample(self, now: float) -> None:
         """Fold the arrivals since the last sample and the in-flight counts into the estimates."""
-        placement = self._rt.config.placement
-        arrivals = self._rt.demand.take_arrivals()
+        placement = self._live.config.placement
+        arrivals = self._demand.take_arrivals()
         if self._sampled_at is None or now <= self._sampled_at:
-            dt = self._rt.config.control.tick_s
+            dt = self._live.config.control.tick_s
         else:
             dt = now - self._sampled_at
         self._sampled_at = now
-        self._rt.estimates = update_all(self._rt.estimates, arrivals, self._rt.demand.inflight, dt,
-                                        placement.rise_tau_s, placement.fall_tau_s)
+        self.estimates = update_all(self.estimates, arrivals, self._demand.inflight, dt,
+                                    placement.rise_tau_s, placement.fall_tau_s)
 
     async def place(self, now: float) -> None:
-        rt = self._rt
-        if not rt.is_leader:
+        if not self._election.is_leader:
             return
         try:
             reports = await self._demand_store.read_all()
         except EtcdUnavailable as exc:
             self._etcd_failed("reading demand", exc)
             return
-        if self._catalog is not None and rt.loaded.version != self._declared_version:
-            self._declared_version = rt.loaded.version
+        loaded, state = self._live.loaded, self._state
+        if self._catalog is not None and loaded.version != self._declared_version:
+            self._declared_version = loaded.version
             try:
-                await declare_config_adapters(self._catalog, rt, strict=False)
+                await declare_config_adapters(self._catalog, loaded, state.bases(), strict=False)
             except EtcdUnavailable as exc:
                 self._etcd_failed("declaring the config's adapters", exc)
-        previous = rt.state.placement
-        workers = [v.record.to_worker() for v in rt.state.workers.values()]
-        adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in rt.state.catalog.values()]
-        placement = self._planner.place(workers, adapters, sum_demand(reports), rt.config.placement,
+        previous = state.placement
+        workers = [v.record.to_worker() for v in state.workers.values()]
+        adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in state.catalog.values()]
+        placement = self._planner.place(workers, adapters, sum_demand(reports), loaded.config.placement,
                                         previous if previous.epoch else None, now)
         if previous.epoch and same_assignment(previous, placement):
             return
@@ -155,10 +173,10 @@ class ControlLoop:
             self._etcd_failed("writing the placement", exc)
             return
         self.placements_written += 1
-        rt.metrics.placement_churn.inc(len(assignments(previous) ^ assignments(placement)))
-        rt.state.apply(PlacementChanged(placement))
+        self._metrics.placement_churn.inc(len(assignments(previous) ^ assignments(placement)))
+        state.apply(PlacementChanged(placement))
 
     def _etcd_failed(self, what: str, exc: EtcdUnavailable) -> None:
-        self._rt.etcd_reachable = False
+        self.etcd_reachable = False
         log.warning("control tick: %s failed: %s: %s", what, type(exc).__name__, exc)
 

@@ -6,20 +6,24 @@ import asyncio
 import time
 
 from router.core.events import ProbeFailed, ProbeOk
-from router.runtime import RouterRuntime
+from router.core.fleetstate import FleetState
+from router.live import LiveConfig
+from router.metrics import RouterMetrics
+from router.workers import WorkerClient
 
 
-async def probe_down_workers(rt: RouterRuntime) -> None:
+async def probe_down_workers(state: FleetState, client: WorkerClient, metrics: RouterMetrics,
+                             live: LiveConfig) -> None:
     """Runs forever; each pass probes the down workers whose probe time has come, concurrently."""
     while True:
         now = time.monotonic()
-        due = [v.id for v in rt.state.workers.values() if not v.healthy and v.probe_at <= now]
+        due = [v.id for v in state.workers.values() if not v.healthy and v.probe_at <= now]
         if due:
-            urls = [rt.state.workers[w].url for w in due]
-            results = await asyncio.gather(*(rt.workers.healthy(url) for url in urls))
+            urls = [state.workers[w].url for w in due]
+            results = await asyncio.gather(*(client.healthy(url) for url in urls))
             for worker, ok in zip(due, results, strict=True):
                 if not ok:
-                    rt.state.apply(ProbeFailed(worker, time.monotonic()))
-                elif rt.state.apply(ProbeOk(worker)).changed:
-                    rt.metrics.worker_healthy.labels(worker).set(1)
-        await asyncio.sleep(min(rt.config.control.health_probe_s, 0.5))
+                    state.apply(ProbeFailed(worker, time.monotonic()))
+                elif state.apply(ProbeOk(worker)).changed:
+                    metrics.worker_healthy.labels(worker).set(1)
+        await asyncio.sleep(min(live.config.control.health_probe_s, 0.5))

@@ -12,6 +12,9 @@ import logging
 import os
 from pathlib import Path
 
+from router.core.fleetstate import FleetState
+from router.workers import WorkerClient
+
 log = logging.getLogger(__name__)
 
 
@@ -75,3 +78,42 @@ class WorkerKeys:
                 log.warning("the key behind worker key reference %s holds control characters; ignored", ref)
             return None
         return key
+
+
+class WorkerCredentials:
+    """The key the router shows each worker: its own (its record's reference) or the global worker key.
+
+    The request path reads a pre-built `Authorization` line per worker; the worker client (loads,
+    listings) gets the same keys by URL. Refreshed when the membership changes and on a reload."""
+
+    def __init__(self, state: FleetState, client: WorkerClient) -> None:
+        self._state = state
+        self._client = client
+        self._keys = WorkerKeys()
+        self._lines: dict[str, str] = {}
+        self._global_line = ""
+
+    def configure(self, global_key: str | None) -> None:
+        self._global_line = f"Authorization: Bearer {global_key}\r\n" if global_key else ""
+
+    def line(self, worker_id: str) -> str:
+        return self._lines.get(worker_id, self._global_line)
+
+    def refresh(self) -> list[str]:
+        """Re-resolve every worker's reference; the ids of workers whose key changed (for the reload's
+        log line; never the keys)."""
+        by_url: dict[str, str] = {}
+        lines: dict[str, str] = {}
+        for view in self._state.workers.values():
+            key = self._keys.resolve(view.record.api_key_ref)
+            if key is not None:
+                by_url[view.url] = key
+                lines[view.id] = f"Authorization: Bearer {key}\r\n"
+        self._client.set_worker_keys(by_url)
+        old, self._lines = self._lines, lines
+        return sorted(w for w in old.keys() | lines.keys() if old.get(w) != lines.get(w))
+
+    def key_files(self) -> list[str]:
+        """Files the workers' key references name: a reload re-reads them, the reloader watches them."""
+        refs = {view.record.api_key_ref for view in self._state.workers.values()}
+        return sorted({path for ref in refs if ref and (path := key_ref_path(ref)) is not None})

@@ -16,17 +16,23 @@ with it); after that, a cut stream ends with an SSE error event, never a hang.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
 
+from router.auth import Authenticator
 from router.bodies import read_body
+from router.config import RouterConfig
 from router.core import routing
 from router.core.events import AdapterMissing, Answered, RequestBegun, RequestEnded, Unreachable
+from router.core.fleetstate import FleetState
 from router.core.names import Target, resolve
+from router.core.retrybudget import RetryBudget
 from router.core.routing import FIRST, Attempts, Load, LoadThen, Refusal, Reject, Via
+from router.demand import DemandCounter
 from router.errors import (
     NOT_JSON,
     AdapterFailed,
@@ -38,12 +44,20 @@ from router.errors import (
     RouterError,
     UpstreamFailed,
 )
-from router.runtime import RouterRuntime
-from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout, origin_of
+from router.keyrefs import WorkerCredentials
+from router.live import LiveConfig
+from router.loads import Loader
+from router.metrics import RouterMetrics
+from router.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+    origin_of,
+)
 
 log = logging.getLogger(__name__)
 
-RUNTIME = web.AppKey("runtime", RouterRuntime)
 ADAPTER = web.RequestKey("adapter", str)
 """The resolved adapter, for the metrics recorded when the response starts (router.app)."""
 TENANT = web.RequestKey("tenant", str)
@@ -84,29 +98,56 @@ class _Retry(Exception):
         self.reason = reason
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    rt = request.app[RUNTIME]
-    caller = rt.auth.caller(request.headers.get("Authorization"))
+class Proxy:
+    """What the request path reads and reports to, handed in by the wiring (router.server)."""
+
+    def __init__(self, live: LiveConfig, state: FleetState, *, upstream: UpstreamPool, loads: Loader,
+                 metrics: RouterMetrics, demand: DemandCounter, credentials: WorkerCredentials,
+                 rng: random.Random) -> None:
+        self.live = live
+        self.state = state
+        self.upstream = upstream
+        self.loads = loads
+        self.metrics = metrics
+        self.demand = demand
+        self.credentials = credentials
+        self.rng = rng
+        self.retry_budget = RetryBudget(live.config.control.retry_budget_ratio)
+
+    @property
+    def config(self) -> RouterConfig:
+        return self.live.config
+
+    @property
+    def auth(self) -> Authenticator:
+        return self.live.auth
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await handle(request, self)
+
+
+async def handle(request: web.Request, px: Proxy) -> web.StreamResponse:
+    caller = px.auth.caller(request.headers.get("Authorization"))
     request[TENANT] = caller.tenant or ""
-    body = await read_body(request, rt.config.security.max_body_bytes, rt.config.timeouts.client_body_s)
+    body = await read_body(request, px.config.security.max_body_bytes, px.config.timeouts.client_body_s)
     fields = _parse_fields(body)
     target = resolve(
-        fields.model, caller=caller, bases=rt.state.bases() or _configured_base(rt),
-        catalog=rt.state.catalog, aliases=rt.config.aliases,
-        sticky_key=fields.user or _header_text(request, rt.config.sticky_header), rng=rt.rng,
+        fields.model, caller=caller, bases=px.state.bases() or _configured_base(px),
+        catalog=px.state.catalog, aliases=px.config.aliases,
+        sticky_key=fields.user or _header_text(request, px.config.sticky_header), rng=px.rng,
     )
     if target.model != fields.model:
         body = _rewrite_model(body, target.model)
-    rt.retry_budget.on_request()
+    px.retry_budget.on_request()
     adapter = target.adapter
     if adapter is None:
-        return await _forward(request, rt, target, body)
+        return await _forward(request, px, target, body)
     request[ADAPTER] = adapter
-    rt.demand.started(adapter)
+    px.demand.started(adapter)
     try:
-        return await _forward(request, rt, target, body)
+        return await _forward(request, px, target, body)
     finally:
-        rt.demand.finished(adapter)
+        px.demand.finished(adapter)
 
 
 def _header_text(request: web.Request, name: str) -> str:
@@ -114,8 +155,8 @@ def _header_text(request: web.Request, name: str) -> str:
     return request.headers.get(name, "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _configured_base(rt: RouterRuntime) -> frozenset[str]:
-    return frozenset({rt.config.base_model} if rt.config.base_model else ())
+def _configured_base(px: Proxy) -> frozenset[str]:
+    return frozenset({px.config.base_model} if px.config.base_model else ())
 
 
 def _parse_fields(body: bytes) -> RequestFields:
@@ -149,105 +190,105 @@ def _forwarded_headers(request: web.Request) -> str:
         f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id else "")
 
 
-async def _forward(request: web.Request, rt: RouterRuntime, target: Target, body: bytes) -> web.StreamResponse:
+async def _forward(request: web.Request, px: Proxy, target: Target, body: bytes) -> web.StreamResponse:
     """Ask the routing policy, do what it says, tell the state and `Attempts` how it went; again."""
     started = time.monotonic()
     headers = _forwarded_headers(request)
     tried = FIRST
     cold_since: float | None = None
     while True:
-        decision = routing.decide(target, rt.state, tried, rt.retry_budget, rt.rng)
+        decision = routing.decide(target, px.state, tried, px.retry_budget, px.rng)
         if isinstance(decision, LoadThen):
             if decision.why is Load.COLD_START and cold_since is None:
                 cold_since = time.monotonic()
-            tried = await _load(rt, target, decision, tried, cold_since)
+            tried = await _load(px, target, decision, tried, cold_since)
             continue
         if cold_since is not None:
-            rt.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
+            px.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
             cold_since = None
         if isinstance(decision, Reject):
-            raise _rejected(rt, target, decision)
+            raise _rejected(px, target, decision)
         if decision.retry:
-            rt.retry_budget.spend()
+            px.retry_budget.spend()
         if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
-            rt.metrics.overflows.labels(decision.via.value).inc()
+            px.metrics.overflows.labels(decision.via.value).inc()
         try:
-            return await _attempt(request, rt, target, decision.worker, body, headers, started, decision.last_chance)
+            return await _attempt(request, px, target, decision.worker, body, headers, started, decision.last_chance)
         except _Retry as retry:
-            rt.metrics.retries.labels(retry.reason).inc()
+            px.metrics.retries.labels(retry.reason).inc()
             tried = tried.forward_failed(decision.worker, retry.reason, retry_there=retry.reason == ADAPTER_MISSING)
 
 
-async def _load(rt: RouterRuntime, target: Target, decision: LoadThen, tried: Attempts,
+async def _load(px: Proxy, target: Target, decision: LoadThen, tried: Attempts,
                 cold_since: float | None) -> Attempts:
     """Run the load the policy asked for. A cold start waits at most the cold-start timeout in all (then
     503 with Retry-After, the load going on); an overflow load that fails or is slow just ends the overflow."""
     adapter = target.adapter
     assert adapter is not None
-    timeout = rt.config.timeouts.cold_start_timeout_s
+    timeout = px.config.timeouts.cold_start_timeout_s
     cold = cold_since is not None and decision.why is Load.COLD_START
     wait = timeout - (time.monotonic() - cold_since) if cold_since is not None and cold else timeout
     try:
-        loaded = await rt.loads.load(adapter, decision.worker, max(0.0, wait), cold=cold)
+        loaded = await px.loads.load(adapter, decision.worker, max(0.0, wait), cold=cold)
     except TimeoutError:
         if not cold:
             return tried.load_failed(decision.worker, decision.why)
         assert cold_since is not None
-        rt.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
-        rt.metrics.cold_starts.labels(rt.metrics.adapter(adapter), "timeout").inc()
+        px.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
+        px.metrics.cold_starts.labels(px.metrics.adapter(adapter), "timeout").inc()
         raise ColdStartTimeout(f"Adapter '{adapter}' is being loaded; retry shortly.",
                                headers={"Retry-After": str(max(1, int(timeout)))}) from None
     if not loaded:
         return tried.load_failed(decision.worker, decision.why)
     if not cold:
-        rt.metrics.overflows.labels(Via.OVERFLOW_LOADED.value).inc()
+        px.metrics.overflows.labels(Via.OVERFLOW_LOADED.value).inc()
     return tried.loaded(decision.worker)
 
 
-def _rejected(rt: RouterRuntime, target: Target, reject: Reject) -> RouterError:
+def _rejected(px: Proxy, target: Target, reject: Reject) -> RouterError:
     refusal = reject.refusal
     if refusal is Refusal.FAILED:
         return AdapterFailed(reject.message, param="model")
     if refusal in (Refusal.EXHAUSTED, Refusal.BUDGET):
         return UpstreamFailed(reject.message)
     if refusal is Refusal.UNLOADABLE and target.adapter is not None:
-        rt.metrics.cold_starts.labels(rt.metrics.adapter(target.adapter), "failed").inc()
+        px.metrics.cold_starts.labels(px.metrics.adapter(target.adapter), "failed").inc()
     return NoWorkerAvailable(reject.message, headers={"Retry-After": "5" if target.adapter else "1"})
 
 
-async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, worker: str, body: bytes,
+async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str, body: bytes,
                    headers: str, started: float, last_chance: bool) -> web.StreamResponse:
-    state = rt.state
+    state = px.state
     origin = origin_of(state.workers[worker].url)
     request[WORKER] = worker
     # aiohttp decodes header bytes as utf-8 with surrogateescape; encoding back the same way
     # forwards them byte for byte (latin-1 raised on any non-ASCII header byte: a 500).
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
-            f"Content-Length: {len(body)}\r\n{headers}{rt.auth_line(worker)}\r\n"
+            f"Content-Length: {len(body)}\r\n{headers}{px.credentials.line(worker)}\r\n"
             ).encode("utf-8", "surrogateescape")
     adapter = target.adapter
     state.apply(RequestBegun(worker, adapter))
     try:
         try:
-            upstream = await rt.upstream.request(origin.host, origin.port, origin.tls, head, body)
+            upstream = await px.upstream.request(origin.host, origin.port, origin.tls, head, body)
         except UpstreamTimeout as exc:
-            _unreachable(rt, worker, exc)
+            _unreachable(px, worker, exc)
             raise _timed_out(target) from None
         except UpstreamError as exc:
-            _unreachable(rt, worker, exc)
+            _unreachable(px, worker, exc)
             raise _Retry("connect") from None
         try:
             status = upstream.status
-            _answered(rt, worker, status)
+            _answered(px, worker, status)
             if status == 404 and adapter is not None:
                 state.apply(AdapterMissing(worker, adapter))
             if not last_chance and (status >= 500 or (status == 404 and adapter is not None)):
                 upstream.close()
                 raise _Retry(ADAPTER_MISSING if status == 404 else "worker_5xx")
-            response = await _relay(request, rt, target, worker, upstream)
+            response = await _relay(request, px, target, worker, upstream)
         except AnswerCut:
             upstream.close()
-            rt.metrics.requests.labels(request.path, rt.metrics.adapter(adapter), "502").inc()
+            px.metrics.requests.labels(request.path, px.metrics.adapter(adapter), "502").inc()
             raise
         except BaseException:
             upstream.close()
@@ -255,26 +296,26 @@ async def _attempt(request: web.Request, rt: RouterRuntime, target: Target, work
         upstream.release()
     finally:
         state.apply(RequestEnded(worker, adapter))
-    label = rt.metrics.adapter(adapter)
-    rt.metrics.requests.labels(request.path, label, str(response.status)).inc()
-    rt.metrics.latency.labels(label).observe(time.monotonic() - started)
+    label = px.metrics.adapter(adapter)
+    px.metrics.requests.labels(request.path, label, str(response.status)).inc()
+    px.metrics.latency.labels(label).observe(time.monotonic() - started)
     return response
 
 
-def _response_headers(rt: RouterRuntime, worker: str, upstream: UpstreamResponse) -> dict[str, str]:
+def _response_headers(px: Proxy, worker: str, upstream: UpstreamResponse) -> dict[str, str]:
     headers = {k: v for k, v in upstream.headers if k.lower() not in HOP_BY_HOP}
-    if rt.config.security.worker_header:
+    if px.config.security.worker_header:
         headers[WORKER_HEADER] = worker
     return headers
 
 
-async def _relay(request: web.Request, rt: RouterRuntime, target: Target, worker: str,
+async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
                  upstream: UpstreamResponse) -> web.StreamResponse:
     """Relay the answer. A non-streaming answer is read whole up to BUFFER_LIMIT, so a worker dying
     in it is retried elsewhere; past that, or for a stream, the client has the head already: a stream
     cut then ends with an SSE error event, any other answer cut then ends with the connection closed,
     so the client sees a truncated body fail rather than succeed."""
-    headers = _response_headers(rt, worker, upstream)
+    headers = _response_headers(px, worker, upstream)
     streaming = upstream.content_type.startswith("text/event-stream")
     chunks = upstream.iter_chunks()
     first = b""
@@ -285,14 +326,14 @@ async def _relay(request: web.Request, rt: RouterRuntime, target: Target, worker
             buffered = await _read_up_to(chunks, BUFFER_LIMIT)
             if upstream.complete():
                 if upstream.status == 200:
-                    rt.metrics.count_usage(request.get(TENANT), buffered)
+                    px.metrics.count_usage(request.get(TENANT), buffered)
                 return web.Response(status=upstream.status, body=buffered, headers=headers)
             first = buffered
     except UpstreamTimeout as exc:
-        _unreachable(rt, worker, exc)
+        _unreachable(px, worker, exc)
         raise _timed_out(target) from None
     except UpstreamError as exc:  # nothing sent yet (for a stream: no token): another holder may answer
-        _unreachable(rt, worker, exc)
+        _unreachable(px, worker, exc)
         raise _Retry("body_cut") from None
     response = web.StreamResponse(status=upstream.status, headers=headers)
     if not streaming and upstream.content_length is not None:
@@ -303,7 +344,7 @@ async def _relay(request: web.Request, rt: RouterRuntime, target: Target, worker
         async for chunk in chunks:
             await response.write(chunk)
     except UpstreamError as exc:
-        _unreachable(rt, worker, exc)
+        _unreachable(px, worker, exc)
         if not streaming:
             assert request.transport is not None
             request.transport.close()
@@ -336,15 +377,15 @@ def _sse_error(message: str) -> bytes:
     return b"data: " + error.body() + b"\n\n"
 
 
-def _unreachable(rt: RouterRuntime, worker: str, exc: BaseException) -> None:
+def _unreachable(px: Proxy, worker: str, exc: BaseException) -> None:
     """Passive health: out of rotation at once; the prober brings it back when /health answers."""
     log.warning("worker %s failed: %s", worker, type(exc).__name__)
-    if rt.state.apply(Unreachable(worker, time.monotonic())).changed:
-        rt.metrics.worker_healthy.labels(worker).set(0)
+    if px.state.apply(Unreachable(worker, time.monotonic())).changed:
+        px.metrics.worker_healthy.labels(worker).set(0)
 
 
-def _answered(rt: RouterRuntime, worker: str, status: int) -> None:
+def _answered(px: Proxy, worker: str, status: int) -> None:
     """5xx answers in a row take a worker out of rotation (router.core.health), others reset the count."""
-    if rt.state.apply(Answered(worker, status, time.monotonic())).changed:
+    if px.state.apply(Answered(worker, status, time.monotonic())).changed:
         log.warning("worker %s taken out of rotation after consecutive 5xx answers", worker)
-        rt.metrics.worker_healthy.labels(worker).set(0)
+        px.metrics.worker_healthy.labels(worker).set(0)

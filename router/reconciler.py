@@ -1,6 +1,6 @@
 """Drives every worker to the placement: load, confirm, drain, unload, and put back what it lost.
 
-Wiring in server.py: `reconciler = Reconciler(runtime)`; run `reconciler.run()`
+Wiring in server.py: `reconciler = Reconciler(state, worker_client, metrics, live, ...)`; run `reconciler.run()`
 as one of the process's loops; call `reconciler.on_membership(change)` right
 after `state.set_membership` returns a non-empty change and
 `reconciler.on_placement()` right after `state.placement` is replaced. The admin
@@ -12,9 +12,12 @@ at once for it (router.core.routing) while the loads go on being retried.
 
 A plan round (allocator.plan.plan_actions over the placement and what the
 workers hold) runs on a placement change, a membership change, a listing that
-found holdings changed, and every `control.reconcile_s`. Its actions go to one
-agent task per worker, which does that worker's calls one at a time (a slow or
-dead worker delays nobody else; loads never race on one worker), at most
+found holdings changed, and every `control.reconcile_s` (router.core.reconcile_plan.plan_round,
+the simulator's too). Its result is a level, not a queue: one agent task per
+worker reads its worker's part of the latest round on every pass and checks each
+action against what the worker holds now, so a pass repeated or missed does no
+harm. An agent does its worker's calls one at a time (a slow or dead worker
+delays nobody else; loads never race on one worker), at most
 `control.worker_ops_per_s` of them, and lists the worker's /v1/models every
 `control.reconcile_s` and at once when its instance changes (a restart loses
 every runtime-loaded adapter). A failed load is retried with jittered
@@ -33,17 +36,20 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from allocator.model import Demand
 from allocator.plan import DesiredIndex
 from discovery.aio import wait_event
+from discovery.election import LeaderElection
 from discovery.errors import EtcdUnavailable
 from discovery.stores import CatalogStore
 from router.core.events import AdaptersListed, DrainCancelled, DrainStarted, Unloaded
-from router.core.fleetstate import Effect, WorkerState
+from router.core.fleetstate import Effect, FleetState, WorkerState
 from router.core.reconcile_plan import (
     Failure,
     WorkerBook,
+    WorkerWork,
     backoff_delay,
     failure_marks,
     idle_grace_s,
@@ -51,17 +57,18 @@ from router.core.reconcile_plan import (
     stale,
 )
 from router.core.records import AdapterRecord
-from router.runtime import RouterRuntime
-from router.workers import AdapterRejected, WorkerCallFailed
+from router.live import LiveConfig
+from router.metrics import RouterMetrics
+from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient
 
 log = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.05
+NO_WORK = WorkerWork()
 
 
 class _Agent:
-    __slots__ = ("book", "instance", "list_error", "loaded_from", "loading", "loads", "task", "unloads",
-                 "wake", "worker_id")
+    __slots__ = ("book", "instance", "list_error", "loaded_from", "loading", "task", "wake", "worker_id")
 
     def __init__(self, worker_id: str, instance: str) -> None:
         self.worker_id = worker_id
@@ -70,9 +77,6 @@ class _Agent:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.list_error: str | None = None
-        self.loads: list[str] = []
-        self.unloads: list[str] = []
-        """The latest plan round's work for this worker."""
         self.loading: set[str] = set()
         self.loaded_from: dict[str, str] = {}
         """adapter -> the source it was loaded from, so a catalog change re-loads it in place."""
@@ -85,17 +89,30 @@ class _Agent:
 
 
 class Reconciler:
-    def __init__(self, runtime: RouterRuntime, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, state: FleetState, client: WorkerClient, metrics: RouterMetrics, live: LiveConfig, *,
+                 estimates: Callable[[], Mapping[str, Demand]] = dict,
+                 placement_stale: Callable[[], bool] = lambda: False,
+                 election: LeaderElection | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None,
                  catalog: CatalogStore | None = None) -> None:
-        self._rt = runtime
+        """`estimates`: this router's demand per adapter (the control tick's); `placement_stale`: whether
+        etcd is out of reach, so the placement cannot see any demand (idle adapters then stay)."""
+        self._state = state
+        self._client = client
+        self._metrics = metrics
+        self._live = live
+        self._estimates = estimates
+        self._placement_stale = placement_stale
+        self._election = election
         self._catalog = catalog
         self._clock = clock
         self._wall = wall
-        self._rng = rng or runtime.rng
+        self._rng = rng or random.Random()
         self._agents: dict[str, _Agent] = {}
         self._wake = asyncio.Event()
         self._managed: set[str] = set()
+        self._work: dict[str, WorkerWork] = {}
+        """The latest plan round's work per worker: a level each agent pass reads, not a queue it drains."""
         self._index: DesiredIndex | None = None
         """The placement indexed once for the many plan rounds against it (one after every finished load)."""
         self._unmet_since: dict[tuple[str, str], float] = {}
@@ -119,7 +136,7 @@ class Reconciler:
                 for agent in self._agents.values():
                     if agent.task is not None and agent.task.done() and agent.task.exception() is not None:
                         raise agent.task.exception()  # type: ignore[misc]
-                await wait_event(self._wake, self._rt.config.control.reconcile_s)
+                await wait_event(self._wake, self._live.config.control.reconcile_s)
         finally:
             tasks = [a.task for a in self._agents.values() if a.task is not None]
             for task in tasks:
@@ -129,7 +146,7 @@ class Reconciler:
     def on_membership(self, change: Effect) -> None:
         for worker_id in change.restarted:
             agent = self._agents.get(worker_id)
-            view = self._rt.state.workers.get(worker_id)
+            view = self._state.workers.get(worker_id)
             if agent is not None and view is not None:
                 agent.restart(view.record.instance)
         self._wake.set()
@@ -149,24 +166,23 @@ class Reconciler:
     # -- plan rounds ------------------------------------------------------------------------
     def plan_round(self) -> None:
         """Diff placement vs holdings once for the whole fleet and hand each agent its part."""
-        state = self._rt.state
+        state = self._state
         self.rounds += 1
         self._managed.update(state.catalog)
         self._managed.update(state.placement.replica_sets)
         holdings = {wid: frozenset(v.holds) for wid, v in state.workers.items()}
         loading = {wid: frozenset(a.loading) for wid, a in self._agents.items() if a.loading}
-        control = self._rt.config.control
-        work = plan_round(self._placement_index(), holdings, loading, self._rt.config.placement.plan,
-                          self._rt.estimates, state.catalog, self._managed, self._idle_since, self._clock(),
+        control = self._live.config.control
+        work = plan_round(self._placement_index(), holdings, loading, self._live.config.placement.plan,
+                          self._estimates(), state.catalog, self._managed, self._idle_since, self._clock(),
                           idle_grace_s(control.tick_s, control.reconcile_s),
-                          placement_stale=not self._rt.etcd_reachable)
-        for worker_id, agent in self._agents.items():
-            todo = work.get(worker_id)
-            agent.loads, agent.unloads = (todo.loads, todo.unloads) if todo else ([], [])
+                          placement_stale=self._placement_stale())
+        self._work = work
+        for agent in self._agents.values():
             agent.wake.set()
 
     def _placement_index(self) -> DesiredIndex:
-        placement = self._rt.state.placement
+        placement = self._state.placement
         if self._index is None or self._index.placement is not placement:
             self._index = DesiredIndex(placement)
         return self._index
@@ -176,10 +192,11 @@ class Reconciler:
 
     async def _mark_failures(self) -> None:
         """The leader marks adapters every placed worker refused as failed in the catalog (or clears it)."""
-        fence = self._rt.election.fence if self._rt.election is not None else None
-        if self._catalog is None or fence is None or not self._rt.is_leader:
+        election = self._election
+        fence = election.fence if election is not None else None
+        if self._catalog is None or fence is None or election is None or not election.is_leader:
             return
-        state = self._rt.state
+        state = self._state
         refused: dict[str, dict[str, Failure]] = {}
         for worker_id, agent in self._agents.items():
             for name in agent.book.failures:
@@ -205,7 +222,7 @@ class Reconciler:
 
     # -- agents -----------------------------------------------------------------------------
     def _sync_agents(self) -> None:
-        workers = self._rt.state.workers
+        workers = self._state.workers
         for worker_id in [w for w in self._agents if w not in workers]:
             gone = self._agents.pop(worker_id)
             if gone.task is not None:
@@ -226,10 +243,10 @@ class Reconciler:
 
     def _current(self, agent: _Agent, view: WorkerState, book: WorkerBook) -> bool:
         """Is the worker this pass started on still the same instance? (Checked after every await.)"""
-        return self._rt.state.workers.get(agent.worker_id) is view and agent.book is book
+        return self._state.workers.get(agent.worker_id) is view and agent.book is book
 
     async def _pass(self, agent: _Agent) -> None:
-        state = self._rt.state
+        state = self._state
         view = state.workers.get(agent.worker_id)
         if view is None:
             return
@@ -237,7 +254,7 @@ class Reconciler:
         self.passes += 1
         now = self._clock()
         if now >= book.list_at:
-            book.list_at = now + self._rt.config.control.reconcile_s
+            book.list_at = now + self._live.config.control.reconcile_s
             await self._list(agent, view)
             if not self._current(agent, view, book):
                 return
@@ -245,16 +262,15 @@ class Reconciler:
         for name in sorted(desired & view.draining):
             state.apply(DrainCancelled(agent.worker_id, name))
             book.draining_since.pop(name, None)
-        for name in agent.unloads:
+        work = self._work.get(agent.worker_id, NO_WORK)
+        for name in work.unloads:
             if name in view.holds and name not in view.draining and name not in desired:
                 state.apply(DrainStarted(agent.worker_id, name))
                 book.draining_since[name] = now
-        agent.unloads = []
         agent.loaded_from = {n: agent.loaded_from.get(n) or state.catalog[n].source
                              for n in view.holds if n in state.catalog}
-        todo = [(n, False) for n in agent.loads if n not in view.holds]
+        todo = [(n, False) for n in work.loads if n not in view.holds]
         todo += [(n, True) for n in stale(desired & (view.holds - view.draining), agent.loaded_from, state.catalog)]
-        agent.loads = []
         loaded = []
         for name, inplace in todo:
             record = state.catalog.get(name)
@@ -276,39 +292,39 @@ class Reconciler:
         await self._finish_drains(agent, view, book)
 
     def _key(self, record: AdapterRecord) -> tuple[str, str]:
-        return record.source, self._rt.loaded.version
+        return record.source, self._live.loaded.version
 
     async def _list(self, agent: _Agent, view: WorkerState) -> set[str] | None:
         try:
-            names = await self._rt.workers.list_adapters(view.url)
+            names = await self._client.list_adapters(view.url)
         except (AdapterRejected, WorkerCallFailed) as exc:
             if agent.list_error != str(exc):
                 log.warning("worker %s: cannot list adapters: %s", agent.worker_id, exc)
             agent.list_error = str(exc)
             return None
         agent.list_error = None
-        if self._rt.state.workers.get(agent.worker_id) is view:
+        if self._state.workers.get(agent.worker_id) is view:
             if names != view.holds:
                 self._wake.set()
-            self._rt.state.apply(AdaptersListed(agent.worker_id, frozenset(names)))
-            self._rt.metrics.worker_adapters.labels(agent.worker_id).set(len(names))
+            self._state.apply(AdaptersListed(agent.worker_id, frozenset(names)))
+            self._metrics.worker_adapters.labels(agent.worker_id).set(len(names))
         return names
 
     async def _rate_limit(self, book: WorkerBook) -> None:
         now = self._clock()
         start = max(now, book.next_op_at)
-        book.next_op_at = start + 1.0 / self._rt.config.control.worker_ops_per_s
+        book.next_op_at = start + 1.0 / self._live.config.control.worker_ops_per_s
         if start > now:
             await asyncio.sleep(start - now)
 
     async def _load(self, view: WorkerState, book: WorkerBook, record: AdapterRecord, inplace: bool) -> bool:
         await self._rate_limit(book)
         try:
-            await self._rt.workers.load(view.url, record, inplace)
+            await self._client.load(view.url, record, inplace)
         except (AdapterRejected, WorkerCallFailed) as exc:
             self._failed(view, book, record.name, "load", exc, self._key(record))
             return False
-        self._rt.metrics.adapter_ops.labels("load", "ok", "").inc()
+        self._metrics.adapter_ops.labels("load", "ok", "").inc()
         return True
 
     async def _confirm(self, agent: _Agent, view: WorkerState, book: WorkerBook, loaded: list[str]) -> None:
@@ -317,7 +333,7 @@ class Reconciler:
         if listed is None:
             return
         for name in loaded:
-            record = self._rt.state.catalog.get(name)
+            record = self._state.catalog.get(name)
             if record is None:
                 continue
             if name in listed:
@@ -328,7 +344,7 @@ class Reconciler:
                 self._failed(view, book, name, "load", error, self._key(record), reason="not_listed")
 
     async def _finish_drains(self, agent: _Agent, view: WorkerState, book: WorkerBook) -> None:
-        drain_timeout = self._rt.config.timeouts.drain_timeout_s
+        drain_timeout = self._live.config.timeouts.drain_timeout_s
         for name, since in list(book.draining_since.items()):
             if name not in view.draining:
                 book.draining_since.pop(name, None)
@@ -337,22 +353,22 @@ class Reconciler:
             if now - since < drain_timeout and (view.adapter_inflight.get(name, 0)
                                                 or await self._busy_elsewhere(view, name)):
                 continue
-            key = (name, self._rt.loaded.version)
+            key = (name, self._live.loaded.version)
             if not book.may_try(name, now, key):
                 continue
             await self._rate_limit(book)
             try:
-                await self._rt.workers.unload(view.url, name)
+                await self._client.unload(view.url, name)
             except (AdapterRejected, WorkerCallFailed) as exc:
                 self._failed(view, book, name, "unload", exc, key)
                 continue
-            self._rt.metrics.adapter_ops.labels("unload", "ok", "").inc()
+            self._metrics.adapter_ops.labels("unload", "ok", "").inc()
             if not self._current(agent, view, book):
                 return
             book.succeeded(name)
             book.draining_since.pop(name, None)
             agent.loaded_from.pop(name, None)
-            self._rt.state.apply(Unloaded(agent.worker_id, name))
+            self._state.apply(Unloaded(agent.worker_id, name))
 
     async def _busy_elsewhere(self, view: WorkerState, adapter: str) -> bool:
         """Whether the worker still runs requests for `adapter` (other routers' included).
@@ -361,7 +377,7 @@ class Reconciler:
         rests on this router's own count and the drain timeout, as before.
         """
         try:
-            return adapter in await self._rt.workers.active_adapters(view.url)
+            return adapter in await self._client.active_adapters(view.url)
         except WorkerCallFailed as exc:
             log.info("drain of %s on %s: worker metrics unreadable (%s); using local counts", adapter,
                      view.id, exc)
@@ -372,12 +388,12 @@ class Reconciler:
         permanent = isinstance(exc, AdapterRejected)
         why = reason or (exc.reason if isinstance(exc, AdapterRejected) else "transient")
         detail = exc.detail if isinstance(exc, AdapterRejected) else str(exc)
-        control = self._rt.config.control
+        control = self._live.config.control
         cap = control.failed_retry_max_s if permanent else control.retry_max_s
         delay = backoff_delay(book.attempts(adapter) + 1, control.retry_base_s, cap, self._rng)
         failure = book.failed(adapter, op=op, reason=why, detail=detail, permanent=permanent,
                               now=self._clock(), wall=self._wall(), key=key, retry_delay=delay)
-        self._rt.metrics.adapter_ops.labels(op, "failed", why).inc()
+        self._metrics.adapter_ops.labels(op, "failed", why).inc()
         if failure.attempts == 1:
             log.warning("%s of %s on worker %s failed (%s): %s; retrying with backoff", op, adapter, view.id,
                         why, detail)
@@ -386,7 +402,7 @@ class Reconciler:
 
     # -- metrics ----------------------------------------------------------------------------
     def _update_metrics(self) -> None:
-        state, metrics = self._rt.state, self._rt.metrics
+        state, metrics = self._state, self._metrics
         now = self._clock()
         unmet: dict[tuple[str, str], float] = {}
         labels = {metrics.adapter(name) for name in state.placement.replica_sets}

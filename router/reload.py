@@ -15,12 +15,14 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from allocator.config import ConfigError
 from discovery.aio import wait_event
-from router.config import changed_parts, key_files, load_config
-from router.runtime import RouterRuntime
+from router.config import LoadedConfig, changed_parts, key_files, load_config
+from router.keyrefs import WorkerCredentials
+from router.live import LiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,12 @@ def file_stamp(path: str) -> Stamp:
 
 
 class ConfigReloader:
-    def __init__(self, runtime: RouterRuntime, path: str | None) -> None:
-        self._runtime = runtime
+    def __init__(self, live: LiveConfig, path: str | None, apply: Callable[[LoadedConfig], None],
+                 credentials: WorkerCredentials) -> None:
+        """`apply`: hands a new config to everything built from the old one (router.server wires it)."""
+        self._live = live
+        self._apply = apply
+        self._credentials = credentials
         self._path = Path(path) if path else None
         self._wake = asyncio.Event()
         self.reloads = 0
@@ -68,22 +74,22 @@ class ConfigReloader:
 
     def watched(self) -> list[str]:
         own = [str(self._path)] if self._path is not None else []
-        return [*own, *key_files(self._runtime.config).values(), *self._runtime.worker_key_files()]
+        return [*own, *key_files(self._live.config).values(), *self._credentials.key_files()]
 
     def reload(self, trigger: str) -> bool:
         """Apply what changed; True when something did. Logs one line either way."""
-        rt = self._runtime
+        live = self._live
         try:
             loaded = load_config(self._path)
         except ConfigError as exc:
             self.rejected += 1
-            log.error("%s: config reload rejected, keeping version %s: %s", trigger, rt.loaded.version, exc)
+            log.error("%s: config reload rejected, keeping version %s: %s", trigger, live.loaded.version, exc)
             return False
-        old = rt.loaded.version
-        changed = changed_parts(rt.loaded, loaded)
+        old = live.loaded.version
+        changed = changed_parts(live.loaded, loaded)
         if changed:
-            rt.apply_config(loaded)
-        changed += [f"key of worker {w}" for w in rt.refresh_worker_keys()]
+            self._apply(loaded)
+        changed += [f"key of worker {w}" for w in self._credentials.refresh()]
         if not changed:
             # Asked for (SIGHUP): say so. Found by the watcher (a touch, a new worker's key file): quiet.
             log.log(logging.INFO if trigger == "SIGHUP" else logging.DEBUG,

@@ -1,8 +1,11 @@
 """One router process: connect the stores, start the loops, serve HTTP, stop cleanly.
 
-Wiring, in order: config -> etcd (given, or the embedded one) -> stores and
-election -> watchers that feed the Fleet (membership, catalog, placement) ->
-control loop, reconciler, health prober, config reloader -> the HTTP server.
+The one place the router is wired, in order: config -> etcd (given, or the
+embedded one) -> the fleet state (router.core), the request path and the
+clients it calls -> stores and election -> the control loop, reconciler,
+health prober and config reloader, each handed what it reads and reports to ->
+watchers that turn etcd's changes into state events (membership, catalog,
+placement) -> the HTTP server.
 Every long-running piece is a task in one TaskGroup-like set; the first to
 fail stops the process (a router that silently lost its placement watch
 would route on stale data forever).
@@ -11,9 +14,12 @@ would route on stale data forever).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +39,22 @@ from router.app import build_app
 from router.catalog_sync import declare_config_adapters
 from router.config import LoadedConfig
 from router.control import ControlLoop
-from router.core.events import CatalogChanged, MembershipChanged, PlacementChanged
+from router.core.events import CatalogChanged, MembershipChanged, PlacementChanged, RulesChanged
+from router.core.fleetstate import FleetState
+from router.core.retrybudget import RetryBudget
+from router.demand import DemandCounter
 from router.health import probe_down_workers
 from router.httpserver import harden_connections
+from router.keyrefs import WorkerCredentials
+from router.live import LiveConfig
+from router.loads import Loader
+from router.metrics import RouterMetrics
+from router.proxy import Proxy
 from router.reconciler import Reconciler
 from router.reload import ConfigReloader
-from router.runtime import RouterRuntime
+from router.sources import SourceLocator
+from router.upstream import UpstreamPool
+from router.workers import WorkerClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,10 +94,32 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
         auto_decompress=False, skip_auto_headers=("User-Agent",))
-    runtime = RouterRuntime(loaded, session, options.router_id)
-    reloader = ConfigReloader(runtime, options.config)
-    if not runtime.auth.enabled:
+    live = LiveConfig(loaded)
+    if not live.auth.enabled:
         log.warning("no API keys configured: the router is open to anyone who can reach it")
+    state = FleetState(loaded.config.control.health_rules())
+    metrics = RouterMetrics(loaded.config.metrics_adapter_cap)
+    demand = DemandCounter()
+    rng = random.Random()
+    workers = WorkerClient(session, loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
+    sources = SourceLocator(state)
+    workers.locate = sources.path
+    credentials = WorkerCredentials(state, workers)
+    credentials.configure(loaded.secrets.worker_api_key)
+    upstream = UpstreamPool(loaded.config.timeouts.connect_s, loaded.config.timeouts.read_s)
+    proxy = Proxy(live, state, upstream=upstream, loads=Loader(state, workers, metrics), metrics=metrics,
+                  demand=demand, credentials=credentials, rng=rng)
+
+    def apply_config(new: LoadedConfig) -> None:
+        """Everything built from the config takes the new one; requests in flight keep what they took."""
+        live.swap(new)
+        upstream.configure(new.config.timeouts.connect_s, new.config.timeouts.read_s)
+        workers.configure(new.secrets.worker_api_key, new.config.timeouts.worker_call_s)
+        credentials.configure(new.secrets.worker_api_key)
+        proxy.retry_budget = RetryBudget(new.config.control.retry_budget_ratio)
+        state.apply(RulesChanged(new.config.control.health_rules()))
+
+    reloader = ConfigReloader(live, options.config, apply_config, credentials)
     catalog = CatalogStore(client)
     placement_store = PlacementStore(client)
     demand_store = DemandStore(client, ttl=loaded.config.control.lease_ttl_s)
@@ -89,37 +127,44 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
     static_urls = options.workers or loaded.config.workers
     discovery = (StaticDiscovery(static_urls, api_key=loaded.secrets.worker_api_key) if static_urls
                  else WorkerRegistry(client))
-    reconciler = Reconciler(runtime, catalog=catalog)
-    control = ControlLoop(runtime, demand_store, placement_store, election, catalog=catalog)
-    await _until_etcd_answers("declare the config's adapters", lambda: declare_config_adapters(catalog, runtime))
+    control = ControlLoop(options.router_id, live, state, demand, metrics, demand_store, placement_store, election,
+                          catalog=catalog)
+    reconciler = Reconciler(state, workers, metrics, live, estimates=lambda: control.estimates,
+                            placement_stale=lambda: not control.etcd_reachable, election=election, rng=rng,
+                            catalog=catalog)
+    await _until_etcd_answers("declare the config's adapters",
+                              lambda: declare_config_adapters(catalog, live.loaded, state.bases()))
 
     async def follow_membership() -> None:
         async for membership in discovery.watch():
-            change = runtime.state.apply(MembershipChanged(membership.workers))
-            runtime.refresh_worker_keys()
-            runtime.metrics.workers_changed([*change.added, *change.restarted], change.removed)
-            runtime.sources.notify()
+            change = state.apply(MembershipChanged(membership.workers))
+            credentials.refresh()
+            metrics.workers_changed([*change.added, *change.restarted], change.removed)
+            sources.notify()
             if change.changed:
                 reconciler.on_membership(change)
                 control.trigger()
 
     async def follow_catalog() -> None:
         async for adapters in catalog.watch():
-            runtime.state.apply(CatalogChanged(adapters))
+            state.apply(CatalogChanged(adapters))
 
     async def follow_placement() -> None:
         async for placement in placement_store.watch():
-            runtime.state.apply(PlacementChanged(placement))
-            runtime.placement_seen = True
-            runtime.metrics.placement_epoch.set(placement.epoch)
+            state.apply(PlacementChanged(placement))
+            metrics.placement_epoch.set(placement.epoch)
             reconciler.on_placement()
 
-    app = build_app(runtime, lambda a: add_admin_routes(a, catalog, runtime, reconciler=reconciler, control=control))
+    admin = functools.partial(add_admin_routes, catalog=catalog, live=live, state=state, demand=demand,
+                              router_id=options.router_id, election=election, reconciler=reconciler,
+                              control=control)
+    app = build_app(proxy, is_ready=lambda: bool(state.workers) and state.placement_known,
+                    before_scrape=control.sample_metrics, started_at=time.time(), extra_routes=admin)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            max_field_size=loaded.config.security.max_header_bytes,
                            max_line_size=loaded.config.security.max_header_bytes)
     await runner.setup()
-    harden_connections(runner, lambda: runtime.config.timeouts.client_header_s)
+    harden_connections(runner, lambda: live.config.timeouts.client_header_s)
     await web.SockSite(runner, listener).start()
     port = int(listener.getsockname()[1])
     log.info("router %s listening on %s:%d", options.router_id, options.host, port)
@@ -127,7 +172,7 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
         started(port)
     loops: list[Callable[[], Awaitable[None]]] = [
         follow_membership, follow_catalog, follow_placement, election.run, control.run, reconciler.run,
-        lambda: probe_down_workers(runtime), reloader.run,
+        lambda: probe_down_workers(state, workers, metrics, live), reloader.run,
     ]
     try:
         await _run_until_stopped(loops)

@@ -100,6 +100,8 @@ class FleetState:
         self.workers: dict[str, WorkerState] = {}
         self.catalog: dict[str, AdapterRecord] = {}
         self.placement = Placement()
+        self.placement_known = False
+        """A placement arrived (even an empty one): until then the router is not ready."""
         self.rules = rules or HealthRules()
         self.membership_revision = 0
         self._holders: dict[str, set[str]] = {}
@@ -141,6 +143,7 @@ class FleetState:
                 self.catalog.pop(event.name, None)
             case PlacementChanged():
                 self.placement = event.placement
+                self.placement_known = True
                 return CHANGED
             case RulesChanged():
                 self.rules = event.rules

@@ -4,7 +4,6 @@ leaves etcd's catalog untouched; an etcd outage is a 503 in OpenAI shape. No wor
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,15 +13,13 @@ import msgspec
 import pytest
 from aiohttp import web
 from control_helpers import BASE
+from inprocess import in_process_app
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.ports import free_port
 from discovery.stores import CatalogStore
-from router.admin import add_admin_routes
-from router.app import build_app
 from router.config import load_config
-from router.runtime import RouterRuntime
 
 
 class Admin:
@@ -40,9 +37,9 @@ async def admin(etcd: EmbeddedEtcd, tmp_path: Path, adapter_dirs: Any) -> AsyncI
     (tmp_path / "router.yaml").write_bytes(msgspec.json.encode(config))
     session = aiohttp.ClientSession()
     client = await EtcdClient.connect([etcd.endpoint], timeout_s=1.0)
-    rt = RouterRuntime(load_config(tmp_path / "router.yaml"), session, "admin-test", rng=random.Random(0))
     catalog = CatalogStore(client)
-    runner = web.AppRunner(build_app(rt, lambda app: add_admin_routes(app, catalog, rt)))
+    app, _ = in_process_app(load_config(tmp_path / "router.yaml"), session, catalog)
+    runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -4,12 +4,10 @@ replicas following it up and down, a leader's death, and a config reload taking 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 from control_helpers import BASE, until
@@ -20,11 +18,14 @@ from discovery.election import LeaderElection
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.stores import CatalogStore, DemandStore, PlacementStore
-from router.config import load_config
+from router.config import LoadedConfig, load_config
 from router.control import ControlLoop
 from router.core.events import CatalogChanged, MembershipChanged, PlacementChanged
+from router.core.fleetstate import FleetState
 from router.core.records import AdapterRecord, WorkerRecord
-from router.runtime import RouterRuntime
+from router.demand import DemandCounter
+from router.live import LiveConfig
+from router.metrics import RouterMetrics
 
 TTL = 2
 WORKERS = {f"w{i}": WorkerRecord(id=f"w{i}", url=f"http://127.0.0.1:{9 + i}", base_models=(BASE,), instance="i")
@@ -32,25 +33,29 @@ WORKERS = {f"w{i}": WorkerRecord(id=f"w{i}", url=f"http://127.0.0.1:{9 + i}", ba
 
 
 class Router:
-    """One router's control plane: runtime, stores, election and control loop, with the watchers it needs."""
+    """One router's control plane: its state, stores, election and control loop, with the watchers it needs."""
 
-    def __init__(self, name: str, rt: RouterRuntime, client: EtcdClient) -> None:
+    def __init__(self, name: str, config: LoadedConfig, catalog: dict[str, AdapterRecord], client: EtcdClient) -> None:
         self.name = name
-        self.rt = rt
+        self.live = LiveConfig(config)
+        self.state = FleetState()
+        self.state.apply(CatalogChanged(catalog))
+        self.demand = DemandCounter()
         self.client = client
         self.placements = PlacementStore(client)
         self.demand_store = DemandStore(client, ttl=TTL)
         self.election = LeaderElection(client, name, ttl=TTL)
         self.catalog = CatalogStore(client)
-        self.control = ControlLoop(rt, self.demand_store, self.placements, self.election, catalog=self.catalog)
+        self.control = ControlLoop(name, self.live, self.state, self.demand, RouterMetrics(10), self.demand_store,
+                                   self.placements, self.election, catalog=self.catalog)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def follow_placement(self) -> None:
         async for placement in self.placements.watch():
-            self.rt.state.apply(PlacementChanged(placement))
+            self.state.apply(PlacementChanged(placement))
 
     def start(self) -> Router:
-        self.rt.state.apply(MembershipChanged(WORKERS))
+        self.state.apply(MembershipChanged(WORKERS))
         self.tasks = [asyncio.create_task(c()) for c in (self.election.run, self.control.run,
                                                           self.follow_placement)]
         return self
@@ -74,7 +79,7 @@ def _write_config(path: Path, catalog: list[dict[str, str]] = (), **placement: A
 
 @pytest.fixture
 async def routers(etcd: EmbeddedEtcd, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[tuple[Router, aiohttp.ClientSession]] = []
+    made: list[Router] = []
 
     async def make(n: int) -> list[Router]:
         config = load_config(_write_config(tmp_path / "router.yaml"))
@@ -86,18 +91,14 @@ async def routers(etcd: EmbeddedEtcd, tmp_path: Path) -> AsyncIterator[Callable[
         await seed_client.close()
         out = []
         for i in range(n):
-            session = aiohttp.ClientSession()
-            rt = RouterRuntime(config, session, f"r{i}", rng=random.Random(i))
-            rt.state.apply(CatalogChanged(catalog))
-            router = Router(f"r{i}", rt, await EtcdClient.connect([etcd.endpoint]))
-            made.append((router.start(), session))
+            router = Router(f"r{i}", config, catalog, await EtcdClient.connect([etcd.endpoint]))
+            made.append(router.start())
             out.append(router)
         return out
 
     yield make
-    for router, session in made:
+    for router in made:
         await router.crash()
-        await session.close()
 
 
 async def _stored(router: Router) -> Placement | None:
@@ -122,8 +123,8 @@ class Arrivals:
 
     async def _run(self) -> None:
         while True:
-            self.router.rt.demand.started(self.adapter)
-            self.router.rt.demand.finished(self.adapter)
+            self.router.demand.started(self.adapter)
+            self.router.demand.finished(self.adapter)
             await asyncio.sleep(1.0 / self.rps)
 
     async def stop(self) -> None:
@@ -177,7 +178,7 @@ async def test_the_other_router_takes_over_and_keeps_following_demand(routers: C
         await arrivals.stop()
     placement = await _stored(survivor)
     assert placement is not None and placement.epoch > epoch
-    assert survivor.rt.is_leader and survivor.rt.leader_id == survivor.name
+    assert survivor.election.is_leader and survivor.election.leader_id == survivor.name
 
 
 async def _leads(router: Router) -> bool:
@@ -192,7 +193,7 @@ async def test_a_config_reload_applies_at_the_next_tick(routers: Callable, tmp_p
     with pytest.raises(ConfigError, match="adapters\\[1\\] \\('bad'\\)"):  # refused whole, never half-applied
         load_config(_write_config(tmp_path / "bad.yaml", [fresh, bad]))
     reloaded = load_config(_write_config(tmp_path / "new.yaml", [fresh], adapters={"cold": {"min_replicas": 3}}))
-    only.rt.apply_config(reloaded)
+    only.live.swap(reloaded)
     ticks = only.control.ticks
     await until(lambda: _at(only, "cold", 3), 10, "three replicas after the reload")
     assert only.control.ticks - ticks <= 3, "applied within a tick or two, not after a restart"

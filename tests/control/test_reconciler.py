@@ -24,17 +24,20 @@ from router.core.events import (
     RequestBegun,
     RequestEnded,
 )
+from router.core.fleetstate import FleetState
 from router.core.records import AdapterRecord, WorkerRecord
 from router.devfleet import worker_url
+from router.live import LiveConfig
+from router.metrics import RouterMetrics
 from router.reconciler import Reconciler
-from router.runtime import RouterRuntime
+from router.workers import WorkerClient
 
 
 class Harness:
-    """A router runtime with the reconciler running; the test plays the watchers' part."""
+    """A router's fleet state with the reconciler running; the test plays the watchers' part."""
 
-    def __init__(self, rt: RouterRuntime, reconciler: Reconciler, urls: list[str]) -> None:
-        self.rt = rt
+    def __init__(self, state: FleetState, reconciler: Reconciler, urls: list[str]) -> None:
+        self.state = state
         self.reconciler = reconciler
         self.urls = urls
         self.epoch = 0
@@ -45,12 +48,12 @@ class Harness:
     def membership(self, instances: dict[str, str] | None = None) -> None:
         records = {wid: WorkerRecord(id=wid, url=url, base_models=(BASE,), instance=(instances or {}).get(wid, "i0"))
                    for wid, url in zip(self.ids(), self.urls)}
-        change = self.rt.state.apply(MembershipChanged(records))
+        change = self.state.apply(MembershipChanged(records))
         if change.changed:
             self.reconciler.on_membership(change)
 
     def catalog(self, *records: AdapterRecord) -> None:
-        self.rt.state.apply(CatalogChanged({r.name: r for r in records}))
+        self.state.apply(CatalogChanged({r.name: r for r in records}))
 
     def only(self, record: AdapterRecord, *workers: str) -> None:
         """A catalog of one adapter, placed on `workers`."""
@@ -59,7 +62,7 @@ class Harness:
 
     def place(self, **sets: tuple[str, ...]) -> None:
         self.epoch += 1
-        self.rt.state.apply(PlacementChanged(Placement(epoch=self.epoch, replica_sets={
+        self.state.apply(PlacementChanged(Placement(epoch=self.epoch, replica_sets={
             name: ReplicaSet(workers=ws, replicas=len(ws)) for name, ws in sets.items()})))
         self.reconciler.on_placement()
 
@@ -80,10 +83,11 @@ async def harness(tmp_path: Path, adapter_dirs: Callable) -> AsyncIterator[Calla
     async def make(urls: list[str], **extra: Any) -> Harness:
         root = adapter_dirs("placeholder").parent
         session = aiohttp.ClientSession()
-        rt = RouterRuntime(load_config(_config(tmp_path, root, **extra)), session, "test-router",
-                           rng=random.Random(1))
-        reconciler = Reconciler(rt, rng=random.Random(2))
-        h = Harness(rt, reconciler, urls)
+        loaded = load_config(_config(tmp_path, root, **extra))
+        state = FleetState()
+        client = WorkerClient(session, loaded.secrets.worker_api_key, loaded.config.timeouts.worker_call_s)
+        reconciler = Reconciler(state, client, RouterMetrics(10), LiveConfig(loaded), rng=random.Random(2))
+        h = Harness(state, reconciler, urls)
         h.membership()
         made.append((asyncio.create_task(reconciler.run()), session))
         return h
@@ -109,7 +113,7 @@ async def test_loads_confirms_then_marks_holders(http: aiohttp.ClientSession, ha
 
     async def converged() -> bool:
         return (await held(http, urls[0]) == {"a"} and await held(http, urls[1]) == {"a", "b"}
-                and h.rt.state.holders("a") == {"w0", "w1"} and h.rt.state.holders("b") == {"w1"})
+                and h.state.holders("a") == {"w0", "w1"} and h.state.holders("b") == {"w1"})
 
     await until(converged, 10, "both workers to hold their adapters and be marked holders")
 
@@ -121,16 +125,16 @@ async def test_a_drain_waits_for_requests_in_flight_before_the_unload(
     h.only(_record(adapter_dirs("a")), "w0", "w1")
     await until(lambda: _holders(h, "a", {"w0", "w1"}), 10, "two holders")
 
-    h.rt.state.apply(RequestBegun("w0", "a"))
+    h.state.apply(RequestBegun("w0", "a"))
     h.place(a=("w1",))
     await until(lambda: _draining(h, "w0", "a"), 10, "w0 to start draining 'a'")
-    assert [v.id for v in h.rt.state.routable_holders("a")] == ["w1"], "no new requests go to a draining worker"
+    assert [v.id for v in h.state.routable_holders("a")] == ["w1"], "no new requests go to a draining worker"
     target = h.reconciler.passes + 10
     await until(lambda: _passes_after(h, target), 10, "ten more reconciler passes")
     assert "a" in await held(http, urls[0]), "unloaded while a request was still in flight"
-    h.rt.state.apply(RequestEnded("w0", "a"))
+    h.state.apply(RequestEnded("w0", "a"))
     await until(lambda: _not_held(http, urls[0], "a"), 10, "the unload once the request finished")
-    assert h.rt.state.holders("a") == {"w1"}
+    assert h.state.holders("a") == {"w1"}
 
 
 async def _passes_after(h: Harness, n: int) -> bool:
@@ -138,11 +142,11 @@ async def _passes_after(h: Harness, n: int) -> bool:
 
 
 async def _holders(h: Harness, name: str, expected: set[str]) -> bool:
-    return h.rt.state.holders(name) == expected
+    return h.state.holders(name) == expected
 
 
 async def _draining(h: Harness, worker: str, name: str) -> bool:
-    return name in h.rt.state.workers[worker].draining
+    return name in h.state.workers[worker].draining
 
 
 async def _not_held(http: aiohttp.ClientSession, url: str, name: str) -> bool:
@@ -158,8 +162,8 @@ async def test_make_before_break_keeps_the_old_holder_until_the_new_one_holds(
     seen: list[set[str]] = []
 
     async def moved() -> bool:
-        seen.append(set(h.rt.state.holders("a")))
-        return h.rt.state.holders("a") == {"w1"} and not await _held_by(http, urls[0], "a")
+        seen.append(set(h.state.holders("a")))
+        return h.state.holders("a") == {"w1"} and not await _held_by(http, urls[0], "a")
 
     h.place(a=("w1",))
     await until(moved, 10, "the move from w0 to w1", interval_s=0.005)
@@ -182,7 +186,7 @@ async def test_an_adapter_unloaded_behind_our_back_or_lost_in_a_restart_comes_ba
     async with http.post(urls[0] + "/v1/unload_lora_adapter", json={"lora_name": "a"}) as r:
         assert r.status == 200
     h.membership({"w0": "i1"})
-    assert not h.rt.state.holders("a"), "a restarted worker holds nothing until it lists it"
+    assert not h.state.holders("a"), "a restarted worker holds nothing until it lists it"
     await until(lambda: _held_by(http, urls[0], "a"), 0.5, "'a' reloaded at once after the instance change")
 
 

@@ -12,10 +12,10 @@ import msgspec
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
+from inprocess import in_process_app
 
 from bench.sim.scenarios import SCENARIOS, Setup, Shape, names, run_strategy
 from bench.workloads import Lengths
-from router.app import build_app
 from router.config import load_config
 from router.core import routing
 from router.core.events import CatalogChanged, MembershipChanged
@@ -24,7 +24,6 @@ from router.core.names import Target
 from router.core.records import AdapterRecord, WorkerRecord
 from router.core.retrybudget import RetryBudget
 from router.core.routing import Attempts, Decision, Refusal, Reject
-from router.runtime import RouterRuntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import import_graph
@@ -46,14 +45,14 @@ async def test_patching_decide_changes_the_proxy_and_the_simulator_alike(
     config = tmp_path / "router.yaml"
     config.write_bytes(msgspec.json.encode({"base_model": "base"}))
     async with aiohttp.ClientSession() as session:
-        rt = RouterRuntime(load_config(config), session, "policy-test")
-        rt.state.apply(MembershipChanged({"w0": WorkerRecord(id="w0", url="http://127.0.0.1:9",
+        app, state = in_process_app(load_config(config), session)
+        state.apply(MembershipChanged({"w0": WorkerRecord(id="w0", url="http://127.0.0.1:9",
                                                              base_models=("base",))}))
-        rt.state.apply(CatalogChanged({"a0": AdapterRecord(name="a0", source="/m/a0", base_model="base")}))
+        state.apply(CatalogChanged({"a0": AdapterRecord(name="a0", source="/m/a0", base_model="base")}))
         monkeypatch.setattr(routing, "decide", _refuse)
         with pytest.raises(RuntimeError, match="the patched policy says no"):
             run_strategy("lora-router", requests, names(5), setup, 1)
-        async with TestServer(build_app(rt)) as server:
+        async with TestServer(app) as server:
             reply = await session.post(server.make_url("/v1/completions"), json={"model": "a0", "prompt": "x"})
             body = await reply.json()
     assert reply.status == 503 and body["error"]["message"] == "the patched policy says no"

@@ -7,16 +7,14 @@ import json
 import aiohttp
 import schemathesis
 from hostile_helpers import OPENAPI_PATH, assert_openai_error, send
+from inprocess import in_process_app
 from openapi_spec_validator import validate
 from schemathesis.core.result import Ok
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.stores import CatalogStore
-from router.admin import add_admin_routes
-from router.app import build_app
 from router.config import load_config
-from router.runtime import RouterRuntime
 
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 
@@ -55,8 +53,7 @@ async def test_every_registered_route_is_documented(etcd: EmbeddedEtcd) -> None:
     client = await EtcdClient.connect([etcd.endpoint])
     try:
         async with aiohttp.ClientSession() as session:
-            runtime = RouterRuntime(load_config(None), session, "openapi-test")
-            app = build_app(runtime, lambda a: add_admin_routes(a, CatalogStore(client), runtime))
+            app, _ = in_process_app(load_config(None), session, CatalogStore(client))
             registered = {(route.method, route.resource.canonical) for route in app.router.routes()
                           if route.method != "HEAD" and route.resource is not None}
     finally:
