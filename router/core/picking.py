@@ -30,7 +30,7 @@ class Slotted(Busy, Protocol):
     @property
     def adapter_inflight(self) -> Collection[Hashable]:
         """The adapters with requests in flight on this worker (queued there or running), e.g. the keys
-        of a per-adapter count such as `router.fleet.WorkerView.adapter_inflight`."""
+        of a per-adapter count such as `router.core.fleetstate.WorkerState.adapter_inflight`."""
         ...
 
     @property

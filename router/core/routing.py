@@ -8,9 +8,12 @@ function on the same state type, so its figures describe this policy.
 The policy, in order:
 - The adapter's holders (its replica set's first, any holder while the set is
   loading: make before break), minus the workers this request failed on.
-- None: a cold start (LoadThen on the adapter's first HRW worker, those with
-  the source on disk first), unless the adapter is marked failed (every placed
-  worker refused it) or no worker could take it.
+- None: a cold start, LoadThen on the adapter's best-ranked worker whose batch
+  has room (else its first), in HRW order with the workers that have the source
+  on disk first; unless the adapter is marked failed (every placed worker
+  refused it) or no worker could take it. Concurrent first requests agree (the
+  first one's request counts the adapter in flight there), and so do routers
+  with the same view of the batches.
 - A holder whose batch takes the request at once (router.core.picking).
 - None has room: the adapter's best-ranked worker with room (overflow): Forward
   when it holds the adapter, LoadThen when not. Every router ranks alike, so
@@ -182,7 +185,7 @@ def _cold_start(target: Target, adapter: str, state: FleetState, tried: Attempts
     skip = tried.failed | tried.loaded_on
     candidates = [v for v in cached_first(state.ranked(adapter), record) if v.record.id not in skip]
     if candidates:
-        return LoadThen(candidates[0].record.id, Load.COLD_START)
+        return LoadThen((first_with_room(candidates, adapter) or candidates[0]).record.id, Load.COLD_START)
     if tried.forwards:
         return _exhausted(target, tried)
     if tried.load_failures:

@@ -1,4 +1,4 @@
-"""Slot-aware picking (router.picking), as the simulated lora-router uses it: a request goes where its
+"""Slot-aware picking (router.core.picking), as the simulated lora-router uses it: a request goes where its
 adapter can join the batch at once, and overflows to another worker only when no holder has room."""
 
 from __future__ import annotations

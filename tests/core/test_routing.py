@@ -226,3 +226,13 @@ def test_rank_and_base_limit_who_may_cold_start() -> None:
     decision = run(state)
     assert isinstance(decision, Reject) and decision.refusal is Refusal.NO_WORKER
     assert "cannot take its rank" in decision.message
+
+
+def test_cold_start_skips_a_first_ranked_worker_whose_batch_is_full() -> None:
+    state = state_of(3)
+    order = hrw("a", records(3))
+    full(state, order[0])
+    assert run(state) == LoadThen(order[1], Load.COLD_START)
+    for w in order[1:]:
+        full(state, w)
+    assert run(state) == LoadThen(order[0], Load.COLD_START), "no room anywhere: the first, to queue there"
