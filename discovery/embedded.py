@@ -92,12 +92,20 @@ class EmbeddedEtcd:
             "--log-level", "error",
         ]
 
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.name}-etcd.log"
+
     def start(self, timeout_s: float = 15.0) -> None:
         if not port_free(self.host, self.client_port):
             raise EtcdStartFailed(f"port {self.client_port} is in use (another etcd, or another serve on "
                                   "this machine?): choose another --embedded-etcd-port")
+        if not port_free("127.0.0.1", self.peer_port):
+            # A single member has no peers, and etcd keeps its data across a new peer port: any free one does.
+            # The fixed default (client port + 1) can be taken by anyone's outgoing connection meanwhile.
+            self.peer_port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir.parent / f"{self.name}-etcd.log", "ab") as log:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.wait_healthy(timeout_s)
@@ -106,7 +114,8 @@ class EmbeddedEtcd:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise EtcdStartFailed(f"etcd exited with {self.proc.returncode}; see {self.data_dir.parent}")
+                raise EtcdStartFailed(f"etcd exited with {self.proc.returncode}: {self._last_log_line()}; "
+                                      f"see {self.log_path}")
             try:
                 with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
                     if r.status == 200 and b'"health":"true"' in r.read():
@@ -115,6 +124,13 @@ class EmbeddedEtcd:
                 pass
             time.sleep(0.05)
         raise EtcdStartFailed(f"etcd at {self.endpoint} not healthy within {timeout_s}s")
+
+    def _last_log_line(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1][-300:] if lines else "empty log"
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

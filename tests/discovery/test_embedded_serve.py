@@ -4,6 +4,7 @@ against it reconnects by itself and its worker is routed to again, with no actio
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -88,3 +89,34 @@ def test_a_registrar_keeps_its_worker_registered_across_a_serve_restart_with_emb
     finally:
         for proc in reversed(procs):
             proc.stop(timeout_s=15)  # SIGTERM: serve stops its etcd (a child in its own session) on the way out
+
+
+def _port_with_next_taken() -> tuple[int, socket.socket]:
+    """A free port whose successor this test holds (as anyone's outgoing connection may, between two starts)."""
+    for _ in range(50):
+        port = free_port()
+        holder = socket.socket()
+        try:
+            holder.bind(("127.0.0.1", port + 1))
+        except OSError:
+            holder.close()
+            continue
+        holder.listen()
+        return port, holder
+    raise AssertionError("no free port pair")
+
+
+def test_serve_starts_its_embedded_etcd_when_the_port_after_its_client_port_is_taken(tmp_path: Path) -> None:
+    (tmp_path / "router.yaml").write_text("{}")
+    etcd_port, holder = _port_with_next_taken()
+    port = free_port()
+    with holder:
+        router = ManagedProcess(
+            python_cli("router", "serve", "--config", str(tmp_path / "router.yaml"), "--port", str(port),
+                       "--state-dir", str(tmp_path / "state"), "--embedded-etcd-port", str(etcd_port)),
+            health_url=f"http://127.0.0.1:{port}/health", log_path=tmp_path / "router.log")
+        try:
+            router.start(60)
+            assert f"http://127.0.0.1:{etcd_port}" in _etcd_command_line(tmp_path / "state" / "etcd")
+        finally:
+            router.stop(timeout_s=15)
