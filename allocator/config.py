@@ -75,10 +75,10 @@ class PolicyOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                      omit_defaults=True):
     """Fields of ReplicaPolicy to replace for matching adapters; absent = inherit."""
 
-    per_replica_rps: Positive | None | UnsetType = UNSET
-    per_replica_concurrent: Positive | None | UnsetType = UNSET
+    per_replica_rps: Positive | UnsetType | None = UNSET
+    per_replica_concurrent: Positive | UnsetType | None = UNSET
     min_replicas: Count | UnsetType = UNSET
-    max_replicas: Annotated[int, Meta(ge=1)] | None | UnsetType = UNSET
+    max_replicas: Annotated[int, Meta(ge=1)] | UnsetType | None = UNSET
     scale_up_threshold: Annotated[float, Meta(gt=0, le=1)] | UnsetType = UNSET
     scale_down_threshold: Annotated[float, Meta(gt=0, lt=1)] | UnsetType = UNSET
     scale_up_cooldown_s: NonNegative | UnsetType = UNSET
@@ -265,7 +265,7 @@ def _dotted(parts: list[str]) -> str:
     return text
 
 
-def _guilty_key(raw: Any, prefix: list[str], node: dict, type_: type, message: str) -> str:
+def _guilty_key(raw: Any, prefix: list[str], node: dict[str, Any], type_: type, message: str) -> str:
     for candidate in node:
         trial = copy.deepcopy(raw)
         parent = trial
@@ -277,7 +277,7 @@ def _guilty_key(raw: Any, prefix: list[str], node: dict, type_: type, message: s
         except msgspec.ValidationError as exc:
             if str(exc) == message:
                 continue
-        return candidate
+        return str(candidate)
     return "..."
 
 

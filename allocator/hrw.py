@@ -59,7 +59,8 @@ def ln(x: np.ndarray) -> np.ndarray:
     for c in reversed(_SERIES[:-1]):
         p *= z
         p += c
-    return exponent * _LN2 + 2.0 * s * p
+    logs: np.ndarray = exponent * _LN2 + 2.0 * s * p
+    return logs
 
 
 def frame(name: str) -> bytes:
@@ -132,7 +133,8 @@ def pair_hashes(states: np.ndarray, lanes: np.ndarray) -> np.ndarray:
 def scores_from_hashes(hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     u = ((hashes >> np.uint64(12)) * np.uint64(2) + np.uint64(1)).astype(np.float64)
     u *= _U_SCALE
-    return -weights / ln(u)
+    scores: np.ndarray = -weights / ln(u)
+    return scores
 
 
 def screen_scores(hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ def fit_to_slots(base_models: Sequence[str], asked: Sequence[int], hottest_first
     loaded on demand by the cold-start path for its rare ones.
     """
     need: dict[str, int] = {}
-    for base, n in zip(base_models, asked):
+    for base, n in zip(base_models, asked, strict=True):
         need[base] = need.get(base, 0) + n
     if all(n <= slots.get(base, 0) for base, n in need.items()):
         return list(asked)
@@ -143,7 +143,7 @@ class _Walk:
         pool_size: dict[str, int] = {}
         pool_rps: dict[str, float] = {}
         pool_weight: dict[str, float] = {}
-        for a, d, t in zip(adapters, demands, targets):
+        for a, d, t in zip(adapters, demands, targets, strict=True):
             if t:
                 pool_rps[a.base_model] = pool_rps.get(a.base_model, 0.0) + d.rps
         for w in workers:

@@ -131,7 +131,7 @@ class Rankings:
                 self._full.pop(name, None)
             fresh = [a for a in adapters if a.name not in self._adapters]
             states = hrw.adapter_states(hrw.keys([a.name for a in fresh])).tolist()
-            for a, state in zip(fresh, states):
+            for a, state in zip(fresh, states, strict=True):
                 self._adapters[a.name] = a
                 self._states[a.name] = state
         stale = [a for n, a in self._adapters.items() if n not in self._rows]
@@ -161,7 +161,7 @@ class Rankings:
             scores = hrw.pair_scores(states, self._lanes[new], self._weights[new])
             rows = [self._rows[n] for n in names]
             floor = np.array([-np.inf if r.complete or not r.idx else r.scores[-1] for r in rows])
-            for r, c in zip(*np.nonzero(scores >= floor[:, None])):
+            for r, c in zip(*np.nonzero(scores >= floor[:, None]), strict=True):
                 self._insert_one(rows[r], new[c], float(scores[r, c]), self.depth)
             for r, name in enumerate(names):
                 if name in self._full:

@@ -163,7 +163,7 @@ class HrwOrders:
             block = names[start:start + self.CHUNK]
             scores = hrw.pair_scores(hrw.adapter_states(hrw.keys(block)), lanes, weights)
             ranked = np.lexsort((np.broadcast_to(id_order, scores.shape), -scores), axis=1)
-            rows.update(zip(block, ranked))
+            rows.update(zip(block, ranked, strict=True))
         return rows
 
 
@@ -221,7 +221,8 @@ class RingStrategy(_SameSizes):
     def _ring(self, workers: Sequence[Worker]) -> None:
         ids = tuple(sorted(w.id for w in workers))
         if ids != self._ring_for:
-            points = sorted((xxhash.xxh64_intdigest(f"{wid}#{v}".encode()), wid) for wid in ids for v in range(self.VNODES))
+            points = sorted((xxhash.xxh64_intdigest(f"{wid}#{v}".encode()), wid)
+                            for wid in ids for v in range(self.VNODES))
             self._ring_for, self._points, self._owners = ids, [p for p, _ in points], [w for _, w in points]
 
     def choose(self, adapter: str, r: int, rps: float, workers: Sequence[Worker],

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 
 
-async def wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """True once `event` is set, False after `timeout` seconds; cancellation always propagates."""
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """True once `event` is set, False after `timeout_s` seconds; cancellation always propagates."""
     if event.is_set():
         return True
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             await event.wait()
     except TimeoutError:
         return False

@@ -47,7 +47,7 @@ class StaticDiscovery:
             while True:
                 answers = await asyncio.gather(*(_ask(p) for p in probes))
                 changed = revision == 0
-                for config, facts in zip(self._configs, answers):
+                for config, facts in zip(self._configs, answers, strict=True):
                     url = config.worker_url
                     if facts is None:
                         if url in records and url not in down:

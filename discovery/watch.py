@@ -13,6 +13,7 @@ watcher missed, the prefix is listed again and the new state is yielded with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
@@ -122,7 +123,5 @@ async def _events(watch: aetcd.rtypes.Watch) -> AsyncIterator[aetcd.rtypes.Event
 async def _cancel(watch: aetcd.rtypes.Watch) -> None:
     """Best-effort cancel of a stream that may already be gone (etcd down, or its client closed by a
     fail-over, where aetcd's watcher is already torn down and the cancel has nothing left to do)."""
-    try:
+    with contextlib.suppress(aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, AttributeError):
         await watch.cancel()
-    except (aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, AttributeError):
-        pass

@@ -242,7 +242,8 @@ class _Admin:
     async def load_lora_adapter(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body: LoadLoraRequest = await _body(request, LoadLoraRequest, self._live.config)
-        record = make_record(self._live.config, self._state.bases(), body.lora_name, body.lora_path, base_model=body.base_model,
+        record = make_record(self._live.config, self._state.bases(), body.lora_name, body.lora_path,
+                             base_model=body.base_model,
                              rank=body.rank, tenant=body.tenant)
         if not body.load_inplace and await self._lookup(record.name) is not None:
             raise AdapterExists(f"The lora adapter '{record.name}' has already been loaded. If you want to load "
@@ -270,7 +271,8 @@ class _Admin:
     async def create_lora(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body: CreateLoraRequest = await _body(request, CreateLoraRequest, self._live.config)
-        record = make_record(self._live.config, self._state.bases(), body.lora_name, body.source.uri, base_model=body.base_model,
+        record = make_record(self._live.config, self._state.bases(), body.lora_name, body.source.uri,
+                             base_model=body.base_model,
                              rank=body.rank, tenant=body.tenant, source_param="source.uri")
         if await self._lookup(record.name) is not None:
             raise AdapterConflict(f"Adapter '{record.name}' is already in the catalog.", param="lora_name")

@@ -73,7 +73,8 @@ def require_adapter_files(record: AdapterRecord, security: SecurityConfig) -> No
             return
 
 
-def make_record(config: RouterConfig, bases: AbstractSet[str], name: object, source: object, *, base_model: object = None,
+def make_record(config: RouterConfig, bases: AbstractSet[str], name: object, source: object, *,
+                base_model: object = None,
                 rank: object = None, tenant: object = None, name_param: str = "lora_name",
                 source_param: str = "lora_path") -> AdapterRecord:
     """A validated catalog record, or InvalidAdapter (400) naming the field at fault; `bases`: the base

@@ -31,7 +31,8 @@ class AdapterEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     """The name clients send as `model`."""
     source: str
-    """Where workers load it from: a path under `security.allowed_path_prefixes`, or a URI whose scheme is in `security.allowed_schemes`."""
+    """Where workers load it from: a path under `security.allowed_path_prefixes`, or a URI whose scheme is in
+    `security.allowed_schemes`."""
     base_model: str | None = None
     """The base model it was trained for; null = the fleet's base model."""
     rank: int = 8
@@ -55,7 +56,8 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Admin keys. Admin keys use every adapter and the admin API; with no admin and no tenant keys the router is open to anyone who reaches it."""
+    """Admin keys. Admin keys use every adapter and the admin API; with no admin and no tenant keys the router is
+    open to anyone who reaches it."""
 
     admin_keys_sha256: list[str] = []
     """sha256 hex digests of admin keys."""
@@ -110,7 +112,8 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reconcile_s: float = 5.0
     """How often each router checks the workers' adapters against the placement and loads or unloads."""
     lease_ttl_s: int = 5
-    """TTL of this router's leased etcd keys (leadership, demand report): a dead leader is replaced within about this."""
+    """TTL of this router's leased etcd keys (leadership, demand report): a dead leader is replaced within about
+    this."""
     health_probe_s: float = 2.0
     """How often a worker marked down is probed back."""
     down_after_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -152,7 +155,8 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workers: list[str] = []
     """Static worker URLs (used when no etcd discovery is given)."""
     worker_api_key_file: str | None = None
-    """A file whose first line is the key the workers require (vLLM's `--api-key`); sent to every worker whose record names no key of its own."""
+    """A file whose first line is the key the workers require (vLLM's `--api-key`); sent to every worker whose
+    record names no key of its own."""
     worker_api_key_env: str | None = None
     """The environment variable holding that key, when `worker_api_key_file` is not set."""
     sticky_header: str = "x-lora-router-user"

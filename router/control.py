@@ -153,7 +153,7 @@ class ControlLoop:
         if self._catalog is not None and loaded.version != self._declared_version:
             self._declared_version = loaded.version
             try:
-                await declare_config_adapters(self._catalog, loaded, state.bases(), strict=False)
+                await declare_config_adapters(self._catalog, loaded, state.bases(), strict=True)
             except EtcdUnavailable as exc:
                 self._etcd_failed("declaring the config's adapters", exc)
         previous = state.placement

@@ -6,6 +6,7 @@ processes (simulated workers, routers, registrars) on loopback ports.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -88,10 +89,8 @@ class ManagedProcess:
     def signal(self, sig: signal.Signals) -> None:
         if self.alive():
             assert self.proc is not None
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash would, and reap it."""

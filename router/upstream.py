@@ -197,9 +197,9 @@ class _Connection(asyncio.Protocol):
         self.interim = False
         self.error = None
 
-    async def wait(self, timeout: float | None) -> None:
+    async def wait(self, timeout_s: float | None) -> None:
         self.waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, self._timed_out) if timeout else None
+        handle = self.loop.call_later(timeout_s, self._timed_out) if timeout_s else None
         try:
             await self.waiter
         finally:

@@ -188,7 +188,7 @@ def _classify(status: int, message: str) -> Exception:
     if status == 404:
         return AdapterRejected("runtime_loading_disabled", "the worker has no runtime LoRA endpoints "
                                "(set VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
-    if "max_lora_rank" in message or "rank" in message.lower() and status == 500:
+    if "max_lora_rank" in message or ("rank" in message.lower() and status == 500):
         return AdapterRejected("rank_too_high", message)
     if status == 400:
         return AdapterRejected("rejected", message)

@@ -49,7 +49,7 @@ async def measure(endpoint: str, workers: int, routers: int, ttl: int, tick_s: f
                             url=f"http://10.0.{i // 250}.{i % 250}:8000", base_models=("meta-llama/Llama-3.1-8B",),
                             slots=8, max_loras=8, instance=f"{int(time.time())}-0123456789ab",
                             labels={"zone": "a"}, registered_at=time.time()) for i in range(workers)]
-    regs = [await WorkerRegistry(c).register(r, ttl) for c, r in zip(clients, records)]
+    regs = [await WorkerRegistry(c).register(r, ttl) for c, r in zip(clients, records, strict=True)]
     tasks: list[asyncio.Task[None]] = []
 
     async def router(i: int, client: EtcdClient) -> None:

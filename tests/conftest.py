@@ -12,6 +12,16 @@ from router.devfleet import make_adapter_dir, sim_worker
 from router.procs import ManagedProcess
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers by place, so no test of these kinds can miss them: real vLLM is always slow, the chart always helm."""
+    helm = Path(__file__).parent / "helm"
+    for item in items:
+        if item.get_closest_marker("real_vllm"):
+            item.add_marker(pytest.mark.slow)
+        if helm in item.path.parents:
+            item.add_marker(pytest.mark.helm)
+
+
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
     """A fresh single-member etcd on free loopback ports with its own data dir."""

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rps-per-worker", type=float, default=DEFAULT.rps_per_worker,
                    help=f"offered load per worker in virtual req/s (default {DEFAULT.rps_per_worker})")
     p.add_argument("--zipf-s", type=float, default=DEFAULT.zipf_s, help=f"Zipf exponent (default {DEFAULT.zipf_s})")
-    p.add_argument("--routers", type=int, default=1, help="lora-router processes sharing the load (default 1; vllm-router runs as one)")
+    p.add_argument("--routers", type=int, default=1,
+                   help="lora-router processes sharing the load (default 1; vllm-router runs as one)")
     p.add_argument("--speed", type=_speed, default=0.5,
                    help="the workers' cost multiplier; arrivals and the router's clocks scale with it and "
                         "times are reported divided by it (default 0.5)")

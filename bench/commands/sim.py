@@ -45,14 +45,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Shape()
     p.add_argument("--workers", type=int, default=d.workers, help=f"workers (default {d.workers})")
     p.add_argument("--adapters", type=int, default=d.adapters, help=f"adapters (default {d.adapters})")
-    p.add_argument("--max-loras", type=int, default=d.max_loras, help=f"GPU LoRA slots per worker (default {d.max_loras})")
+    p.add_argument("--max-loras", type=int, default=d.max_loras,
+                   help=f"GPU LoRA slots per worker (default {d.max_loras})")
     p.add_argument("--requests", type=int, default=d.requests, help=f"requests (default {d.requests})")
     p.add_argument("--rps-per-worker", type=float, default=d.rps_per_worker,
                    help=f"offered load per worker, req/s (default {d.rps_per_worker})")
     p.add_argument("--zipf-s", type=float, default=d.zipf_s, help=f"Zipf exponent of popularity (default {d.zipf_s})")
     p.add_argument("--ttft-slo-ms", type=float, default=1000.0, help="TTFT SLO for attainment, ms (default 1000)")
     p.add_argument("--tick-s", type=float, default=2.0, help="placement tick of the control loop, s (default 2)")
-    p.add_argument("--reconcile-s", type=float, default=0.5, help="delay from a placement to its loads, s (default 0.5)")
+    p.add_argument("--reconcile-s", type=float, default=0.5,
+                   help="delay from a placement to its loads, s (default 0.5)")
 
 
 class _Progress:

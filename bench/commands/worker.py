@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="host LRU of adapter weights (default: --max-loras)")
     p.add_argument("--max-lora-rank", type=int, default=16, help="highest adapter rank accepted (default 16)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences in one batch (default 64)")
-    p.add_argument("--max-model-len", type=int, default=4096, help="context length: reported in /v1/models, longer prompts refused as vLLM does (default 4096)")
+    p.add_argument("--max-model-len", type=int, default=4096,
+                   help="context length: reported in /v1/models, longer prompts refused as vLLM does (default 4096)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/*; as vLLM, the VLLM_API_KEY environment "
                         "variable is used when this is not given (keeps the key out of the process table)")

@@ -138,7 +138,8 @@ def ratio_table(c: Comparison) -> str:
     """Per strategy and column: its value over the best baseline's, live and simulated; then the rankings."""
     rows = _rows(c)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))
+             for r in rows]
     return "\n".join(lines + _verdicts(c))
 
 

@@ -94,7 +94,8 @@ async def replay(requests: Requests, names: list[str], bases: list[str], speed: 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks: list[asyncio.Task[None]] = []
         for rid, (at, a, p, o) in enumerate(zip(requests.time.tolist(), requests.adapter.tolist(),
-                                                requests.prompt_tokens.tolist(), requests.output_tokens.tolist())):
+                                                requests.prompt_tokens.tolist(), requests.output_tokens.tolist(),
+                                                strict=True)):
             due = run.t0 + at * speed
             delay = due - loop.time()
             if delay > 0:

@@ -39,7 +39,7 @@ async def ring_map(front: str, workers: list[str], names: list[str]) -> list[int
             async with session.post(front + "/v1/completions", json=body, headers={SESSION_HEADER: name}) as r:
                 await r.read()
             after = await _busy(session, workers)
-            moved = [i for i, (a, b) in enumerate(zip(before, after)) if b > a]
+            moved = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if b > a]
             if len(moved) != 1:
                 raise RingProbeFailed(f"a probe for {name} through {front} moved {len(moved)} workers' counters")
             mapping.append(moved[0])

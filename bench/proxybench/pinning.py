@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -41,7 +42,5 @@ def pin_running(pid: int, core: int | None) -> None:
     if core is None:
         return
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(tid), {core})
-        except ProcessLookupError:
-            pass

@@ -78,5 +78,6 @@ def table(rows: list[Row], markdown: bool = False) -> str:
         return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
     widths = [max([len(h), *(len(c[i]) for c in lines)]) for i, h in enumerate(HEADER)]
     left = {0, 2}
-    return "\n".join("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join("  ".join(c.ljust(w) if i in left else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
                      for cells in [HEADER, *lines])

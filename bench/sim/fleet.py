@@ -12,7 +12,8 @@ those k steps as ONE event. Only a request routed to it that could join the
 batch interrupts the coast: it is cut at the first step boundary at or after
 the arrival, where a normal step admits it, exactly when step-by-step
 simulation would (boundaries are summed step by step, so times are equal, not
-just close). `SimFleet(fast_forward=False)` steps one by one, for the tests. Routing and placement decisions belong to the
+just close). `SimFleet(fast_forward=False)` steps one by one, for the tests.
+Routing and placement decisions belong to the
 strategy (bench/sim/strategies.py), which calls `submit`, `wait`, `load` and
 `unload` here.
 """

@@ -50,7 +50,8 @@ def table(results: Mapping[str, RunMetrics], speeds: Mapping[str, float] | None 
     """A plain-text table for the terminal."""
     rows = _rows(results, speeds)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
                      for r in rows)
 
 

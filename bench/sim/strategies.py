@@ -181,7 +181,7 @@ class _Placed(_Ranked):
         arrivals = self.arrivals
         seen = np.flatnonzero(arrivals)
         names, tick_s = self.fleet.names, self.control.tick_s
-        measured = {names[a]: c / tick_s for a, c in zip(seen.tolist(), arrivals[seen].tolist())}
+        measured = {names[a]: c / tick_s for a, c in zip(seen.tolist(), arrivals[seen].tolist(), strict=True)}
         arrivals[:] = 0
         placement = self.place(measured)
         workers, previous, positions = self.fleet.workers, self.placement.replica_sets, self.index
@@ -277,7 +277,8 @@ class LoraRouter(_Placed):
         if self.desired is None or self.desired.placement is not state.placement:
             self.desired = plan.DesiredIndex(state.placement)
         holdings = {wid: frozenset(v.holds) for wid, v in state.workers.items()}
-        loading = {w.id: frozenset(names[a] for a in ws.loading) for w, ws in zip(self.pool, fleet.workers) if ws.loading}
+        loading = {w.id: frozenset(names[a] for a in ws.loading)
+                   for w, ws in zip(self.pool, fleet.workers, strict=True) if ws.loading}
         control = self.control
         work = plan_round(self.desired, holdings, loading, self.config.plan, self.ours.estimates, state.catalog,
                           state.catalog, self.idle_since, now, idle_grace_s(control.tick_s, control.reconcile_s))

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import xxhash
 
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu", "amber", "basil", "cedar", "dune", "ember", "fern", "grove", "harbor", "iris", "jade", "kelp", "lotus", "maple", "nectar", "onyx", "pearl", "quartz", "reed", "sage", "thyme", "umber", "violet", "willow"]
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
+         "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey",
+         "xray", "yankee", "zulu", "amber", "basil", "cedar", "dune", "ember", "fern", "grove", "harbor", "iris",
+         "jade", "kelp", "lotus", "maple", "nectar", "onyx", "pearl", "quartz", "reed", "sage", "thyme", "umber",
+         "violet", "willow"]
 
 
 def token(model: str, prompt: str, index: int) -> str:

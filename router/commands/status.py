@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for each worker's /v1/models (default 5)")
     p.add_argument("--json", action="store_true",
                    help='print {"workers": [{..., "holds": [...], "error": reason|null}], "leader": id|null, '
-                        '"adapters": {name: {"replicas": [...], "holders": [...], "failures": {worker: reason}, "failed": {reason, detail, workers, since}|null}}}')
+                        '"adapters": {name: {"replicas": [...], "holders": [...], "failures": {worker: reason}, '
+                        '"failed": {reason, detail, workers, since}|null}}}')
 
 
 async def fleet_status(args: argparse.Namespace) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def failure_marks(catalog: Mapping[str, AdapterRecord], placement: Placement,
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with full-range jitter in [0.5, 1.5) x, so retries from many routers spread."""
-    step = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    step = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
     return step * (0.5 + rng.random())
 
 

@@ -20,7 +20,7 @@ def fleet(seed: int, n_workers: int, n_adapters: int, slots: int = 64,
     adapters = [Adapter(name=f"s{seed}-a{i}", base_model="m") for i in range(n_adapters)]
     weights = 1.0 / np.arange(1, n_adapters + 1)
     rates = weights / weights.sum() * n_workers * rps_per_worker
-    return workers, adapters, {a.name: Demand(rps=float(r)) for a, r in zip(adapters, rates)}
+    return workers, adapters, {a.name: Demand(rps=float(r)) for a, r in zip(adapters, rates, strict=True)}
 
 
 def run_cli(module: str, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

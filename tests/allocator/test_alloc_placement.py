@@ -115,7 +115,7 @@ def _disruption(config: ReplicaConfig) -> tuple[list[float], list[float]]:
         before = compute_placement(workers, adapters, demand, config, None, 0.0)
         total = len(assignments(before))
         extra = Worker(id=f"s{seed}-w{n}", base_model="m", slots=64)
-        joined = compute_placement(workers + [extra], adapters, demand, config, before, 1.0)
+        joined = compute_placement([*workers, extra], adapters, demand, config, before, 1.0)
         join.append(moved(before, joined) / (total / (n + 1)))
         gone = workers[seed % n].id
         left = compute_placement([w for w in workers if w.id != gone], adapters, demand, config, before, 1.0)
@@ -142,7 +142,7 @@ def test_a_joining_worker_takes_its_share_at_once() -> None:
     workers, adapters, demand = fleet(5, 20, 400)
     before = compute_placement(workers, adapters, demand, DEFAULT, None, 0.0)
     extra = Worker(id="s5-w20", base_model="m", slots=64)
-    after = compute_placement(workers + [extra], adapters, demand, DEFAULT, before, 1.0)
+    after = compute_placement([*workers, extra], adapters, demand, DEFAULT, before, 1.0)
     on_new = sum(1 for _, w in assignments(after) if w == extra.id)
     assert on_new >= 0.6 * len(assignments(after)) / 21
 
@@ -177,7 +177,7 @@ def test_slot_shortage_keeps_the_hottest_and_lists_the_rest() -> None:
     first_short = full.index(False)
     assert first_short >= 3 and all(full[:first_short])  # the hottest keep every replica they asked for
     assert all(not rs.workers for rs in sets[first_short + 1:])  # past the boundary: nothing
-    assert list(placement.unplaced) == sorted(a.name for a, ok in zip(adapters, full) if not ok)
+    assert list(placement.unplaced) == sorted(a.name for a, ok in zip(adapters, full, strict=True) if not ok)
 
 
 def test_min_replicas_zero_leaves_idle_adapters_unplaced_without_complaint() -> None:
@@ -234,6 +234,6 @@ def test_incremental_planner_equals_the_pure_function(seed: int, depth: int) -> 
             workers = rng.sample(workers, len(workers) - rng.randint(1, 2))
         elif change == "reweigh":
             i = rng.randrange(len(workers))
-            workers = workers[:i] + [msgspec.structs.replace(workers[i], weight=3.0)] + workers[i + 1:]
+            workers = [*workers[:i], msgspec.structs.replace(workers[i], weight=3.0), *workers[i + 1:]]
         else:
             adapters = rng.sample(catalog, rng.randint(30, 80))

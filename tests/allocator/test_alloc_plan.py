@@ -124,12 +124,12 @@ def _reference(desired: Placement, holdings: dict[str, frozenset[str]], loading:
 def test_equals_the_rules_walked_naively(data: st.DataObject) -> None:
     workers = [f"w{i}" for i in range(data.draw(st.integers(1, 6)))]
     names = [f"a{i}" for i in range(data.draw(st.integers(0, 12)))]
-    sets = {a: ReplicaSet(workers=tuple(data.draw(st.lists(st.sampled_from(workers + ["gone"]), unique=True,
+    sets = {a: ReplicaSet(workers=tuple(data.draw(st.lists(st.sampled_from([*workers, "gone"]), unique=True,
                                                              max_size=3))),
                           replicas=data.draw(st.integers(0, 3)), demand_rps=data.draw(st.sampled_from([0.0, 1.0, 5.0])))
             for a in names if data.draw(st.booleans()) or a == "a0"}
     desired = Placement(replica_sets=sets)
-    pool = names + ["stale"]
+    pool = [*names, "stale"]
     holdings = {w: frozenset(data.draw(st.sets(st.sampled_from(pool), max_size=6))) for w in workers}
     loading = {w: frozenset(data.draw(st.sets(st.sampled_from(pool), max_size=2))) for w in workers}
     budget = PlanBudget(loads_per_worker=data.draw(st.integers(1, 3)), actions_per_tick=data.draw(st.integers(1, 12)))

@@ -25,6 +25,7 @@ def _run(tmp_path: Path, chosen: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_every_request_answered_counted_and_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(strategies, "vllm_router_binary", lambda: None)
@@ -52,6 +53,7 @@ def test_every_request_answered_counted_and_compared(tmp_path: Path, monkeypatch
     assert "ratio to the best baseline" in printed.out and printed.out.count("lora-router-spread") >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(vllm_router_binary() is None, reason="vllm-router not installed (or VLLM_ROUTER_BIN unset)")
 def test_vllm_router_consistent_hash_map_is_probed_and_replayed(tmp_path: Path) -> None:
     doc = _run(tmp_path, "vllm-router-ch")
@@ -63,7 +65,7 @@ def test_vllm_router_consistent_hash_map_is_probed_and_replayed(tmp_path: Path) 
 
 
 def _metrics(**values: float) -> RunMetrics:
-    ms = {f: 10.0 for f in ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms")}
+    ms = dict.fromkeys(("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms"), 10.0)
     base = {"requests": 10, "throughput_rps": 1.0, "slo_attainment": 1.0, "adapter_loads": 10.0, "slot_swaps": 10.0,
             "imbalance": 1.0, "placement_churn": 0, "ttft_slo_ms": 1000.0, **ms}
     return msgspec.convert({**base, **values}, RunMetrics)

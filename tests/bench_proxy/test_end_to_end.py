@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from bench.proxybench.load import ADAPTER, PATH, LoadResult, request_body
 from bench.proxybench.pyload import drive
@@ -30,6 +31,7 @@ def test_python_load_generator_counts_answers_and_errors(start_workers: Callable
     assert bad.requests > 0 and bad.errors == bad.requests
 
 
+@pytest.mark.slow
 def test_quick_run_measures_every_installed_target(tmp_path: Path) -> None:
     out = tmp_path / "proxy.json"
     targets = ["direct", "lora-router"] + (["nginx"] if nginx_binary() else [])

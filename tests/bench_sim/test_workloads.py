@@ -96,7 +96,7 @@ def test_bad_traces_name_file_and_line(tmp_path: Path, text: str, message: str) 
 def test_bad_jsonl_and_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text('{"time": 1, "adapter": "a", "prompt_tokens": 1, "output_tokens": 1}\n[1]\n')
-    with pytest.raises(TraceError, match="t.jsonl:2: expected an object"):
+    with pytest.raises(TraceError, match=r"t\.jsonl:2: expected an object"):
         read_trace(path)
     assert main(["sim", "--trace", str(path)]) == 2
     assert "t.jsonl:2" in capsys.readouterr().err

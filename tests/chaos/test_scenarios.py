@@ -16,6 +16,7 @@ from bench.chaos.engine import run_scenarios
 from bench.chaos.scenarios import DEFAULT
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("name", [*DEFAULT, "soak"])
 async def test_scenario(name: str, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ class Worker:
         assert proc.health_url is not None
         self.url = proc.health_url.removesuffix("/health")
 
-    def call(self, method: str, path: str, body: object | None = None, *, key: str | None | bool = True,
+    def call(self, method: str, path: str, body: object | None = None, *, key: str | bool | None = True,
              raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = {"Content-Type": "application/json"} if data is not None else {}

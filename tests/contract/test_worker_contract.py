@@ -203,7 +203,8 @@ def test_completion_stream_without_usage(worker, two_adapters) -> None:
                                                ("/v1/chat/completions", "max_completion_tokens")])
 def test_a_max_tokens_below_one_is_400_bad_request(worker, route, field) -> None:
     body = {"model": worker.backend.model, field: -5,
-            **({"prompt": "hello"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]})}
+            **({"prompt": "hello"} if route == "/v1/completions"
+               else {"messages": [{"role": "user", "content": "hi"}]})}
     status, headers, raw = worker.call("POST", route, body)
     assert status == 400 and headers["content-type"] == "application/json"
     error = _error(raw)

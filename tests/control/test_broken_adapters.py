@@ -47,11 +47,13 @@ async def test_a_path_with_no_adapter_is_refused_at_registration_with_vllms_404(
     direct = await _post(http, workers[0] + "/v1/load_lora_adapter",
                          {"lora_name": "ghost", "lora_path": str(root / "ghost")})
     assert direct == (404, {"error": GHOST_404}), "the same answer a worker gives"
-    status, body = await _post(http, router + "/v1/loras", {"lora_name": "ghost", "source": {"uri": str(root / "ghost")}})
+    status, body = await _post(http, router + "/v1/loras",
+                               {"lora_name": "ghost", "source": {"uri": str(root / "ghost")}})
     assert (status, body) == (404, {"error": GHOST_404})
     async with http.get(router + "/v1/loras/ghost") as r:
         assert r.status == 404, "nothing was written"
-    status, _ = await _post(http, router + "/v1/load_lora_adapter", {"lora_name": "real", "lora_path": str(root / "real")})
+    status, _ = await _post(http, router + "/v1/load_lora_adapter",
+                            {"lora_name": "real", "lora_path": str(root / "real")})
     assert status == 200
 
 
@@ -77,7 +79,8 @@ async def test_an_adapter_every_worker_refuses_is_marked_failed_and_fails_at_onc
         start_router: Callable, adapter_dirs: Callable) -> None:
     """Every request for it tried loads on every worker and waited ~10 s for a 503 (the SDK: ~30 s, 9 loads)."""
     router, _, late = _late_fleet(tmp_path, start_workers, start_router, adapter_dirs)
-    status, _ = await _post(http, router + "/v1/load_lora_adapter", {"lora_name": "gone", "lora_path": str(late / "gone")})
+    status, _ = await _post(http, router + "/v1/load_lora_adapter",
+                            {"lora_name": "gone", "lora_path": str(late / "gone")})
     assert status == 200, "the router cannot see the path: the workers judge it"
 
     view = await until(lambda: _marked(http, router, "gone"), 20, "'gone' marked failed")

@@ -47,7 +47,7 @@ class Harness:
 
     def membership(self, instances: dict[str, str] | None = None) -> None:
         records = {wid: WorkerRecord(id=wid, url=url, base_models=(BASE,), instance=(instances or {}).get(wid, "i0"))
-                   for wid, url in zip(self.ids(), self.urls)}
+                   for wid, url in zip(self.ids(), self.urls, strict=True)}
         change = self.state.apply(MembershipChanged(records))
         if change.changed:
             self.reconciler.on_membership(change)

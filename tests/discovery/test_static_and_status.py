@@ -59,7 +59,8 @@ async def test_static_discovery_probes_workers_and_tracks_restarts(
     started: list[ManagedProcess] = []
     try:
         await until(lambda: len(instances()) == 2, 10, "the two answering workers (the key was sent)")
-        assert all(r.max_loras == 3 and r.slots == 8 and r.base_models == ("sim-base",) for r in seen[-1].workers.values())
+        assert all(r.max_loras == 3 and r.slots == 8 and r.base_models == ("sim-base",)
+                   for r in seen[-1].workers.values())
         on_port_of(late)
         await until(lambda: len(instances()) == 3, 10, "a worker that starts late joins")
         before = instances()

@@ -66,7 +66,7 @@ def test_status_shows_holders_and_why_a_placed_adapter_is_not_held(
         assert good["failures"] == {}
         big = status["adapters"]["big"]
         assert big["replicas"] and big["holders"] == []
-        assert big["failures"] == {w: "not loaded" for w in big["replicas"]}
+        assert big["failures"] == dict.fromkeys(big["replicas"], "not loaded")
         assert all(w["error"] is None and "good" in w["holds"] for w in status["workers"])
 
         without_key = {k: v for k, v in os.environ.items() if k != "POOL_KEY"}

@@ -331,7 +331,7 @@ def test_rendered_tls_etcd_member_starts_and_requires_client_certificates(tmp_pa
             arg = arg.replace(old, new)
         argv.append(arg)
     assert not [a for a in argv if "svc.cluster.local" in a or "$(" in a], argv
-    proc = ManagedProcess(argv + ["--log-level", "error"], health_url=f"http://127.0.0.1:{metrics}/health",
+    proc = ManagedProcess([*argv, "--log-level", "error"], health_url=f"http://127.0.0.1:{metrics}/health",
                           log_path=tmp_path / "etcd.log").start(timeout_s=30)
     etcdctl = str(Path(sys.executable).parent / "etcdctl")
     endpoint = f"https://127.0.0.1:{client}"

@@ -390,7 +390,7 @@ def test_routers_and_registrars_reach_a_tls_and_password_etcd() -> None:
 
 def test_an_etcd_user_without_its_password_secret_is_refused() -> None:
     values = {"etcd": {"external": {"endpoints": ["https://etcd:2379"], "auth": {"user": "lora-router"}}}}
-    with pytest.raises(Exception, match="auth.existingSecret"):
+    with pytest.raises(Exception, match=r"auth\.existingSecret"):
         render(values)
 
 

@@ -123,7 +123,7 @@ def chunked(key: str, body: bytes, pieces: int = 3) -> list[bytes]:
     step = max(1, len(body) // pieces)
     writes = [head("/v1/completions", key, {"Transfer-Encoding": "chunked"})]
     writes += [b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
-    return writes + [b"0\r\n\r\n"]
+    return [*writes, b"0\r\n\r\n"]
 
 
 def gzipped(key: str, body: bytes) -> bytes:

@@ -75,7 +75,8 @@ async def run(ctx: Context) -> ScenarioResult:
     answers = [(worker, n) for (group, worker), n in tally.served_by.items() if group in near]
     on_slow = sum(n for worker, n in answers if worker == slow_id)
     result.figures = {**latency_ms(tally, others, "others"), **latency_ms(tally, near, "near slow"),
-                      "near-slow answers from the slow worker %": round(100 * on_slow / max(1, sum(n for _, n in answers)),
+                      "near-slow answers from the slow worker %": round(100 * on_slow
+                                                                        / max(1, sum(n for _, n in answers)),
                                                                         1),
                       "adapters near the slow worker": len(near),
                       "of which the other replica is the failing worker": sum(

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from itertools import pairwise
 
 import aiohttp
 import msgspec
@@ -63,7 +64,7 @@ class Watch:
 
     @property
     def monotonic(self) -> bool:
-        return all(a < b for a, b in zip(self.epochs, self.epochs[1:]))
+        return all(a < b for a, b in pairwise(self.epochs))
 
     async def placements(self, endpoint: str) -> None:
         client = await EtcdClient.connect([endpoint])
