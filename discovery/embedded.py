@@ -15,13 +15,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Self
 
 from discovery.ports import free_port, port_free
+from router.waiting import NotWithin, wait_until
 
 
 class EtcdBinaryNotFound(RuntimeError):
@@ -111,19 +111,19 @@ class EmbeddedEtcd:
         self.wait_healthy(timeout_s)
 
     def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise EtcdStartFailed(f"etcd exited with {self.proc.returncode}: {self._last_log_line()}; "
-                                      f"see {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
-                    if r.status == 200 and b'"health":"true"' in r.read():
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise EtcdStartFailed(f"etcd at {self.endpoint} not healthy within {timeout_s}s")
+        """Until etcd reports itself healthy; fails at once, with its last log line, if it exits meanwhile."""
+        try:
+            wait_until(self._healthy, timeout_s=timeout_s, what=f"etcd at {self.endpoint} healthy",
+                       ignoring=(urllib.error.URLError, OSError))
+        except NotWithin as exc:
+            raise EtcdStartFailed(str(exc)) from None
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise EtcdStartFailed(f"etcd exited with {self.proc.returncode}: {self._last_log_line()}; "
+                                  f"see {self.log_path}")
+        with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
+            return r.status == 200 and b'"health":"true"' in r.read()
 
     def _last_log_line(self) -> str:
         try:

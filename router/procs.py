@@ -12,11 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from router.waiting import NotWithin, wait_until
 
 PR_SET_PDEATHSIG = 1
 """From linux/prctl.h."""
@@ -62,20 +63,21 @@ class ManagedProcess:
         return self
 
     def wait_healthy(self, timeout_s: float) -> None:
+        """Until the health URL answers 200; fails at once, with the log's tail, if the child exits meanwhile."""
         assert self.health_url is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise ProcessStartFailed(f"{self.argv[:4]} exited with {self.proc.returncode if self.proc else None}"
-                                         f"{self._log_hint()}")
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise ProcessStartFailed(f"{self.health_url} not healthy within {timeout_s}s{self._log_hint()}")
+        try:
+            wait_until(self._healthy, timeout_s=timeout_s, what=f"{self.health_url} healthy",
+                       ignoring=(urllib.error.URLError, OSError))
+        except NotWithin as exc:
+            raise ProcessStartFailed(f"{exc}{self._log_hint()}") from None
+
+    def _healthy(self) -> bool:
+        if not self.alive():
+            raise ProcessStartFailed(f"{self.argv[:4]} exited with {self.proc.returncode if self.proc else None}"
+                                     f"{self._log_hint()}")
+        assert self.health_url is not None
+        with urllib.request.urlopen(self.health_url, timeout=1) as r:
+            return bool(r.status == 200)
 
     def _log_hint(self) -> str:
         if self.log_path and self.log_path.exists():

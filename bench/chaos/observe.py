@@ -7,7 +7,6 @@ if it never happened within the deadline.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,21 +16,24 @@ import aiohttp
 import msgspec
 
 from bench.promtext import metric_sum
+from router.waiting import NotWithin, wait_until_async
 
 POLL_S = 0.1
 
 
 async def time_until(predicate: Callable[[], Awaitable[object]], timeout_s: float) -> float | None:
-    """Seconds until `predicate()` is truthy; None if it is not within `timeout_s` (or keeps raising)."""
+    """Seconds until `predicate()` is truthy; None if it is not within `timeout_s` (or keeps raising).
+
+    A router being restarted or killed answers with connection errors or timeouts: the condition is
+    simply not met yet.
+    """
     started = time.monotonic()
-    while time.monotonic() - started <= timeout_s:
-        try:
-            if await predicate():
-                return time.monotonic() - started
-        except (aiohttp.ClientError, TimeoutError):
-            pass  # a router being restarted or killed: the condition is simply not met yet
-        await asyncio.sleep(POLL_S)
-    return None
+    try:
+        await wait_until_async(predicate, timeout_s=timeout_s, what="recovery", interval_s=POLL_S,
+                               ignoring=(aiohttp.ClientError, TimeoutError))
+    except NotWithin:
+        return None
+    return time.monotonic() - started
 
 
 async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
