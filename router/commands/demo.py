@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import tempfile
 import time
@@ -18,16 +17,10 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from discovery.embedded import EmbeddedEtcd
-from router.devfleet import (
-    base_url,
-    make_adapter_dir,
-    registrar,
-    router_server,
-    sim_worker,
-    worker_url,
-)
-from router.procs import ManagedProcess
+from router.localfleet import LocalFleet
+from router.waiting import wait_until_async
+
+WORKER_ARGS = ("--max-loras", "4", "--max-cpu-loras", "8", "--speed", "0.2")
 
 HELP = "Run embedded etcd, simulated workers and a router, send a Zipf workload, print placement and a summary."
 
@@ -47,56 +40,35 @@ def run(args: argparse.Namespace) -> int:
         return runner.run(_demo(args))
 
 
-class Fleet:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[ManagedProcess] = []
-        self.etcd = EmbeddedEtcd(root / "etcd")
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(timeout_s=5)
-        self.etcd.stop()
-
-
-def _config(root: Path, adapters: list[str]) -> Path:
-    config = {
+def _config(root: Path, adapters: list[str]) -> dict[str, object]:
+    return {
         "security": {"allowed_path_prefixes": [str(root / "adapters")]},
         "control": {"tick_s": 1.0, "reconcile_s": 2.0, "lease_ttl_s": 3},
         "placement": {"defaults": {"per_replica_rps": 8.0, "min_replicas": 1, "scale_down_cooldown_s": 5.0}},
         "adapters": [{"name": a, "source": str(root / "adapters" / a), "base_model": "sim-base"} for a in adapters],
     }
-    path = root / "router.yaml"
-    path.write_text(json.dumps(config))
-    return path
 
 
 async def _demo(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="lora-router-demo-"))
-    fleet = Fleet(root)
     print(f"demo: working directory {root}")
     try:
-        fleet.etcd.start()
-        names = [f"adapter-{i:02d}" for i in range(args.adapters)]
-        for name in names:
-            make_adapter_dir(root / "adapters", name)
-        config = _config(root, names)
-        for _ in range(args.workers):
-            worker = sim_worker(root, extra_args=("--max-loras", "4", "--max-cpu-loras", "8", "--speed", "0.2"))
-            fleet.procs.append(worker.start())
-            fleet.procs.append(registrar(root, fleet.etcd.endpoint, worker_url(worker), slots=12).start())
-        router = router_server(root, config, fleet.etcd.endpoint, "demo-router")
-        fleet.procs.append(router.start())
-        base = base_url(router)
-        print(f"demo: etcd {fleet.etcd.endpoint}, {args.workers} workers, router {base}")
-        async with aiohttp.ClientSession() as session:
-            await _wait_ready(session, base, args.workers)
-            stats = await _drive(session, base, names, args)
-            await _print_placement(session, base, final=True)
-        _print_summary(stats, args)
-        return 0 if stats.failed == 0 else 1
+        with LocalFleet(root) as fleet:
+            etcd = fleet.start_etcd()
+            names = [f"adapter-{i:02d}" for i in range(args.adapters)]
+            fleet.make_adapters(names)
+            config = fleet.write_config(_config(root, names))
+            workers = fleet.start_workers([WORKER_ARGS] * args.workers)
+            fleet.register(workers, slots=12)
+            (router,) = fleet.start_routers(config, ["demo-router"], ready=False)
+            print(f"demo: etcd {etcd.endpoint}, {args.workers} workers, router {router.url}")
+            async with aiohttp.ClientSession() as session:
+                await _wait_ready(session, router.url, args.workers)
+                stats = await _drive(session, router.url, names, args)
+                await _print_placement(session, router.url, final=True)
+            _print_summary(stats, args)
+            return 0 if stats.failed == 0 else 1
     finally:
-        fleet.stop()
         if not args.keep:
             import shutil
 
@@ -104,16 +76,12 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _wait_ready(session: aiohttp.ClientSession, base: str, workers: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(base + "/v1/router/status") as r:
-                if r.status == 200 and len((await r.json())["workers"]) >= workers:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"router at {base} did not see {workers} workers within {timeout_s}s")
+    async def sees_all() -> bool:
+        async with session.get(base + "/v1/router/status") as r:
+            return r.status == 200 and len((await r.json())["workers"]) >= workers
+
+    await wait_until_async(sees_all, timeout_s=timeout_s, what=f"router at {base} seeing {workers} workers",
+                           interval_s=0.2, ignoring=(aiohttp.ClientError,))
 
 
 class Stats:
