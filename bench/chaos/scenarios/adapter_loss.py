@@ -15,11 +15,12 @@ import asyncio
 import aiohttp
 import msgspec
 
-from bench.chaos.fleet import FleetSpec, Worker
+from bench.chaos.fleet import FleetSpec
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, time_until, worker_holds
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import Context, mix, retries, settled
+from router.localfleet import LocalWorker
 
 NAME = "adapter-loss"
 NAMES = tuple(f"al-{i:02d}" for i in range(12))
@@ -78,11 +79,11 @@ async def run(ctx: Context) -> ScenarioResult:
     return result
 
 
-async def _holds(session: aiohttp.ClientSession, worker: Worker, names: set[str]) -> bool:
+async def _holds(session: aiohttp.ClientSession, worker: LocalWorker, names: set[str]) -> bool:
     return names <= await worker_holds(session, worker.url)
 
 
-async def _share(session: aiohttp.ClientSession, router: str, worker: Worker) -> set[str]:
+async def _share(session: aiohttp.ClientSession, router: str, worker: LocalWorker) -> set[str]:
     """What the placement puts on `worker`: what it must hold again after a restart."""
     return {n for n, v in (await loras(session, router)).items() if worker.id in v["replica_set"]}
 

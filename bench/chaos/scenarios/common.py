@@ -9,9 +9,10 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from bench.chaos.fleet import ChaosFleet, FleetSpec, Router
+from bench.chaos.fleet import ChaosFleet, FleetSpec
 from bench.chaos.load import Request, Tally
 from bench.chaos.observe import loras, metrics_sum, status, time_until
+from router.localfleet import LocalRouter
 
 RETRIES = "lora_router_retries_total"
 STREAM_TOKENS = 200
@@ -61,11 +62,11 @@ def request(model: str, *, stream: bool = False, group: str | None = None) -> Re
                    group=group or ("stream" if stream else "plain"))
 
 
-async def retries(session: aiohttp.ClientSession, routers: Sequence[Router]) -> float:
+async def retries(session: aiohttp.ClientSession, routers: Sequence[LocalRouter]) -> float:
     return await metrics_sum(session, [r.url for r in routers], RETRIES)
 
 
-async def placement_served(session: aiohttp.ClientSession, routers: Sequence[Router],
+async def placement_served(session: aiohttp.ClientSession, routers: Sequence[LocalRouter],
                            alive: set[str]) -> bool:
     """On every router: the live workers as members, one (written) placement epoch, and each replica set
     made of live workers, all of them holding it."""

@@ -22,7 +22,7 @@ from itertools import pairwise
 import aiohttp
 import msgspec
 
-from bench.chaos.fleet import FleetSpec, Router
+from bench.chaos.fleet import FleetSpec
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, status, time_until
 from bench.chaos.report import ScenarioResult
@@ -37,6 +37,7 @@ from bench.chaos.scenarios.common import (
 )
 from discovery.etcd import EtcdClient
 from discovery.stores import PlacementStore
+from router.localfleet import LocalRouter
 
 NAME = "leader-kill"
 NAMES = tuple(f"lk-{i:02d}" for i in range(10))
@@ -74,7 +75,7 @@ class Watch:
         finally:
             await client.close()
 
-    async def leadership(self, session: aiohttp.ClientSession, routers: list[Router]) -> None:
+    async def leadership(self, session: aiohttp.ClientSession, routers: list[LocalRouter]) -> None:
         """Ask every router at once, 10 times a second; a router that does not answer at once claims nothing."""
         while True:
             answers = await asyncio.gather(*(_claims(session, r) for r in list(routers)))
@@ -84,7 +85,7 @@ class Watch:
             await asyncio.sleep(0.1)
 
 
-async def _claims(session: aiohttp.ClientSession, router: Router) -> str | None:
+async def _claims(session: aiohttp.ClientSession, router: LocalRouter) -> str | None:
     """The router's id if it says it leads; None if it does not, or does not answer within 0.5 s (paused)."""
     try:
         async with asyncio.timeout(0.5):
@@ -94,7 +95,7 @@ async def _claims(session: aiohttp.ClientSession, router: Router) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def watching(session: aiohttp.ClientSession, endpoint: str, routers: list[Router]) -> AsyncIterator[Watch]:
+async def watching(session: aiohttp.ClientSession, endpoint: str, routers: list[LocalRouter]) -> AsyncIterator[Watch]:
     watch = Watch()
     tasks = [asyncio.create_task(watch.placements(endpoint)), asyncio.create_task(watch.leadership(session, routers))]
     try:
@@ -163,20 +164,20 @@ async def run(ctx: Context) -> ScenarioResult:
     return result
 
 
-async def _leader(session: aiohttp.ClientSession, routers: list[Router]) -> Router:
+async def _leader(session: aiohttp.ClientSession, routers: list[LocalRouter]) -> LocalRouter:
     claims = [r for r in routers if (await status(session, r.url))["is_leader"]]
     if len(claims) != 1:
         raise NotConverged(f"{len(claims)} routers claim leadership before the fault")
     return claims[0]
 
 
-async def _one_leader(session: aiohttp.ClientSession, routers: list[Router]) -> bool:
+async def _one_leader(session: aiohttp.ClientSession, routers: list[LocalRouter]) -> bool:
     views = [await status(session, r.url) for r in routers]
     leaders = {v["leader"] for v in views}
     return sum(v["is_leader"] for v in views) == 1 and len(leaders) == 1 and leaders <= {r.id for r in routers}
 
 
-async def _scaled(session: aiohttp.ClientSession, routers: list[Router], replicas: int) -> bool:
+async def _scaled(session: aiohttp.ClientSession, routers: list[LocalRouter], replicas: int) -> bool:
     for router in routers:
         view = (await loras(session, router.url))[HOT]
         if len(view["replica_set"]) < replicas or not set(view["replica_set"]) <= set(view["holders"]):

@@ -40,7 +40,7 @@ from bench.chaos.scenarios.common import (
     settle,
     settled,
 )
-from router.devfleet import make_adapter_dir
+from router.localfleet import make_adapter_dir
 
 NAME = "soak"
 NAMES = tuple(f"sk-{i:02d}" for i in range(16))
