@@ -2,14 +2,14 @@
 a registrar per worker, K routers) or vllm-router; all on loopback, all stopped together.
 
 Every strategy gets a fresh fleet, as in the simulator: no strategy inherits another's warm caches.
-Children start in parallel (each is a Python interpreter, which costs seconds of CPU on a small
-machine) and readiness is polled with a deadline, never slept for.
+The processes are a `router.localfleet.LocalFleet` (children start in parallel: each is a Python
+interpreter, which costs seconds of CPU on a small machine) and readiness is polled with a deadline
+(`router.waiting`), never slept for.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,12 +19,10 @@ from pathlib import Path
 
 import msgspec
 
-from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
-from router.devfleet import base_url, make_adapter_dir, registrar, router_server, sim_worker
+from router.localfleet import BASE_MODEL, LocalFleet
 from router.procs import ManagedProcess
-
-BASE_MODEL = "sim-base"
+from router.waiting import wait_until
 
 
 class FleetNotReady(RuntimeError):
@@ -42,16 +40,10 @@ class FleetShape(msgspec.Struct, frozen=True, kw_only=True):
         return 2 * self.max_loras
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (urllib.error.URLError, OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise FleetNotReady(f"{what} not within {timeout_s:.0f}s")
+def _wait(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """A router or worker still starting refuses, times out or answers half a document: not ready yet."""
+    wait_until(check, timeout_s=timeout_s, what=what, interval_s=0.1,
+               ignoring=(urllib.error.URLError, OSError, ValueError, KeyError))
 
 
 def _get(url: str) -> object:
@@ -88,24 +80,15 @@ def _held_by(listing: object, holders: int) -> bool:
 class LiveFleet:
     def __init__(self, root: Path, shape: FleetShape, names: list[str]) -> None:
         self.root, self.shape, self.names = root, shape, names
-        self.procs: list[ManagedProcess] = []
-        self.etcd: EmbeddedEtcd | None = None
+        self.local = LocalFleet(root, model=BASE_MODEL)
         self.workers: list[str] = []
-        self.adapter_root = root / "adapters"
-        for name in names:
-            make_adapter_dir(self.adapter_root, name)
-
-    def _start_all(self, procs: list[ManagedProcess], timeout_s: float = 60.0) -> list[ManagedProcess]:
-        self.procs.extend(procs)
-        with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
-            list(pool.map(lambda p: p.start(timeout_s), procs))
-        return procs
+        self.adapter_root = self.local.adapter_root
+        self.local.make_adapters(names)
 
     def start_workers(self) -> list[str]:
         s = self.shape
         args = ("--max-loras", str(s.max_loras), "--max-cpu-loras", str(s.host_slots), "--speed", str(s.speed))
-        procs = self._start_all([sim_worker(self.root, model=BASE_MODEL, extra_args=args) for _ in range(s.workers)])
-        self.workers = [base_url(p) for p in procs]
+        self.workers = [w.url for w in self.local.start_workers([args] * s.workers)]
         return self.workers
 
     def preload(self) -> None:
@@ -126,42 +109,34 @@ class LiveFleet:
 
     def start_lora_routers(self, config: dict[str, object], count: int, slots: int) -> list[str]:
         """etcd, a registrar per worker announcing `slots`, and `count` routers sharing the etcd."""
-        self.etcd = EmbeddedEtcd(self.root / "etcd")
-        self.etcd.start()
-        endpoint = self.etcd.endpoint
-        path = self.root / "router.json"
-        path.write_text(json.dumps({"security": {"allowed_path_prefixes": [str(self.adapter_root)]},
-                                    "adapters": [{"name": n, "source": str(self.adapter_root / n),
-                                                  "base_model": BASE_MODEL} for n in self.names], **config}))
-        self._start_all([registrar(self.root, endpoint, w, slots=slots) for w in self.workers])
-        routers = self._start_all([router_server(self.root, path, endpoint, f"router-{k}",
-                                                 extra_args=("--log-level", "WARNING")) for k in range(count)])
-        bases = [base_url(r) for r in routers]
+        self.local.start_etcd()
+        path = self.local.write_config(
+            {"security": {"allowed_path_prefixes": [str(self.adapter_root)]},
+             "adapters": [{"name": n, "source": str(self.adapter_root / n), "base_model": BASE_MODEL}
+                          for n in self.names], **config}, "router.json")
+        self.local.register(self.local.workers, slots=slots)
+        routers = self.local.start_routers(path, [f"router-{k}" for k in range(count)], ready=False,
+                                           extra_args=("--log-level", "WARNING"))
+        bases = [r.url for r in routers]
         for b in bases:
-            wait_until(partial(_router_placed, b, len(self.workers)),
-                       f"{b} seeing {len(self.workers)} healthy workers and a placement")
+            _wait(partial(_router_placed, b, len(self.workers)),
+                  f"{b} seeing {len(self.workers)} healthy workers and a placement")
         return bases
 
     def wait_holders(self, base: str, holders: int) -> None:
         """Until the router has seen every adapter held by `holders` workers (their /v1/models listed)."""
-        wait_until(lambda: _held_by(_get(base + "/v1/loras"), holders),
-                   f"{base} seeing every adapter on {holders} workers")
+        _wait(lambda: _held_by(_get(base + "/v1/loras"), holders), f"{base} seeing every adapter on {holders} workers")
 
     def start_vllm_router(self, binary: str, policy: str) -> str:
         port = free_port()
-        proc = ManagedProcess([binary, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *self.workers,
-                               "--policy", policy, "--log-level", "warning"],
-                              health_url=f"http://127.0.0.1:{port}/health", log_path=self.root / "vllm-router.log")
-        self._start_all([proc], timeout_s=120)
-        base = base_url(proc)
+        base = f"http://127.0.0.1:{port}"
+        self.local.start_process(
+            ManagedProcess([binary, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *self.workers,
+                            "--policy", policy, "--log-level", "warning"],
+                           health_url=base + "/health", log_path=self.root / "vllm-router.log"), timeout_s=120)
         probe = {"model": BASE_MODEL, "prompt": "w", "max_tokens": 1}
-        wait_until(lambda: _post(base + "/v1/completions", probe) == 200, f"{base} forwarding to a worker")
+        _wait(lambda: _post(base + "/v1/completions", probe) == 200, f"{base} forwarding to a worker")
         return base
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(timeout_s=5)
-        self.procs.clear()
-        if self.etcd is not None:
-            self.etcd.stop()
-            self.etcd = None
+        self.local.stop()
