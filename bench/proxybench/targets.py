@@ -8,22 +8,21 @@ not per-request work), pinned with the worker.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import msgspec
 
 from bench.proxybench.load import ADAPTER, PATH, request_body
 from bench.proxybench.pinning import Cores, pin_running, pinned
-from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
-from router.devfleet import make_adapter_dir, sim_worker, worker_url
-from router.procs import ManagedProcess, python_cli
+from router.localfleet import BASE_MODEL, LocalFleet
+from router.procs import ManagedProcess
+from router.waiting import NotWithin, wait_until
 
 TARGETS = ("direct", "lora-router", "nginx", "vllm-router")
 
@@ -73,65 +72,61 @@ def vllm_router_binary() -> str | None:
 
 
 class Targets:
-    """Starts what `wanted` names (skipping what is not installed, with a note) and stops it all."""
+    """Starts what `wanted` names (skipping what is not installed, with a note) and stops it all.
+
+    The worker, lora-router and its etcd are a `LocalFleet`'s; nginx and vllm-router are started
+    here and stopped with the fleet.
+    """
 
     def __init__(self, root: Path, cores: Cores) -> None:
         self.root = root
         self.cores = cores
-        self.procs: list[ManagedProcess] = []
-        self.etcd: EmbeddedEtcd | None = None
+        self.fleet = LocalFleet(root)
         self.started: dict[str, Target] = {}
         self.notes: list[str] = []
 
     def start(self, wanted: list[str]) -> None:
-        adapter = make_adapter_dir(self.root / "adapters", ADAPTER)
-        worker = sim_worker(self.root, extra_args=("--speed", "0", "--lora-modules", f"{ADAPTER}={adapter}"))
-        worker.argv = pinned(worker.argv, self.cores.load)
-        url = worker_url(self._started(worker))
-        self.started["direct"] = Target("direct", url, None)
+        (adapter,) = self.fleet.make_adapters([ADAPTER])
+        (worker,) = self.fleet.start_workers([("--speed", "0", "--lora-modules", f"{ADAPTER}={adapter}")],
+                                             wrap=partial(pinned, core=self.cores.load))
+        self.started["direct"] = Target("direct", worker.url, None)
         optional = {"nginx": (nginx_binary(), "Debian package nginx-light", self._nginx),
                     "vllm-router": (vllm_router_binary(), "pip install vllm-router, or set VLLM_ROUTER_BIN",
                                     self._vllm_router)}
         for name in wanted:
             if name == "lora-router":
-                self._lora_router(url, adapter)
+                self._lora_router(worker.url, adapter)
             elif name in optional:
                 binary, hint, launch = optional[name]
                 if binary is None:
                     self.notes.append(f"{name} not installed ({hint}): skipped")
                 else:
-                    launch(binary, url, free_port())
+                    launch(binary, worker.url, free_port())
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(timeout_s=5)
-        if self.etcd is not None:
-            self.etcd.stop()
+        self.fleet.stop()
 
-    def _started(self, proc: ManagedProcess, timeout_s: float = 60) -> ManagedProcess:
-        self.procs.append(proc)
-        return proc.start(timeout_s)
+    def _serving(self, name: str, base: str, pid: int) -> None:
+        _wait_served(base)
+        self.started[name] = Target(name, base, pid)
 
     def _proxy(self, name: str, argv: list[str], port: int, health: str, timeout_s: float = 60) -> None:
         base = f"http://127.0.0.1:{port}"
-        proc = self._started(ManagedProcess(pinned(argv, self.cores.proxy), health_url=base + health,
-                                            log_path=self.root / f"{name}.log"), timeout_s)
-        _wait_served(base)
-        self.started[name] = Target(name, base, proc.pid)
+        proc = self.fleet.start_process(ManagedProcess(pinned(argv, self.cores.proxy), health_url=base + health,
+                                                       log_path=self.root / f"{name}.log"), timeout_s)
+        self._serving(name, base, proc.pid)
 
     def _lora_router(self, url: str, adapter: Path) -> None:
-        self.etcd = EmbeddedEtcd(self.root / "etcd")
-        self.etcd.start()
-        if self.etcd.proc is not None:
-            pin_running(self.etcd.proc.pid, self.cores.load)
-        config = self.root / "router.json"
-        config.write_text(json.dumps({
+        etcd = self.fleet.start_etcd()
+        if etcd.proc is not None:
+            pin_running(etcd.proc.pid, self.cores.load)
+        config = self.fleet.write_config({
             "security": {"allowed_path_prefixes": [str(adapter.parent)]},
-            "adapters": [{"name": ADAPTER, "source": str(adapter), "base_model": "sim-base"}]}))
-        port = free_port()
-        self._proxy("lora-router", python_cli("router", "serve", "--config", str(config), "--port", str(port),
-                                              "--etcd", self.etcd.endpoint, "--worker", url,
-                                              "--log-level", "WARNING"), port, "/ready")
+            "adapters": [{"name": ADAPTER, "source": str(adapter), "base_model": BASE_MODEL}]}, "router.json")
+        (router,) = self.fleet.start_routers(config, ["lora-router"], static_workers=[url],
+                                             extra_args=("--log-level", "WARNING"),
+                                             wrap=partial(pinned, core=self.cores.proxy))
+        self._serving("lora-router", router.url, router.proc.pid)
 
     def _nginx(self, binary: str, url: str, port: int) -> None:
         conf = nginx_conf(self.root, port, url)
@@ -145,18 +140,14 @@ class Targets:
 
 def _wait_served(base: str, timeout_s: float = 60) -> None:
     """Ready is not enough: lora-router answers /ready before it has seen the worker hold the adapter."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
+    def served() -> bool:
         req = urllib.request.Request(base + PATH, data=request_body(False),
                                      headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = type(exc).__name__
-        time.sleep(0.1)
-    raise TargetNeverServed(f"{base} never served {ADAPTER} within {timeout_s}s (last: {last})")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return bool(r.status == 200)
+
+    try:
+        wait_until(served, timeout_s=timeout_s, what=f"{base} serving {ADAPTER}", interval_s=0.1,
+                   ignoring=(urllib.error.URLError, OSError))
+    except NotWithin as exc:
+        raise TargetNeverServed(str(exc)) from None
