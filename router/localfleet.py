@@ -77,13 +77,14 @@ class LocalWorker:
     `proc` is replaced when the worker is restarted; the port, URL and id stay.
     """
 
-    def __init__(self, index: int, proc: ManagedProcess, port: int, args: tuple[str, ...], wrap: Wrap | None) -> None:
+    def __init__(self, index: int, port: int, *, model: str, args: tuple[str, ...], env: Mapping[str, str],
+                 wrap: Wrap | None) -> None:
         self.index = index
-        self.proc = proc
         self.port = port
-        self.args = args
-        self.wrap = wrap
-        """The worker's own flags and argv rewrite, kept so that a restart brings back the same worker."""
+        self.model, self.args, self.env, self.wrap = model, args, env, wrap
+        """How it was started, kept so that a restart brings back the same worker."""
+        self.proc: ManagedProcess
+        """Set by the fleet once it has made the process (it needs the fields above)."""
         self.url = f"http://127.0.0.1:{port}"
         self.id = worker_id_for(self.url)
         self.registrar: ManagedProcess | None = None
@@ -107,10 +108,8 @@ class LocalFleet:
     SIGKILLs at once, as a test's teardown or a chaos run wants.
     """
 
-    def __init__(self, root: Path, *, model: str = BASE_MODEL, worker_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.model = model
-        self.worker_env = dict(worker_env or {})
         self.adapter_root = root / "adapters"
         self.etcd: EmbeddedEtcd | None = None
         self._owns_etcd = False
@@ -153,23 +152,22 @@ class LocalFleet:
         return path
 
     # -- workers ----------------------------------------------------------------------------
-    def start_workers(self, args: Sequence[Sequence[str]], *, wrap: Wrap | None = None,
+    def start_workers(self, args: Sequence[Sequence[str]], *, model: str = BASE_MODEL,
+                      env: Mapping[str, str] | None = None, wrap: Wrap | None = None,
                       timeout_s: float = START_TIMEOUT_S) -> list[LocalWorker]:
         """One simulated worker per entry of `args` (its flags), started in parallel until healthy."""
-        workers = []
-        for flags in args:
-            port = free_port()
-            index = len(self.workers)
-            worker = LocalWorker(index, self._worker_proc(port, tuple(flags), wrap), port, tuple(flags), wrap)
-            self.workers.append(worker)
-            workers.append(worker)
+        workers = [LocalWorker(len(self.workers) + i, free_port(), model=model, args=tuple(flags),
+                               env=dict(env or {}), wrap=wrap) for i, flags in enumerate(args)]
+        for worker in workers:
+            worker.proc = self._worker_proc(worker)
+        self.workers.extend(workers)
         _start_all([w.proc for w in workers], timeout_s)
         return workers
 
-    def _worker_proc(self, port: int, args: tuple[str, ...], wrap: Wrap | None = None) -> ManagedProcess:
-        proc = sim_worker(self.root, model=self.model, port=port, extra_args=args, env=self.worker_env)
-        if wrap is not None:
-            proc.argv = wrap(proc.argv)
+    def _worker_proc(self, worker: LocalWorker) -> ManagedProcess:
+        proc = sim_worker(self.root, model=worker.model, port=worker.port, extra_args=worker.args, env=worker.env)
+        if worker.wrap is not None:
+            proc.argv = worker.wrap(proc.argv)
         return self._track(proc)
 
     def register(self, workers: Sequence[LocalWorker], *, slots: int, ttl_s: int = 3,
@@ -189,7 +187,7 @@ class LocalFleet:
         """SIGKILL the worker alone and start a fresh one on its port (same id, new instance) under the
         registrar that kept running: every runtime-loaded adapter gone."""
         worker.proc.kill()
-        worker.proc = self._worker_proc(worker.port, worker.args, worker.wrap)
+        worker.proc = self._worker_proc(worker)
         worker.proc.start(timeout_s)
 
     # -- routers ----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +19,9 @@ from pathlib import Path
 import aiohttp
 from etcd_steady_state import scrape
 
-from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.stores import PLACEMENT
-from router.devfleet import base_url, make_adapter_dir, registrar, router_server, sim_worker
-from router.procs import ManagedProcess
+from router.localfleet import LocalFleet
 
 
 async def _placement_version(endpoint: str) -> int:
@@ -92,31 +89,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         names = [f"adapter-{i}" for i in range(args.adapters)]
-        for name in names:
-            make_adapter_dir(root / "adapters", name)
-        config = root / "router.yaml"
-        config.write_text(json.dumps({
-            "security": {"allowed_path_prefixes": [str(root / "adapters")]},
-            "control": {"tick_s": args.tick},
-            "adapters": [{"name": n, "source": str(root / "adapters" / n), "base_model": "sim-base"}
-                         for n in names]}))
-        etcd = EmbeddedEtcd(root / "etcd")
-        etcd.start()
-        procs: list[ManagedProcess] = []
-        try:
-            for _ in range(args.workers):
-                worker = sim_worker(root, extra_args=("--max-loras", "8", "--speed", "0.01")).start()
-                procs += [worker, registrar(root, etcd.endpoint, base_url(worker), slots=8).start()]
-            routers = [router_server(root, config, etcd.endpoint, f"router-{i}").start(timeout_s=60)
-                       for i in range(args.routers)]
-            procs += routers
-            asyncio.run(measure(etcd.endpoint, [base_url(r) for r in routers], names, args.rps, args.settle,
+        with LocalFleet(root) as fleet:
+            fleet.make_adapters(names)
+            config = fleet.write_config({
+                "security": {"allowed_path_prefixes": [str(fleet.adapter_root)]},
+                "control": {"tick_s": args.tick},
+                "adapters": [{"name": n, "source": str(fleet.adapter_root / n), "base_model": "sim-base"}
+                             for n in names]})
+            etcd = fleet.start_etcd()
+            workers = fleet.start_workers([("--max-loras", "8", "--speed", "0.01")] * args.workers)
+            fleet.register(workers, slots=8)
+            routers = fleet.start_routers(config, [f"router-{i}" for i in range(args.routers)], ready=False)
+            asyncio.run(measure(etcd.endpoint, [r.url for r in routers], names, args.rps, args.settle,
                                 args.window))
-        finally:
-            for proc in procs:
-                proc.kill()
-            etcd.kill()
-
 
 if __name__ == "__main__":
     main()

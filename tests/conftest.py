@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from discovery.embedded import EmbeddedEtcd
-from router.devfleet import make_adapter_dir, sim_worker
+from router.localfleet import BASE_MODEL, LocalFleet, LocalRouter, make_adapter_dir
 from router.procs import ManagedProcess
 
 
@@ -44,64 +46,42 @@ def adapter_dirs(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def start_workers(tmp_path: Path) -> Iterator[Callable[..., list[ManagedProcess]]]:
-    """Start N simulated workers as real processes; all are stopped by PID at teardown."""
-    started: list[ManagedProcess] = []
-
-    def start(n: int = 1, *, model: str = "sim-base", extra_args: tuple[str, ...] = (),
-              env: dict[str, str] | None = None) -> list[ManagedProcess]:
-        procs = [sim_worker(tmp_path, model=model, extra_args=extra_args, env=env) for _ in range(n)]
-        for p in procs:
-            started.append(p.start())
-        return procs
-
-    yield start
-    for p in started:
-        p.kill()
-
-
-class RouterProcess:
-    """A `lora-router serve` process and how to reach it."""
-
-    def __init__(self, proc: ManagedProcess, port: int, config_path: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.config_path = config_path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+def local_fleet(tmp_path: Path) -> Iterator[LocalFleet]:
+    """The test's own fleet of processes in its tmp_path; every child SIGKILLed by PID at teardown."""
+    fleet = LocalFleet(tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.stop(kill=True)
 
 
 @pytest.fixture
-def start_router(tmp_path: Path, etcd: EmbeddedEtcd) -> Iterator[Callable[..., RouterProcess]]:
-    """Start `lora-router serve` against the test etcd with a config given as a dict; waits for /ready."""
-    import json
+def start_workers(local_fleet: LocalFleet) -> Callable[..., list[ManagedProcess]]:
+    """Start N simulated workers as real processes, until healthy."""
+    def start(n: int = 1, *, model: str = BASE_MODEL, extra_args: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> list[ManagedProcess]:
+        return [w.proc for w in local_fleet.start_workers([extra_args] * n, model=model, env=env)]
 
-    from discovery.ports import free_port
-    from router.procs import python_cli
+    return start
 
-    started: list[ManagedProcess] = []
 
-    def start(config: dict[str, object], *, workers: list[str] = (), router_id: str | None = None,
-              ready: bool = True, extra_args: tuple[str, ...] = ()) -> RouterProcess:
-        port = free_port()
-        rid = router_id or f"router-{port}"
+@pytest.fixture
+def start_router(tmp_path: Path, etcd: EmbeddedEtcd, local_fleet: LocalFleet) -> Callable[..., LocalRouter]:
+    """Start `lora-router serve` against the test etcd with a config given as a dict; waits for /ready
+    (or /health with `ready=False`); `workers` are static `--worker` URLs."""
+    local_fleet.use_etcd(etcd)
+    count = itertools.count()
+
+    def start(config: dict[str, object], *, workers: Sequence[str] = (), router_id: str | None = None,
+              ready: bool = True, extra_args: tuple[str, ...] = ()) -> LocalRouter:
+        rid = router_id or f"router-{next(count)}"
         config_path = tmp_path / f"{rid}.yaml"
         config_path.write_text(json.dumps(config))
-        argv = python_cli("router", "serve", "--config", str(config_path), "--port", str(port),
-                          "--etcd", etcd.endpoint, "--router-id", rid, *extra_args)
-        for url in workers:
-            argv += ["--worker", url]
-        health = "/ready" if ready else "/health"
-        proc = ManagedProcess(argv, health_url=f"http://127.0.0.1:{port}{health}",
-                              log_path=tmp_path / f"{rid}.log")
-        started.append(proc.start(timeout_s=60))
-        return RouterProcess(proc, port, config_path)
+        (router,) = local_fleet.start_routers(config_path, [rid], ready=ready, static_workers=workers,
+                                              extra_args=extra_args)
+        return router
 
-    yield start
-    for p in started:
-        p.kill()
+    return start
 
 
 def _poll_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,

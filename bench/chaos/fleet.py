@@ -39,7 +39,7 @@ class ChaosFleet:
     def __init__(self, root: Path, spec: FleetSpec) -> None:
         self.root = root
         self.spec = spec
-        self.local = LocalFleet(root, model=BASE_MODEL)
+        self.local = LocalFleet(root)
         self.config_path = root / "router.yaml"
 
     @property

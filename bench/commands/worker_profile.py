@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.perfmodel import EngineModel, PerfParams, Sequence
-from router.devfleet import make_adapter_dir, sim_worker, worker_url
+from router.localfleet import base_url, make_adapter_dir, sim_worker
 
 HELP = "Profile the simulated worker: latency/throughput vs concurrency and vs distinct adapters in flight."
 
@@ -71,7 +71,7 @@ async def _live(params: PerfParams, concurrency: int, adapters: int, requests: i
     modules = [f"a{i}={make_adapter_dir(root, f'a{i}')}" for i in range(adapters)]
     proc = sim_worker(root, extra_args=("--max-loras", str(params.max_loras), "--speed", str(speed),
                                         "--lora-modules", *modules)).start()
-    url = worker_url(proc)
+    url = base_url(proc)
     latencies: list[float] = []
     counter = iter(range(requests))
     try:

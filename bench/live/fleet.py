@@ -80,7 +80,7 @@ def _held_by(listing: object, holders: int) -> bool:
 class LiveFleet:
     def __init__(self, root: Path, shape: FleetShape, names: list[str]) -> None:
         self.root, self.shape, self.names = root, shape, names
-        self.local = LocalFleet(root, model=BASE_MODEL)
+        self.local = LocalFleet(root)
         self.workers: list[str] = []
         self.adapter_root = self.local.adapter_root
         self.local.make_adapters(names)

@@ -13,14 +13,14 @@ import pytest
 from bench.proxybench.load import ADAPTER, PATH, LoadResult, request_body
 from bench.proxybench.pyload import drive
 from bench.proxybench.targets import nginx_binary
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 
 def test_python_load_generator_counts_answers_and_errors(start_workers: Callable[..., list[ManagedProcess]],
                                                          adapter_dirs: Callable[..., Path]) -> None:
     worker = start_workers(1, extra_args=("--speed", "0", "--lora-modules", f"{ADAPTER}={adapter_dirs(ADAPTER)}"))[0]
-    url = worker_url(worker) + PATH
+    url = base_url(worker) + PATH
     for stream in (False, True):
         ok = asyncio.run(drive(url, request_body(stream), 4, 0.5))
         assert ok.requests > 0 and ok.errors == 0

@@ -12,7 +12,7 @@ from bench.chaos.observe import loras, status, time_until, worker_holds
 from bench.promtext import metric_sum
 from router.core.reconcile_plan import WorkerWork, worker_work
 from router.core.records import AdapterRecord
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 WORKER_ARGS = ("--max-loras", "4", "--speed", "0.01")
 
@@ -26,7 +26,7 @@ async def test_a_404_from_the_only_holder_is_answered_after_loading_it_there_aga
     "tried", so the request failed although the adapter was loaded again.
     """
     source = adapter_dirs("solo")
-    url = worker_url(start_workers(1, extra_args=WORKER_ARGS)[0])
+    url = base_url(start_workers(1, extra_args=WORKER_ARGS)[0])
     config = {"security": {"allowed_path_prefixes": [str(source.parent)]},
               "control": {"tick_s": 0.3, "reconcile_s": 600.0},
               "adapters": [{"name": "solo", "source": str(source), "base_model": "sim-base"}]}
@@ -50,7 +50,7 @@ async def test_a_leader_paused_past_its_lease_stops_claiming_leadership_the_mome
     """leader-kill found it: a resumed leader said `is_leader: true` (status and metrics) until its next tick,
     while another router led: two leaders, as far as anyone asking could tell."""
     source = adapter_dirs("one")
-    url = worker_url(start_workers(1, extra_args=WORKER_ARGS)[0])
+    url = base_url(start_workers(1, extra_args=WORKER_ARGS)[0])
     config = {"security": {"allowed_path_prefixes": [str(source.parent)]},
               "control": {"tick_s": 1.0, "lease_ttl_s": 1},
               "adapters": [{"name": "one", "source": str(source), "base_model": "sim-base"}]}

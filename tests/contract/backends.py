@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from router.devfleet import make_adapter_dir, sim_worker
+from router.localfleet import make_adapter_dir, sim_worker
 from router.procs import ManagedProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "realvllm"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from control_helpers import BASE, WORKER_ARGS, get_json, held, router_config, until
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 
 async def _catalog(http: aiohttp.ClientSession, router: str, headers: dict[str, str] | None = None) -> set[str]:
@@ -20,7 +20,7 @@ async def test_vllm_compatible_load_and_unload_act_on_the_whole_fleet(
         http: aiohttp.ClientSession, start_workers: Callable, start_router: Callable,
         adapter_dirs: Callable) -> None:
     path = adapter_dirs("sql-lora")
-    workers = [worker_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
     router = start_router(router_config(path.parent), workers=workers).url
 
     async with http.post(router + "/v1/load_lora_adapter",
@@ -63,7 +63,7 @@ async def test_vllm_compatible_load_and_unload_act_on_the_whole_fleet(
 async def test_rest_catalog_create_get_delete(http: aiohttp.ClientSession, start_workers: Callable,
                                               start_router: Callable, adapter_dirs: Callable) -> None:
     path = adapter_dirs("rest-a", rank=16)
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     router = start_router(router_config(path.parent), workers=workers).url
     async with http.post(router + "/v1/loras", json={"lora_name": "rest-a", "source": {"uri": f"file://{path}"}}) as r:
         assert r.status == 201, await r.text()
@@ -90,7 +90,7 @@ async def test_admin_routes_need_an_admin_key_when_keys_are_configured(
     path = adapter_dirs("keyed")
     (tmp_path / "admin.keys").write_text("the-admin-key\n")
     (tmp_path / "acme.keys").write_text("acme-key\n")
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     config = router_config(path.parent, auth={"admin_keys_file": str(tmp_path / "admin.keys")},
                            tenants={"acme": {"keys_file": str(tmp_path / "acme.keys")}})
     router = start_router(config, workers=workers).url

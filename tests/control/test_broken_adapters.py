@@ -18,7 +18,7 @@ import aiohttp
 from control_helpers import WORKER_ARGS, get_json, router_config, until
 
 from bench.promtext import metric_sum
-from router.devfleet import make_adapter_dir, worker_url
+from router.localfleet import base_url, make_adapter_dir
 
 GHOST_404 = {"message": "Loading lora ghost failed: No adapter found for <path>", "type": "NotFoundError",
              "param": None, "code": 404}
@@ -39,7 +39,7 @@ async def test_a_path_with_no_adapter_is_refused_at_registration_with_vllms_404(
         adapter_dirs: Callable) -> None:
     """It answered `200 Success` and every later request tried loads on every worker."""
     root = adapter_dirs("real").parent
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     router = start_router(router_config(root), workers=workers).url
     status, body = await _post(http, router + "/v1/load_lora_adapter",
                                {"lora_name": "ghost", "lora_path": str(root / "ghost")})
@@ -63,7 +63,7 @@ def _late_fleet(tmp_path: Path, start_workers: Callable, start_router: Callable,
     the workers can judge a path under it."""
     root = adapter_dirs("real").parent
     late = tmp_path / "late-volume"
-    workers = [worker_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
     config = router_config(root)
     config["security"]["allowed_path_prefixes"].append(str(late))
     return start_router(config, workers=workers).url, workers, late
@@ -146,7 +146,7 @@ async def test_deleting_an_alias_variant_or_a_config_adapter_is_refused_with_409
     deleted through the API came back at the next start."""
     for name in ("v1", "v2", "declared", "api-one"):
         root = adapter_dirs(name).parent
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     config = router_config(root, ["declared"], aliases={"support": {"v1": 90, "v2": 10}})
     router = start_router(config, workers=workers).url
     for name in ("v1", "v2", "api-one"):
@@ -176,7 +176,7 @@ async def test_unload_with_a_lora_int_id_is_refused_like_vllm_refuses_a_mismatch
     """`lora_int_id` was ignored by the router's unload and the simulated worker's (seed 002)."""
     root = adapter_dirs("a").parent
     adapter_dirs("b")
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     worker = workers[0]
     for name in ("a", "b"):
         assert (await _post(http, worker + "/v1/load_lora_adapter",
@@ -213,7 +213,7 @@ async def test_a_tenant_uses_the_adapters_it_owns_and_config_check_refuses_a_def
     config["adapters"] = [{"name": "team-sql", "source": str(root / "team-sql"), "base_model": "sim-base",
                            "tenant": "acme"},
                           {"name": "acme-chat", "source": str(root / "acme-chat"), "base_model": "sim-base"}]
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     router = start_router(config, workers=workers).url
 
     def auth(tenant: str) -> dict[str, str]:
@@ -249,7 +249,7 @@ async def test_an_adapter_for_a_base_model_no_worker_serves_says_so(
         adapter_dirs: Callable) -> None:
     """It answered "No worker could load adapter", which sends an operator to look at the adapter."""
     root = adapter_dirs("elsewhere").parent
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     router = start_router(router_config(root), workers=workers).url
     status, _ = await _post(http, router + "/v1/loras", {"lora_name": "elsewhere", "base_model": "other-base",
                                                          "source": {"uri": str(root / "elsewhere")}})

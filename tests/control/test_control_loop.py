@@ -13,7 +13,7 @@ import aiohttp
 from control_helpers import WORKER_ARGS, Traffic, get_json, held, router_config, until
 
 from discovery.embedded import EmbeddedEtcd
-from router.devfleet import sim_worker, worker_url
+from router.localfleet import base_url, sim_worker
 from router.procs import ManagedProcess, python_cli
 
 SLOW = ("--slow-s", "0.2")
@@ -32,7 +32,7 @@ async def test_replicas_follow_demand_up_and_down_with_no_failed_request(
         http: aiohttp.ClientSession, start_workers: Callable, start_router: Callable,
         adapter_dirs: Callable) -> None:
     root = adapter_dirs("hot").parent
-    workers = [worker_url(w) for w in start_workers(3, extra_args=(*WORKER_ARGS, *SLOW))]
+    workers = [base_url(w) for w in start_workers(3, extra_args=(*WORKER_ARGS, *SLOW))]
     cooldown_s = 2.0
     placement = {"defaults": {"per_replica_rps": 4.0, "per_replica_concurrent": None,
                               "scale_down_cooldown_s": cooldown_s}, "fall_tau_s": 0.5}
@@ -68,7 +68,7 @@ async def test_lost_adapters_are_loaded_again_within_two_reconcile_periods(
     for n in names[1:]:
         adapter_dirs(n)
     procs = start_workers(2, extra_args=WORKER_ARGS)
-    workers = [worker_url(w) for w in procs]
+    workers = [base_url(w) for w in procs]
     config = router_config(root, names, placement={"defaults": {"min_replicas": 2}})
     reconcile_s = config["control"]["reconcile_s"]
     router = start_router(config, workers=workers).url
@@ -103,7 +103,7 @@ async def test_workers_with_an_api_key(http: aiohttp.ClientSession, start_worker
     """One worker behind --api-key, registered by its registrar; a router with the key and one without."""
     secret = "worker-secret-7f3a"
     root = adapter_dirs("guarded").parent
-    url = worker_url(start_workers(1, extra_args=(*WORKER_ARGS, "--api-key", secret))[0])
+    url = base_url(start_workers(1, extra_args=(*WORKER_ARGS, "--api-key", secret))[0])
     key_file = tmp_path / "worker.key"
     key_file.write_text(secret + "\n")
     registrar = ManagedProcess(python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", url,
@@ -148,7 +148,7 @@ async def test_two_routers_share_one_placement_and_survive_the_leader(
     root = adapter_dirs(names[0]).parent
     for n in names[1:]:
         adapter_dirs(n)
-    workers = [worker_url(w) for w in start_workers(3, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(3, extra_args=WORKER_ARGS)]
     placement = {"defaults": {"per_replica_rps": 4.0, "per_replica_concurrent": None}}
     config = router_config(root, names, placement=placement)
     routers = [start_router(config, workers=workers, router_id=f"r{i}") for i in range(2)]
@@ -199,7 +199,7 @@ async def test_a_config_change_applies_without_restart(
         http: aiohttp.ClientSession, start_workers: Callable, start_router: Callable,
         adapter_dirs: Callable) -> None:
     root = adapter_dirs("cfg").parent
-    workers = [worker_url(w) for w in start_workers(3, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(3, extra_args=WORKER_ARGS)]
     config = router_config(root, ["cfg"])
     router = start_router(config, workers=workers)
     await until(lambda: _one_of(http, router.url, "cfg", 1), 15, "one replica of 'cfg'")

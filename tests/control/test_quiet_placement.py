@@ -18,7 +18,7 @@ from allocator.model import Placement
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient, KeyValue
 from discovery.stores import PLACEMENT
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 STEADY = {"defaults": {"per_replica_rps": 1000.0, "per_replica_concurrent": None}}
 """Replica counts that no test traffic changes: whatever is written while idle is written for demand alone."""
@@ -37,7 +37,7 @@ async def test_idle_router_leaves_the_placement_alone_and_a_change_still_writes_
         adapter_dirs: Callable) -> None:
     root = adapter_dirs("a1").parent
     adapter_dirs("a2")
-    workers = [worker_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
     router = start_router(router_config(root, ["a1"], placement=STEADY), workers=workers).url
     client = await EtcdClient.connect([etcd.endpoint], prefix="/lora-router")
     try:

@@ -26,8 +26,8 @@ from router.core.events import (
 )
 from router.core.fleetstate import FleetState
 from router.core.records import AdapterRecord, WorkerRecord
-from router.devfleet import worker_url
 from router.live import LiveConfig
+from router.localfleet import base_url
 from router.metrics import RouterMetrics
 from router.reconciler import Reconciler
 from router.workers import WorkerClient
@@ -105,7 +105,7 @@ def _record(path: Path, rank: int = 8) -> AdapterRecord:
 
 async def test_loads_confirms_then_marks_holders(http: aiohttp.ClientSession, harness: Callable,
                                                 start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(2)]
+    urls = [base_url(w) for w in start_workers(2)]
     h = await harness(urls)
     a, b = _record(adapter_dirs("a")), _record(adapter_dirs("b"))
     h.catalog(a, b)
@@ -120,7 +120,7 @@ async def test_loads_confirms_then_marks_holders(http: aiohttp.ClientSession, ha
 
 async def test_a_drain_waits_for_requests_in_flight_before_the_unload(
         http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(2)]
+    urls = [base_url(w) for w in start_workers(2)]
     h = await harness(urls)
     h.only(_record(adapter_dirs("a")), "w0", "w1")
     await until(lambda: _holders(h, "a", {"w0", "w1"}), 10, "two holders")
@@ -155,7 +155,7 @@ async def _not_held(http: aiohttp.ClientSession, url: str, name: str) -> bool:
 
 async def test_make_before_break_keeps_the_old_holder_until_the_new_one_holds(
         http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(2)]
+    urls = [base_url(w) for w in start_workers(2)]
     h = await harness(urls)
     h.only(_record(adapter_dirs("a")), "w0")
     await until(lambda: _holders(h, "a", {"w0"}), 10, "w0 holds 'a'")
@@ -176,7 +176,7 @@ async def _held_by(http: aiohttp.ClientSession, url: str, name: str) -> bool:
 
 async def test_an_adapter_unloaded_behind_our_back_or_lost_in_a_restart_comes_back(
         http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(1)]
+    urls = [base_url(w) for w in start_workers(1)]
     h = await harness(urls)
     h.only(_record(adapter_dirs("a")), "w0")
     await until(lambda: _held_by(http, urls[0], "a"), 10, "'a' loaded")
@@ -192,7 +192,7 @@ async def test_an_adapter_unloaded_behind_our_back_or_lost_in_a_restart_comes_ba
 
 async def test_permanent_failures_are_recorded_with_their_reason(
         harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(1, extra_args=("--max-lora-rank", "8"))]
+    urls = [base_url(w) for w in start_workers(1, extra_args=("--max-lora-rank", "8"))]
     h = await harness(urls)
     big = _record(adapter_dirs("big", rank=64), rank=64)
     missing = AdapterRecord(name="missing", source=str(adapter_dirs("a").parent / "nowhere"), base_model=BASE)
@@ -216,7 +216,7 @@ async def _attempts_after(h: Harness, name: str, n: int) -> bool:
 
 async def test_a_worker_that_wants_a_key_shows_unauthorized(
         harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(1, extra_args=("--api-key", "k-123"))]
+    urls = [base_url(w) for w in start_workers(1, extra_args=("--api-key", "k-123"))]
     h = await harness(urls)
     h.only(_record(adapter_dirs("a")), "w0")
     await until(lambda: _failed_with(h, "a", "unauthorized"), 10, "an unauthorized failure")
@@ -233,7 +233,7 @@ async def test_transient_failures_are_retried_until_the_worker_answers(
         http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable,
         tmp_path: Path) -> None:
     from discovery.ports import free_port
-    from router.devfleet import sim_worker
+    from router.localfleet import sim_worker
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -254,7 +254,7 @@ async def _no_failure(h: Harness, name: str) -> bool:
 
 async def test_loads_on_one_worker_are_rate_limited(
         http: aiohttp.ClientSession, harness: Callable, start_workers: Callable, adapter_dirs: Callable) -> None:
-    urls = [worker_url(w) for w in start_workers(1)]
+    urls = [base_url(w) for w in start_workers(1)]
     h = await harness(urls, control={"reconcile_s": 0.5, "worker_ops_per_s": 10.0})
     records = [_record(adapter_dirs(f"r{i}")) for i in range(8)]
     h.catalog(*records)

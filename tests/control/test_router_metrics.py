@@ -17,7 +17,7 @@ from control_helpers import WORKER_ARGS, router_config, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from discovery.embedded import EmbeddedEtcd
-from router.devfleet import registrar, worker_url
+from router.localfleet import base_url, registrar
 from router.procs import ManagedProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -52,7 +52,7 @@ async def complete(http: aiohttp.ClientSession, router: str, model: str, *, stre
 async def test_a_follower_reports_etcd_connected(start_workers: Callable, start_router: Callable,
                                                  adapter_dirs: Callable) -> None:
     root = adapter_dirs("a1").parent
-    workers = [worker_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(1, extra_args=WORKER_ARGS)]
     routers = [start_router(router_config(root, ["a1"]), workers=workers, router_id=f"r{i}").url
                for i in range(2)]
 
@@ -67,7 +67,7 @@ async def test_a_follower_reports_etcd_connected(start_workers: Callable, start_
 async def test_time_to_first_byte_and_in_flight_come_from_real_traffic(
         start_workers: Callable, start_router: Callable, adapter_dirs: Callable) -> None:
     root = adapter_dirs("a1").parent
-    workers = [worker_url(w) for w in start_workers(1, extra_args=(*WORKER_ARGS, "--slow-s", "1.0"))]
+    workers = [base_url(w) for w in start_workers(1, extra_args=(*WORKER_ARGS, "--slow-s", "1.0"))]
     router = start_router(router_config(root, ["a1"]), workers=workers).url
     async with aiohttp.ClientSession() as http:
         assert await complete(http, router, "a1") == 200  # loaded, so the slow requests below wait for the worker
@@ -93,7 +93,7 @@ async def test_worker_health_is_exported_from_the_start_and_a_departed_worker_le
     registrars: list[ManagedProcess] = []
     try:
         for w in workers:
-            registrars.append(registrar(tmp_path, etcd.endpoint, worker_url(w), slots=4).start())
+            registrars.append(registrar(tmp_path, etcd.endpoint, base_url(w), slots=4).start())
         router = start_router(router_config(root, ["a1"]), extra_args=("--workers", str(processes))).url
 
         async def both_healthy() -> dict[str, float] | None:
@@ -119,7 +119,7 @@ async def test_worker_health_is_exported_from_the_start_and_a_departed_worker_le
 async def test_two_processes_answer_every_scrape_for_the_whole_router(
         start_workers: Callable, start_router: Callable, adapter_dirs: Callable) -> None:
     root = adapter_dirs("a1").parent
-    workers = [worker_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
+    workers = [base_url(w) for w in start_workers(2, extra_args=WORKER_ARGS)]
     router = start_router(router_config(root, ["a1"]), workers=workers, extra_args=("--workers", "2")).url
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         statuses = await asyncio.gather(*(complete(http, router, "a1") for _ in range(100)))

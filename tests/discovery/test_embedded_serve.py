@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from discovery.ports import free_port
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 
@@ -61,7 +61,7 @@ def test_a_registrar_keeps_its_worker_registered_across_a_serve_restart_with_emb
     def serve() -> ManagedProcess:
         return ManagedProcess(argv, health_url=router + "/health", log_path=tmp_path / "router.log").start(60)
 
-    worker = worker_url(start_workers(1, extra_args=("--speed", "0.01"))[0])
+    worker = base_url(start_workers(1, extra_args=("--speed", "0.01"))[0])
     first = serve()
     registrar = ManagedProcess(
         python_cli("router", "register", "--etcd", f"http://127.0.0.1:{etcd_port}", "--worker-url", worker,

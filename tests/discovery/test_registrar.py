@@ -19,7 +19,7 @@ from disco_helpers import FakeFleet, until
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.registry import Membership, WorkerRegistry
-from router.devfleet import sim_worker, worker_url
+from router.localfleet import base_url, sim_worker
 from router.procs import ManagedProcess, python_cli
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
@@ -62,7 +62,7 @@ def worker_on(tmp_path: Path, url: str, *extra: str) -> ManagedProcess:
 
 async def test_sigkill_leaves_within_ttl_sigterm_at_once(etcd: EmbeddedEtcd, clients: MakeClient,
                                                          start_workers: StartWorkers, tmp_path: Path) -> None:
-    a, b = (worker_url(w) for w in start_workers(2, extra_args=("--max-loras", "3")))
+    a, b = (base_url(w) for w in start_workers(2, extra_args=("--max-loras", "3")))
     views = [View(await clients()) for _ in range(2)]
     killed = registrar(etcd, a, tmp_path, "--worker-id", "a", ttl=2)
     stopped = registrar(etcd, b, tmp_path, "--worker-id", "b", ttl=30)
@@ -92,7 +92,7 @@ async def test_dead_worker_withdrawn_and_its_restart_is_a_new_instance(etcd: Emb
     key_file = tmp_path / "worker.key"
     key_file.write_text(secret + "\n")
     (worker,) = start_workers(1, extra_args=("--api-key", secret))
-    url = worker_url(worker)
+    url = base_url(worker)
     view = View(await clients())
     proc = registrar(etcd, url, tmp_path, "--api-key-file", str(key_file), "--api-key-ref", "/run/keys/w",
                      "--slots", "6", "--weight", "2", "--label", "zone=a", ttl=10)
@@ -133,7 +133,7 @@ async def test_registrar_whose_lease_expired_registers_again(etcd: EmbeddedEtcd,
                                                              start_workers: StartWorkers, tmp_path: Path) -> None:
     (worker,) = start_workers(1)
     view = View(await clients())
-    proc = registrar(etcd, worker_url(worker), tmp_path, "--worker-id", "p", ttl=2)
+    proc = registrar(etcd, base_url(worker), tmp_path, "--worker-id", "p", ttl=2)
     try:
         first = await until(lambda: view.workers().get("p"), 20, "registered")
         proc.signal(signal.SIGSTOP)  # frozen: no keepalives, the lease expires
@@ -151,7 +151,7 @@ async def test_etcd_kill_and_restart_registrars_and_routers_converge(etcd: Embed
                                                                      start_workers: StartWorkers,
                                                                      tmp_path: Path) -> None:
     workers = start_workers(3)
-    urls = [worker_url(w) for w in workers]
+    urls = [base_url(w) for w in workers]
     names = [f"k{i}" for i in range(3)]
     views = [View(await clients()) for _ in range(3)]
     procs = [registrar(etcd, u, tmp_path, "--worker-id", n, ttl=2) for u, n in zip(urls, names, strict=True)]

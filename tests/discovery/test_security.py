@@ -20,7 +20,7 @@ from discovery.embedded import EmbeddedEtcd, find_etcd_binary
 from discovery.errors import EtcdAuthFailed, EtcdUnavailable
 from discovery.etcd import EtcdClient, TlsConfig
 from discovery.ports import free_port
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 
@@ -153,7 +153,7 @@ def test_routers_and_registrars_on_a_tls_and_password_etcd_route_requests(
         password_file = tmp_path / "etcd-password"
         password_file.write_text("s3cret\n")
         root = adapter_dirs("secure").parent
-        worker = worker_url(start_workers(1, extra_args=("--speed", "0.01"))[0])
+        worker = base_url(start_workers(1, extra_args=("--speed", "0.01"))[0])
         procs.append(ManagedProcess(
             python_cli("router", "register", "--etcd", url, "--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key,
                        "--etcd-user", "root", "--etcd-password-file", str(password_file),

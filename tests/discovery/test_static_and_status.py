@@ -22,7 +22,7 @@ from discovery.registry import Membership, WorkerRegistry
 from discovery.static import StaticDiscovery
 from discovery.stores import CatalogStore
 from router.core.records import AdapterRecord, WorkerRecord
-from router.devfleet import sim_worker, worker_url
+from router.localfleet import base_url, sim_worker
 from router.procs import ManagedProcess
 
 MakeClient = Callable[[], Awaitable[EtcdClient]]
@@ -38,7 +38,7 @@ def test_metrics_parsing_reads_max_lora_and_start_time_or_none() -> None:
 async def test_static_discovery_probes_workers_and_tracks_restarts(
         start_workers: Callable[..., list[ManagedProcess]], tmp_path: Path) -> None:
     procs = start_workers(2, extra_args=("--max-loras", "3", "--api-key", "k"))
-    a, b = (worker_url(w) for w in procs)
+    a, b = (base_url(w) for w in procs)
     late = f"http://127.0.0.1:{free_port()}"
     discovery = StaticDiscovery([a, b, late], api_key="k", interval_s=0.05)
     seen: list[Membership] = []

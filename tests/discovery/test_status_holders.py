@@ -11,7 +11,7 @@ from pathlib import Path
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
-from router.devfleet import make_adapter_dir, sim_worker, worker_url
+from router.localfleet import base_url, make_adapter_dir, sim_worker
 from router.procs import ManagedProcess, python_cli
 
 POOL_KEY = "pool-key-77"
@@ -42,7 +42,7 @@ def test_status_shows_holders_and_why_a_placed_adapter_is_not_held(
         for worker, key_args in ((open_worker, ()), (keyed_worker, ("--api-key-file", str(key_file),
                                                                     "--api-key-ref", "env:POOL_KEY"))):
             procs.append(ManagedProcess(
-                python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", worker_url(worker),
+                python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", base_url(worker),
                            "--ttl", "3", "--max-lora-rank", "64", *key_args),
                 log_path=tmp_path / f"registrar-{worker.pid}.log").start())
         port = free_port()
@@ -60,7 +60,7 @@ def test_status_shows_holders_and_why_a_placed_adapter_is_not_held(
                             len(s["adapters"]["good"]["holders"]) == 2 and s, timeout_s=30,
                             what="both workers holding good")
         ids = {w["url"]: w["id"] for w in status["workers"]}
-        open_id, keyed_id = ids[worker_url(open_worker)], ids[worker_url(keyed_worker)]
+        open_id, keyed_id = ids[base_url(open_worker)], ids[base_url(keyed_worker)]
         good = status["adapters"]["good"]
         assert sorted(good["replicas"]) == good["holders"] == sorted([open_id, keyed_id])
         assert good["failures"] == {}

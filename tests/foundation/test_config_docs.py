@@ -14,7 +14,7 @@ import pytest
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_serve_reads_the_config_named_by_lora_router_config(
     [worker] = start_workers(1)
     port = free_port()
     router = ManagedProcess(python_cli("router", "serve", "--port", str(port), "--etcd", etcd.endpoint,
-                                       "--worker", worker_url(worker)),
+                                       "--worker", base_url(worker)),
                             env={"LORA_ROUTER_CONFIG": str(config)}, health_url=f"http://127.0.0.1:{port}/ready",
                             log_path=tmp_path / "router.log")
     router.start(timeout_s=60)

@@ -31,7 +31,7 @@ from helmchart import (
     render_files,
 )
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 KUBE_VERSIONS = ["v1.28.0", "v1.31.0"]
 ROUTER = f"{FULLNAME}-router"
@@ -239,7 +239,7 @@ def test_helm_test_script_passes_against_a_real_router_and_fails_without_workers
     failed = _run(script, {"ROUTER_URL": lonely.url, "KEYS_FILE": str(tmp_path / "admin-keys")})
     assert failed.returncode == 1 and "FAILED: /ready" in failed.stdout
     workers = start_workers(1)
-    router = start_router(config, workers=[worker_url(w) for w in workers])
+    router = start_router(config, workers=[base_url(w) for w in workers])
     passed = _run(script, {"ROUTER_URL": router.url, "KEYS_FILE": str(tmp_path / "admin-keys")})
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "ok: one completion from sim-base" in passed.stdout

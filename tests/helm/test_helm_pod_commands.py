@@ -25,7 +25,7 @@ from helmchart import FULLNAME, container, find, flag, render
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 VALUES = {"workers": {"vllm": {"enabled": True, "maxLoras": 4}}, "router": {"processes": 1}}
@@ -80,7 +80,7 @@ def test_registrar_and_router_as_the_chart_runs_them(
         procs: list[ManagedProcess]) -> None:
     manifests = render(VALUES)
     [worker] = start_workers(1)
-    worker_port = worker_url(worker).rsplit(":", 1)[1]
+    worker_port = base_url(worker).rsplit(":", 1)[1]
 
     registrar_args = container(find(manifests, "Deployment", f"{FULLNAME}-vllm"), "registrar")["args"]
     registrar_args = replace_flag(registrar_args, "--etcd", etcd.endpoint)

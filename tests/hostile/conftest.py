@@ -10,7 +10,7 @@ import pytest
 from hostile_helpers import ACME, ADMIN, BASE, GLOBEX
 
 from router.config import key_digest
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 
 class Hostile:
@@ -49,6 +49,6 @@ def hostile_router(start_workers: Callable, start_router: Callable, adapter_dirs
             config[section] = {**config.get(section, {}), **values}
         procs = start_workers(workers, extra_args=("--speed", "0", "--max-loras", "4", "--max-cpu-loras", "64",
                                                     *worker_args))
-        return Hostile(start_router(config, workers=[worker_url(p) for p in procs]), root, tmp_path)
+        return Hostile(start_router(config, workers=[base_url(p) for p in procs]), root, tmp_path)
 
     return start

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hostile_helpers import ADMIN, assert_openai_error, bearer, catalog_names, post_json, send
 
-from router.devfleet import make_adapter_dir
+from router.localfleet import make_adapter_dir
 
 ESCAPES = {
     "dot-dot": "{root}/../outside",

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "helm" / "lora-router" / "files"
@@ -89,7 +89,7 @@ def test_dashboard_and_rules_name_only_metrics_a_router_exports(
         "tenants": {"acme": {"keys_file": str(tmp_path / "acme-keys"), "adapters": ["dash-*"]}},
         "adapters": [{"name": "dash-a", "source": str(root / "dash-a"), "base_model": "sim-base"}],
     }
-    router = start_router(config, workers=[worker_url(w) for w in workers],
+    router = start_router(config, workers=[base_url(w) for w in workers],
                           extra_args=("--workers", str(processes)))
 
     def complete() -> int:

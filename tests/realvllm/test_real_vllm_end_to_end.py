@@ -33,7 +33,7 @@ from openai_calls import (
 from vllm_backend import TinyModel
 
 from discovery.embedded import EmbeddedEtcd
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 from router.proxy import WORKER_HEADER
 
@@ -48,7 +48,7 @@ SETTLE_S = 90.0
 @dataclass
 class RealFleet:
     router: Any
-    """tests/conftest.py RouterProcess."""
+    """tests/conftest.py start_router's LocalRouter."""
     workers: list[ManagedProcess]
     registrars: list[ManagedProcess]
     adapters_root: Path
@@ -77,7 +77,7 @@ class RealFleet:
 
     @property
     def urls(self) -> list[str]:
-        return [worker_url(w) for w in self.workers]
+        return [base_url(w) for w in self.workers]
 
     async def holders(self, name: str) -> list[str]:
         """Worker URLs whose /v1/models lists `name` (the only source of truth for residency)."""
@@ -104,7 +104,7 @@ def real_fleet(start_vllm_workers: Callable[..., list[ManagedProcess]],
         workers = start_vllm_workers(2, api_key=WORKER_KEY)
         for worker in workers:
             argv = python_cli("router", "register", "--etcd", etcd.endpoint,
-                              "--worker-url", worker_url(worker), "--api-key-file", str(key_file),
+                              "--worker-url", base_url(worker), "--api-key-file", str(key_file),
                               "--max-lora-rank", "8", "--ttl", "3", "--health-interval", "0.5",
                               "--health-failures", "1")
             log = tmp_path / f"registrar-{len(registrars)}.log"
@@ -254,7 +254,7 @@ async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
         await asker
     assert not failures, failures[:5]
     assert served_while_down > 0, "no request was served while the worker was down"
-    assert await greedy_text(victim_url := worker_url(victim), dual[0], tiny_model.probe_prompt,
+    assert await greedy_text(victim_url := base_url(victim), dual[0], tiny_model.probe_prompt,
                              AUTH) == expected[dual[0]], victim_url
     assert (await listed(victim_url, AUTH)).keys() >= set(dual)
     assert_no_secret([], *fleet.logs())

@@ -16,7 +16,7 @@ from vllm_backend import TinyModel
 
 from discovery.embedded import EmbeddedEtcd
 from router.core.records import entry_name
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(400)]
@@ -36,7 +36,7 @@ async def test_s3_adapter_served_by_real_vllm_equals_the_direct_file_load(
     with moto_server(tmp_path) as s3:
         source = s3.upload_dir(local, "real/direct")
         worker = start_vllm_workers(1, api_key=WORKER_KEY)[0]
-        url = worker_url(worker)
+        url = base_url(worker)
         registrar = ManagedProcess(
             python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", url, "--api-key-file",
                        str(key_file), "--max-lora-rank", "8", "--ttl", "3", "--health-interval", "0.5",

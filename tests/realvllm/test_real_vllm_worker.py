@@ -25,7 +25,7 @@ from openai_calls import (
 )
 from vllm_backend import TinyModel, running, vllm_worker
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess
 
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(300)]
@@ -46,7 +46,7 @@ def worker(tiny_model: TinyModel, adapters_root: Path,
     proc = vllm_worker(tiny_model, tmp_path_factory.mktemp("logs"), api_key=API_KEY,
                        lora_modules={"preloaded": preloaded})
     with running([proc]):
-        yield worker_url(proc)
+        yield base_url(proc)
 
 
 async def test_api_key_guards_v1_routes_but_not_health(worker: str) -> None:
@@ -116,6 +116,6 @@ async def test_two_workers_on_their_own_cores_give_identical_greedy_output(
         start_vllm_workers: Any, tiny_model: TinyModel, tmp_path: Path) -> None:
     path = tiny_model.make_adapter(tmp_path, "shared")
     procs: list[ManagedProcess] = start_vllm_workers(2, lora_modules={"shared": path})
-    texts = [await greedy_text(worker_url(p), "shared", tiny_model.probe_prompt) for p in procs]
+    texts = [await greedy_text(base_url(p), "shared", tiny_model.probe_prompt) for p in procs]
     assert texts[0] == texts[1]
     assert texts[0].split() == tiny_model.probe_outputs["shared"].split()

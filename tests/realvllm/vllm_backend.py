@@ -151,7 +151,7 @@ def vllm_worker(model: TinyModel, log_dir: str | Path, *, port: int | None = Non
                 core: int | None = None, api_key: str | None = None, lora_modules: Mapping[str, Path] | None = None,
                 max_loras: int = 2, max_lora_rank: int = 8, extra_args: Sequence[str] = (),
                 env: Mapping[str, str] | None = None) -> ManagedProcess:
-    """A real vLLM server process (not started), the real twin of devfleet.sim_worker.
+    """A real vLLM server process (not started), the real twin of localfleet.sim_worker.
 
     The API key goes through VLLM_API_KEY rather than --api-key so that it never
     shows in the process table; vLLM treats both the same. With no `core`, servers

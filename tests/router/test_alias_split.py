@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 BASE = "sim-base"
 SPLIT = {"support-v1": 90, "support-v2": 10}
@@ -17,7 +17,7 @@ SPLIT = {"support-v1": 90, "support-v2": 10}
 def _router(start_workers: Callable, start_router: Callable, adapter_dirs: Callable):
     root = adapter_dirs("support-v1").parent
     adapter_dirs("support-v2")
-    urls = [worker_url(w) for w in start_workers(2, extra_args=("--speed", "0.01", "--max-loras", "4"))]
+    urls = [base_url(w) for w in start_workers(2, extra_args=("--speed", "0.01", "--max-loras", "4"))]
     config = {
         "security": {"allowed_path_prefixes": [str(root)]},
         "control": {"tick_s": 0.5, "reconcile_s": 1.0, "lease_ttl_s": 3},

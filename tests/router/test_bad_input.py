@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from router.config import key_digest
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 ADMIN, ACME, GLOBEX = "admin-key-123", "acme-key-456", "globex-key-789"
 
@@ -33,7 +33,7 @@ def router(start_workers: Callable, start_router: Callable, adapter_dirs: Callab
         "control": {"tick_s": 0.5, "reconcile_s": 1.0},
     }
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
-    return start_router(config, workers=[worker_url(worker)])
+    return start_router(config, workers=[base_url(worker)])
 
 
 def _send(router, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from discovery.embedded import EmbeddedEtcd
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 
@@ -42,7 +42,7 @@ def _keyed_router(tmp_path: Path, start_workers: Callable, start_router: Callabl
                   admin: str, tenant: str) -> tuple[str, Path, Path, ManagedProcess, Path]:
     (tmp_path / "admin-keys").write_text(admin)
     (tmp_path / "acme-keys").write_text(tenant)
-    workers = [worker_url(w) for w in start_workers(1, extra_args=("--speed", "0.01"))]
+    workers = [base_url(w) for w in start_workers(1, extra_args=("--speed", "0.01"))]
     config = {"auth": {"admin_keys_file": str(tmp_path / "admin-keys")},
               "tenants": {"acme": {"keys_file": str(tmp_path / "acme-keys")}}}
     router = start_router(config, workers=workers, router_id="keys")
@@ -100,7 +100,7 @@ def test_a_rotated_worker_key_file_is_read_again_without_a_membership_change(
     ref = tmp_path / "worker-key-ref"
     ref.write_text("worker-key-old\n")
     registrar = ManagedProcess(
-        python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", worker_url(worker), "--ttl", "3",
+        python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", base_url(worker), "--ttl", "3",
                    "--api-key-file", str(probe_key), "--api-key-ref", f"file:{ref}"),
         log_path=tmp_path / "registrar.log").start()
     try:

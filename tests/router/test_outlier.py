@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from router.core.health import should_eject
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 BASE = "sim-base"
 
@@ -46,8 +46,8 @@ def _healthy(url: str) -> dict[str, bool]:
 
 def test_a_worker_answering_500s_is_ejected_and_its_requests_retried(start_workers: Callable,
                                                                     start_router: Callable) -> None:
-    good = worker_url(start_workers(1, extra_args=("--speed", "0"))[0])
-    bad = worker_url(start_workers(1, extra_args=("--speed", "0", "--fail-rate", "1"))[0])
+    good = base_url(start_workers(1, extra_args=("--speed", "0"))[0])
+    bad = base_url(start_workers(1, extra_args=("--speed", "0", "--fail-rate", "1"))[0])
     router = start_router({"control": {"health_probe_s": 60}}, workers=[good, bad])
     answers = [_complete(router.url) for _ in range(30)]
     assert all(status == 200 for status, _ in answers), answers
@@ -56,7 +56,7 @@ def test_a_worker_answering_500s_is_ejected_and_its_requests_retried(start_worke
 
 def test_a_lone_worker_answering_500s_stays_in_rotation(start_workers: Callable, start_router: Callable) -> None:
     """What a poison request does: every answer is a 500, relayed; the worker is not taken out for it."""
-    bad = worker_url(start_workers(1, extra_args=("--speed", "0", "--fail-rate", "1"))[0])
+    bad = base_url(start_workers(1, extra_args=("--speed", "0", "--fail-rate", "1"))[0])
     router = start_router({"control": {"health_probe_s": 60}}, workers=[bad])
     statuses = [_complete(router.url)[0] for _ in range(10)]
     assert statuses == [500] * 10

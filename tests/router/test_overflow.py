@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 BASE = "sim-base"
 
@@ -41,7 +41,7 @@ def test_a_full_holder_overflows_to_a_worker_with_room(start_workers: Callable, 
         "placement": {"defaults": {"scale_down_cooldown_s": 600}},
         "adapters": [{"name": n, "source": str(root / n), "base_model": BASE} for n in names],
     }
-    router = start_router(config, workers=[worker_url(w) for w in workers])
+    router = start_router(config, workers=[base_url(w) for w in workers])
 
     def placed_once() -> dict[str, str] | None:
         loras = _get_json(router.url + "/v1/loras")["data"]

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 
 def _catalog(url: str) -> dict[str, str]:
@@ -22,7 +22,7 @@ def test_a_reload_with_a_bad_adapter_keeps_the_old_config_whole(
     good = adapter_dirs("sup-v1")
     root = good.parent
     adapter_dirs("sup-v2")
-    workers = [worker_url(w) for w in start_workers(1, extra_args=("--speed", "0"))]
+    workers = [base_url(w) for w in start_workers(1, extra_args=("--speed", "0"))]
     config = {"security": {"allowed_path_prefixes": [str(root)]}, "base_model": "sim-base",
               "adapters": [{"name": "sup-v1", "source": str(good)}]}
     router = start_router(config, workers=workers, router_id="reloads")

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 PROMPT = "a prompt that must never reach the log"
 KEY = "acme-key-not-for-logs"
@@ -41,7 +41,7 @@ def test_request_id_reaches_the_worker_and_the_json_access_log(
         "tenants": {"acme": {"keys_file": str(tmp_path / "acme-keys"), "adapters": ["rid-*"]}},
         "adapters": [{"name": "rid-a", "source": str(root / "rid-a"), "base_model": "sim-base"}],
     }
-    router = start_router(config, workers=[worker_url(w) for w in workers], router_id="rid-router",
+    router = start_router(config, workers=[base_url(w) for w in workers], router_id="rid-router",
                           extra_args=("--log-format", "json", "--access-log"))
 
     status, headers, body = _post(router.url, "rid-a", "client-id-42")

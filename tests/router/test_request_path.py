@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 BASE = "sim-base"
 
@@ -47,7 +47,7 @@ def fleet(start_workers: Callable, start_router: Callable, adapter_dirs: Callabl
         for n in names[1:]:
             adapter_dirs(n)
         workers = start_workers(n_workers, extra_args=("--speed", "0.01", "--max-loras", "4"))
-        urls = [worker_url(w) for w in workers]
+        urls = [base_url(w) for w in workers]
         router = start_router(_config(root, names, **extra), workers=urls)
         return router, workers, urls, names
 
@@ -198,7 +198,7 @@ def test_a_stream_whose_worker_dies_before_its_first_token_is_retried(start_work
     stream is asked of the other holder and arrives whole, with no error event."""
     root = adapter_dirs("ad-0").parent
     workers = start_workers(2, extra_args=("--speed", "1", "--max-model-len", "60000"))
-    urls = [worker_url(w) for w in workers]
+    urls = [base_url(w) for w in workers]
     router = start_router(_config(root, ["ad-0"], placement={"defaults": {"min_replicas": 2}}), workers=urls)
     poll_until(lambda: all("ad-0" in _held(u) for u in urls), timeout_s=20, what="both workers holding it")
     prompt = " ".join(["x"] * 50_000)  # 50k prompt tokens: a prefill of about 2 s

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from router.devfleet import worker_url
+from router.localfleet import base_url
 
 
 def _running(pid: int) -> bool:
@@ -22,7 +22,7 @@ def _running(pid: int) -> bool:
 def test_children_exit_when_the_supervisor_is_killed_outright(
         start_workers: Callable, start_router: Callable, poll_until: Callable) -> None:
     worker = start_workers(1, extra_args=("--speed", "0"))[0]
-    router = start_router({}, workers=[worker_url(worker)], extra_args=("--workers", "2"))
+    router = start_router({}, workers=[base_url(worker)], extra_args=("--workers", "2"))
     parent = router.proc.pid
     children = [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
     assert len(children) == 2, children

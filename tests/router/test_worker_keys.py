@@ -9,7 +9,7 @@ from pathlib import Path
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
-from router.devfleet import sim_worker, worker_url
+from router.localfleet import base_url, sim_worker
 from router.procs import ManagedProcess, python_cli
 
 
@@ -19,7 +19,7 @@ def test_a_worker_with_its_own_key_is_loaded_and_served(
     worker = sim_worker(tmp_path, extra_args=("--speed", "0.01", "--api-key", "pool-key-42")).start()
     procs = [worker]
     try:
-        url = worker_url(worker)
+        url = base_url(worker)
         procs.append(ManagedProcess(
             python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url", url, "--ttl", "3",
                        "--api-key-file", str(_write(tmp_path / "k", "pool-key-42")),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from discovery.ports import free_port
-from router.devfleet import make_adapter_dir
+from router.localfleet import make_adapter_dir
 from router.procs import ManagedProcess
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-never-logged",

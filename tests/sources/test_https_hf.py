@@ -19,7 +19,7 @@ from discovery.embedded import EmbeddedEtcd
 from discovery.fetch.sources import SourceSettings, download
 from discovery.ports import free_port
 from router.core.records import entry_name
-from router.devfleet import worker_url
+from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
 FAST = {"tick_s": 0.3, "reconcile_s": 0.5, "retry_base_s": 0.1, "retry_max_s": 0.5}
@@ -62,7 +62,7 @@ def test_https_tarball_is_fetched_checked_and_served_a_wrong_digest_is_refused(
     (served / "tampered.tar.gz").write_bytes(body)
     good = f"{base}/good.tar.gz#sha256={hashlib.sha256(body).hexdigest()}"
     tampered = f"{base}/tampered.tar.gz#sha256={'0' * 64}"
-    worker = worker_url(start_workers(1, extra_args=("--speed", "0.01"))[0])
+    worker = base_url(start_workers(1, extra_args=("--speed", "0.01"))[0])
     registrar = _registrar(tmp_path, etcd, worker, {"SSL_CERT_FILE": str(ca)})
     try:
         config = {"security": {"allowed_schemes": ["https"], "allowed_source_prefixes": [base + "/"]},
@@ -108,7 +108,7 @@ def test_hf_source_goes_through_huggingface_hub_to_its_configured_endpoint(
     _HubRecorder.asked = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        worker = worker_url(start_workers(1)[0])
+        worker = base_url(start_workers(1)[0])
         registrar = _registrar(tmp_path, etcd, worker, {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
                                                         "HF_HUB_DISABLE_TELEMETRY": "1"})
         try:

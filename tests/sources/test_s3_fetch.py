@@ -16,7 +16,7 @@ from s3_helpers import S3, adapter_config, adapter_files, tarball
 
 from discovery.ports import free_port
 from router.core.records import entry_name
-from router.devfleet import sim_worker, worker_url
+from router.localfleet import base_url, sim_worker
 from router.procs import ManagedProcess
 
 FAST = {"tick_s": 0.3, "reconcile_s": 0.5, "retry_base_s": 0.1, "retry_max_s": 0.5}
@@ -65,7 +65,7 @@ def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_
         poll_until: Callable) -> None:
     source = s3.upload_dir(adapter_files(tmp_path / "src", "a1"), "team/a1")
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
-    url = worker_url(worker)
+    url = base_url(worker)
     cache = tmp_path / "cache"
     first_port, second_port = free_port(), free_port()
     registrar = start_registrar(url, cache, "--allow-source", "s3://adapters/", "--metrics-port", str(first_port),
@@ -120,7 +120,7 @@ def test_eviction_under_a_small_bound_spares_what_the_worker_holds(
         poll_until: Callable) -> None:
     sources = {n: s3.upload_dir(adapter_files(tmp_path / "src", n), f"team/{n}") for n in ("a", "b", "c")}
     worker = start_workers(1, extra_args=("--speed", "0.01", "--max-cpu-loras", "8"))[0]
-    url = worker_url(worker)
+    url = base_url(worker)
     cache = tmp_path / "cache"
     # Room for two 64 KiB adapters, not three.
     start_registrar(url, cache, "--cache-bytes", str(160 * 1024), "--max-adapter-bytes", str(100 * 1024),
@@ -162,7 +162,7 @@ def test_a_bad_object_is_refused_with_its_reason_in_the_catalog(
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
     cache = tmp_path / "cache"
     port = free_port()
-    start_registrar(worker_url(worker), cache, "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    start_registrar(base_url(worker), cache, "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
     router = start_router(_config([{"name": "bad", "source": source}]), ready=False)
 
     def failure() -> dict[str, Any] | None:
@@ -188,7 +188,7 @@ def test_registrar_without_a_cache_leaves_s3_sources_refused_with_a_reason(
 
     worker = start_workers(1)[0]
     proc = ManagedProcess(python_cli("router", "register", "--etcd", etcd.endpoint, "--worker-url",
-                                     worker_url(worker), "--ttl", "3"), log_path=tmp_path / "reg.log").start()
+                                     base_url(worker), "--ttl", "3"), log_path=tmp_path / "reg.log").start()
     try:
         router = start_router(_config([{"name": "x", "source": "s3://adapters/team/x"}]), ready=False)
         got = poll_until(lambda: next(iter(_call(router.url + "/v1/loras/x")[1].get("failures", {}).values()),
@@ -208,7 +208,7 @@ def test_first_requests_for_a_new_s3_adapter_wait_for_its_download_instead_of_fa
     source = s3.upload_dir(adapter_files(tmp_path / "src", "cold", weights=2 << 20), "team/cold")
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
     port = free_port()
-    start_registrar(worker_url(worker), tmp_path / "cache", "--metrics-port", str(port), "--metrics-host",
+    start_registrar(base_url(worker), tmp_path / "cache", "--metrics-port", str(port), "--metrics-host",
                     "127.0.0.1")
     router = start_router(_config())
     for name in ("cold", "cold-twin"):  # two names, one source: one cache entry, one download
@@ -219,7 +219,7 @@ def test_first_requests_for_a_new_s3_adapter_wait_for_its_download_instead_of_fa
         answers = list(pool.map(lambda i: _call(router.url + "/v1/completions", {
             "model": ("cold", "cold-twin")[i % 2], "prompt": "hi", "max_tokens": 2}), range(4)))
     assert [code for code, _ in answers] == [200] * 4, answers
-    roots = _roots(worker_url(worker))
+    roots = _roots(base_url(worker))
     assert roots["cold"] == roots["cold-twin"] == str(tmp_path / "cache" / entry_name(source))
     metrics = _fetch_metrics(port)
     assert metrics["lora_router_fetch_download_seconds_count"] == 1
@@ -236,7 +236,7 @@ def test_a_cold_start_goes_to_the_worker_that_has_the_adapter_cached(
     from discovery.records import worker_id_for
 
     source = s3.upload_dir(adapter_files(tmp_path / "src", "warm"), "team/warm")
-    urls = [worker_url(w) for w in start_workers(2, extra_args=("--speed", "0.01"))]
+    urls = [base_url(w) for w in start_workers(2, extra_args=("--speed", "0.01"))]
     ranked = [w.id for w in rank_workers("warm", [Worker(id=worker_id_for(u), base_model="sim-base") for u in urls])]
     second = next(u for u in urls if worker_id_for(u) == ranked[1])
     for url in urls:  # the second-ranked worker's cache already holds the adapter (e.g. from an earlier run)
@@ -264,7 +264,7 @@ def test_the_fetcher_refuses_a_source_outside_its_allow_list(
     still cannot make it download from anywhere."""
     source = s3.upload_dir(adapter_files(tmp_path / "src", "elsewhere"), "other-team/elsewhere")
     worker = start_workers(1)[0]
-    start_registrar(worker_url(worker), tmp_path / "cache", "--allow-source", "s3://adapters/team/")
+    start_registrar(base_url(worker), tmp_path / "cache", "--allow-source", "s3://adapters/team/")
     router = start_router(_config([{"name": "elsewhere", "source": source}]), ready=False)
     got = poll_until(lambda: next((f for f in _call(router.url + "/v1/loras/elsewhere")[1].get("failures", {})
                                    .values() if f["permanent"]), None), timeout_s=30, what="the refusal")
