@@ -12,6 +12,7 @@ import pytest
 from discovery.embedded import EmbeddedEtcd
 from router.localfleet import BASE_MODEL, LocalFleet, LocalRouter, make_adapter_dir
 from router.procs import ManagedProcess
+from router.waiting import wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,21 +85,11 @@ def start_router(tmp_path: Path, etcd: EmbeddedEtcd, local_fleet: LocalFleet) ->
     return start
 
 
-def _poll_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
-                what: str = "condition") -> object:
-    """Poll a condition with a deadline (never a bare sleep); returns the first truthy value."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
-
-
 @pytest.fixture
 def poll_until() -> Callable[..., object]:
-    return _poll_until
+    """`router.waiting.wait_until` with the positional timeout its many callers here pass."""
+    def poll(check: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
+             what: str = "condition") -> object:
+        return wait_until(check, timeout_s=timeout_s, what=what, interval_s=interval_s)
+
+    return poll

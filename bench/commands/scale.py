@@ -25,6 +25,7 @@ from discovery.records import encode
 from discovery.stores import CatalogStore
 from router.core.records import AdapterRecord, WorkerRecord
 from router.procs import ManagedProcess, python_cli
+from router.waiting import wait_until
 
 HELP = "Measure one router's RSS with a large fleet of registered workers and catalog adapters."
 
@@ -80,14 +81,13 @@ def run(args: argparse.Namespace) -> int:
                                 health_url=f"http://127.0.0.1:{port}/health", log_path=root / "router.log")
         router.start(timeout_s=60)
         t1 = time.monotonic()
-        while True:
+
+        def sees_all() -> bool:
             status = _status(port)
-            if len(status["workers"]) >= args.workers and status["adapters"] >= args.adapters \
-                    and status["placement_epoch"] >= 1 and status.get("placement_computed_at"):
-                break
-            if time.monotonic() - t1 > 300:
-                raise TimeoutError("the router never saw the whole fleet and a placement")
-            time.sleep(0.5)
+            return bool(len(status["workers"]) >= args.workers and status["adapters"] >= args.adapters
+                        and status["placement_epoch"] >= 1 and status.get("placement_computed_at"))
+
+        wait_until(sees_all, timeout_s=300, what="the router seeing the whole fleet and a placement", interval_s=0.5)
         ready_s = time.monotonic() - t1
         samples = [rss_mb(router.pid)]
         end = time.monotonic() + args.settle_s

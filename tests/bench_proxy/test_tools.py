@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bench.proxybench.measure import Sample
 from bench.proxybench.pinning import pinned
 from bench.proxybench.report import medians, table
 from bench.proxybench.wrk import WrkOutputUnreadable, parse_wrk
+from router.waiting import wait_until
 
 WRK = """Running 3s test @ http://127.0.0.1:1/v1/completions
   1 threads and 64 connections
@@ -63,9 +63,8 @@ def test_process_tree_cpu_counts_live_children() -> None:
     burn = "import subprocess,sys; subprocess.run([sys.executable,'-c','while True: pass'])"
     parent = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while tree_cpu_s(parent.pid) - _own_cpu_s(parent.pid) < 0.3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: tree_cpu_s(parent.pid) - _own_cpu_s(parent.pid) >= 0.3, timeout_s=30,
+                   what="the child's CPU in the tree")
         children_cpu = tree_cpu_s(parent.pid) - _own_cpu_s(parent.pid)
         assert children_cpu >= 0.3
         assert _own_cpu_s(parent.pid) < children_cpu

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from router.waiting import wait_until_async
 
 BASE = "sim-base"
 WORKER_ARGS = ("--max-loras", "4", "--speed", "0.01")
@@ -28,15 +29,8 @@ def router_config(adapter_root: Path, names: list[str] = (), **extra: Any) -> di
 
 async def until(predicate: Callable[[], Awaitable[Any]], timeout_s: float, what: str,
                 interval_s: float = 0.05) -> Any:
-    """Poll an async condition until it is truthy, with a deadline; returns the truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(interval_s)
+    """`router.waiting.wait_until_async` with the positional arguments of the callers here."""
+    return await wait_until_async(predicate, timeout_s=timeout_s, what=what, interval_s=interval_s)
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> Any:

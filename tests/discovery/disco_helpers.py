@@ -10,13 +10,13 @@ changed by the test.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 
 from discovery.ports import free_port
+from router.waiting import wait_until_async
 
 
 class FakeWorker:
@@ -81,14 +81,5 @@ class FakeFleet:
 
 
 async def until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
-    """Poll (sync or async predicate) until truthy or the deadline; the deadline is the assertion."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.1f}s: {what}")
-        await asyncio.sleep(interval_s)
+    """`router.waiting.wait_until_async` (sync or async predicate) with the positional arguments of the callers here."""
+    return await wait_until_async(predicate, timeout_s=timeout_s, what=what, interval_s=interval_s)

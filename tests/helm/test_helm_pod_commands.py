@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from discovery.embedded import EmbeddedEtcd
 from discovery.ports import free_port
 from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
+from router.waiting import wait_until
 
 VALUES = {"workers": {"vllm": {"enabled": True, "maxLoras": 4}}, "router": {"processes": 1}}
 WORKER_ID = "vllm-pod-0"
@@ -49,12 +49,7 @@ def etcd_keys(etcd: EmbeddedEtcd, prefix: str) -> list[str]:
 
 
 def poll(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} within {DEADLINE_S}s")
+    wait_until(check, timeout_s=DEADLINE_S, what=what, interval_s=0.1)
 
 
 def http_status(url: str) -> int:

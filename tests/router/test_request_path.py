@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from router.localfleet import base_url
+from router.waiting import wait_until
 
 BASE = "sim-base"
 
@@ -142,12 +143,8 @@ def test_a_killed_worker_loses_no_request_that_another_holder_could_serve(fleet)
 
 
 def _wait_held_everywhere(urls: list[str], names: list[str], timeout_s: float = 20.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not all(set(names) <= _held(u) for u in urls):
-        assert time.monotonic() < deadline, "placement never loaded the adapters on every worker"
-        time.sleep(0.1)
+    wait_until(lambda: all(set(names) <= _held(u) for u in urls), timeout_s=timeout_s, interval_s=0.1,
+               what="placement loading the adapters on every worker")
 
 
 def _running(url: str) -> float:
