@@ -59,9 +59,8 @@ async def run(ctx: Context) -> ScenarioResult:
                 r.raise_for_status()
         unloaded = await time_until(lambda: _holds(session, lossy, set(lost)), 15)
         await asyncio.sleep(sizes.phase_s)
-        share = await _share(session, router.url, restarted)
         await fleet.restart_worker(restarted)
-        reloaded = await time_until(lambda: _holds(session, restarted, share), 15)
+        reloaded = await time_until(lambda: _holds_share(session, router.url, restarted), 15)
         tally = await load.finish()
         result.count(tally, await retries(session, fleet.routers) - before)
     restores = [s for s in (unloaded, reloaded) if s is not None]
@@ -83,9 +82,16 @@ async def _holds(session: aiohttp.ClientSession, worker: LocalWorker, names: set
     return names <= await worker_holds(session, worker.url)
 
 
-async def _share(session: aiohttp.ClientSession, router: str, worker: LocalWorker) -> set[str]:
-    """What the placement puts on `worker`: what it must hold again after a restart."""
-    return {n for n, v in (await loras(session, router)).items() if worker.id in v["replica_set"]}
+async def _holds_share(session: aiohttp.ClientSession, router: str, worker: LocalWorker) -> bool:
+    """Does `worker` hold what the placement puts on it now?
+
+    Now, not before the restart: a restart slower than the registrar's health
+    checks takes the worker out of the fleet for a moment, and the placement it
+    rejoins (HRW's share for a fresh worker) need not be the one its history
+    had given it.
+    """
+    share = {n for n, v in (await loras(session, router)).items() if worker.id in v["replica_set"]}
+    return bool(share) and share <= await worker_holds(session, worker.url)
 
 
 def _rounded(seconds: float | None) -> float | None:
