@@ -262,6 +262,19 @@ class LoraRouter(_Placed):
         worker, names, apply = self.pool[w].id, self.fleet.names, self.state.apply
         for a in adapters:
             apply(RequestEnded(worker, names[a]))
+        view = self.state.workers[worker]
+        if view.draining:
+            for a in adapters:
+                self._drained(w, names[a])
+
+    def _drained(self, w: int, name: str) -> None:
+        """Unload a draining adapter once nothing of it runs on the worker (the reconciler polls for that
+        every 50 ms, a blink at the simulator's scale)."""
+        wid = self.pool[w].id
+        view = self.state.workers[wid]
+        if name in view.draining and name not in view.adapter_inflight \
+                and self.fleet.unload(w, self.adapter_index[name]):
+            self.state.apply(Unloaded(wid, name))
 
     def place(self, measured: dict[str, float]) -> Placement:
         names = self.fleet.names
@@ -293,8 +306,8 @@ class LoraRouter(_Placed):
             for name in list(view.draining):
                 if name in desired:
                     state.apply(DrainCancelled(wid, name))
-                elif name not in view.adapter_inflight and fleet.unload(self.index[wid], self.adapter_index[name]):
-                    state.apply(Unloaded(wid, name))
+                else:
+                    self._drained(self.index[wid], name)
 
     def route(self, rid: int, adapter: int) -> None:
         self.arrivals[adapter] += 1

@@ -168,7 +168,7 @@ class FleetState:
         if not ids:
             return []
         workers = self.workers
-        healthy = [workers[w] for w in ids if workers[w].healthy]
+        healthy = [workers[w] for w in sorted(ids) if workers[w].healthy]  # a set's order varies per process
         replica_set = self.placement.replica_sets.get(adapter)
         if replica_set is None:
             return healthy

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from allocator.hrw import rank_workers
 from allocator.model import Placement, ReplicaSet
 from router.core.events import (
@@ -147,3 +151,26 @@ def test_inflight_counts_per_worker_and_adapter() -> None:
     state.apply(RequestEnded("w0", "a"))
     state.apply(RequestEnded("w0", None))
     assert state.workers["w0"].inflight == 0 and state.workers["w0"].adapter_inflight == {}
+
+
+HOLDERS_IN_ORDER = """
+from router.core.events import LoadFinished, MembershipChanged, CatalogChanged
+from router.core.fleetstate import FleetState
+from router.core.records import AdapterRecord, WorkerRecord
+state = FleetState()
+state.apply(MembershipChanged({f"worker-{i}": WorkerRecord(id=f"worker-{i}", url=f"http://h{i}:80",
+                                                          base_models=("base",)) for i in range(8)}))
+state.apply(CatalogChanged({"a": AdapterRecord(name="a", source="/m/a", base_model="base")}))
+for i in (5, 2, 7, 0, 3):
+    state.apply(LoadFinished(f"worker-{i}", "a"))
+print(",".join(v.record.id for v in state.routable_holders("a")))
+"""
+
+
+def test_holders_come_in_one_order_whatever_the_process_hash_seed() -> None:
+    """The routing policy picks among holders by position (power of two choices with the rng handed in),
+    so their order must not follow a set's, which changes with PYTHONHASHSEED: the simulator's figures
+    changed from run to run, and two routers with one view and one seed picked differently."""
+    orders = {subprocess.run([sys.executable, "-c", HOLDERS_IN_ORDER], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(orders) == 1, orders
