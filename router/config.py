@@ -11,12 +11,13 @@ import hashlib
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 from allocator.config import ConfigError, ReplicaConfig, decode_all
 from discovery.connect import EtcdSettings
+from router.core.continuation import MigrationRules
 from router.core.health import HealthRules
 from router.errors import InvalidAdapter
 from router.validation import validate_name, validate_source
@@ -140,6 +141,27 @@ class ControlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                            max_ejected_fraction=self.max_ejected_fraction, probe_s=self.health_probe_s)
 
 
+class MigrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Request migration: a stream cut by its worker continues on another holder, the client none the wiser."""
+
+    max_migrations: Annotated[int, msgspec.Meta(ge=0)] = 3
+    """Times one answer may move to another worker; 0 turns migration off (a cut stream then ends with an SSE
+    error event)."""
+    max_kept_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 << 20
+    """Text kept per stream so it can be continued; an answer longer than this is not migrated (memory bound:
+    at most this per stream in flight)."""
+    on: list[Literal["closed", "malformed", "timeout"]] = msgspec.field(
+        default_factory=lambda: ["closed", "malformed", "timeout"])
+    """Which cuts migrate: the worker closed or reset the connection (it died), sent something that is not
+    HTTP, or went silent past `timeouts.read_s` (a worker still generating in vain is stopped by the closed
+    connection)."""
+
+    def rules(self) -> MigrationRules:
+        """What router.core.continuation reads."""
+        return MigrationRules(max_migrations=self.max_migrations, max_kept_bytes=self.max_kept_bytes,
+                              on=frozenset(self.on))
+
+
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     base_model: str | None = None
     """The base model's name when no worker announces one (static `--worker` discovery)."""
@@ -152,6 +174,7 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     timeouts: TimeoutConfig = msgspec.field(default_factory=TimeoutConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
+    migration: MigrationConfig = msgspec.field(default_factory=MigrationConfig)
     workers: list[str] = []
     """Static worker URLs (used when no etcd discovery is given)."""
     worker_api_key_file: str | None = None

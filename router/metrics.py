@@ -117,6 +117,12 @@ class RouterMetrics:
                                  ["outcome"], registry=r)
         self.retries = Counter("lora_router_retries", "Requests retried on another worker, by reason.",
                                ["reason"], registry=r)
+        self.migrations = Counter("lora_router_migrations",
+                                  "Streams cut by their worker, by outcome: continued on another worker, finished "
+                                  "by the router (cut after the last token), not migrated (rules), or failed (no "
+                                  "worker could continue it).", ["outcome"], registry=r)
+        self.migrated_tokens = Counter("lora_router_migrated_tokens",
+                                       "Tokens carried over into continuations of cut streams.", registry=r)
         self.worker_healthy = Gauge("lora_router_worker_healthy", "1 if the worker is taking requests.",
                                     ["worker"], registry=r, multiprocess_mode="livemin")
         self.worker_adapters = Gauge("lora_router_worker_adapters", "Adapters a worker holds.",

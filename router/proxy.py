@@ -10,7 +10,10 @@ name — re-encodes the top-level object with every other field kept as raw
 JSON. A worker that fails before the client has seen a byte is retried once
 on another holder (within the retry budget), and so is a stream whose worker
 dies before its first chunk (the first token: the client's answer starts only
-with it); after that, a cut stream ends with an SSE error event, never a hang.
+with it). After that, a cut stream migrates: it continues on another holder
+from the text sent so far (router.core.continuation), on the same response,
+up to `migration.max_migrations` times; a stream that cannot migrate ends with
+an SSE error event, never a hang.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from router.auth import Authenticator
 from router.bodies import read_body
 from router.config import RouterConfig
 from router.core import routing
+from router.core.continuation import KINDS, Continuation, Finish, Kind, StreamLedger, plan_migration
 from router.core.events import AdapterMissing, Answered, RequestBegun, RequestEnded, Unreachable
 from router.core.fleetstate import FleetState
 from router.core.names import Target, resolve
@@ -96,6 +100,42 @@ class _Retry(Exception):
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+class _Migrate(Exception):
+    """The stream was cut after the client saw part of it; `body` asks another holder for the rest."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+class _Stream:
+    """The client's side of a streamed answer, kept across the workers that produce it."""
+
+    __slots__ = ("ledger", "response")
+
+    def __init__(self, response: web.StreamResponse, ledger: StreamLedger) -> None:
+        self.response = response
+        self.ledger = ledger
+
+    async def fail(self, message: str) -> web.StreamResponse:
+        await self.response.write(_sse_error(message))
+        await self.response.write_eof()
+        return self.response
+
+
+class _Job:
+    """One client request on its way: what the next worker is sent, and the stream once it began."""
+
+    __slots__ = ("body", "kind", "migrations", "original", "stream")
+
+    def __init__(self, body: bytes, kind: Kind | None) -> None:
+        self.original = body
+        self.body = body
+        self.kind = kind
+        """How a stream of this route is continued; None: it is not."""
+        self.migrations = 0
+        self.stream: _Stream | None = None
 
 
 class Proxy:
@@ -196,27 +236,41 @@ async def _forward(request: web.Request, px: Proxy, target: Target, body: bytes)
     headers = _forwarded_headers(request)
     tried = FIRST
     cold_since: float | None = None
+    job = _Job(body, KINDS.get(request.path))
     while True:
         decision = routing.decide(target, px.state, tried, px.retry_budget, px.rng)
-        if isinstance(decision, LoadThen):
-            if decision.why is Load.COLD_START and cold_since is None:
-                cold_since = time.monotonic()
-            tried = await _load(px, target, decision, tried, cold_since)
-            continue
-        if cold_since is not None:
-            px.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
-            cold_since = None
-        if isinstance(decision, Reject):
-            raise _rejected(px, target, decision)
-        if decision.retry:
-            px.retry_budget.spend()
-        if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
-            px.metrics.overflows.labels(decision.via.value).inc()
         try:
-            return await _attempt(request, px, target, decision.worker, body, headers, started, decision.last_chance)
+            if isinstance(decision, LoadThen):
+                if decision.why is Load.COLD_START and cold_since is None:
+                    cold_since = time.monotonic()
+                tried = await _load(px, target, decision, tried, cold_since)
+                continue
+            if cold_since is not None:
+                px.metrics.cold_start_wait.observe(time.monotonic() - cold_since)
+                cold_since = None
+            if isinstance(decision, Reject):
+                raise _rejected(px, target, decision)
+            if decision.retry:
+                px.retry_budget.spend()
+            if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
+                px.metrics.overflows.labels(decision.via.value).inc()
+            return await _attempt(request, px, target, decision.worker, job, headers, started,
+                                  decision.last_chance)
         except _Retry as retry:
+            assert not isinstance(decision, LoadThen | Reject)
             px.metrics.retries.labels(retry.reason).inc()
             tried = tried.forward_failed(decision.worker, retry.reason, retry_there=retry.reason == ADAPTER_MISSING)
+        except _Migrate as cut:
+            assert not isinstance(decision, LoadThen | Reject)
+            tried = tried.stream_cut(decision.worker)
+            job.migrations = tried.migrations
+            job.body = cut.body
+        except RouterError as exc:
+            if job.stream is None:
+                raise
+            px.metrics.migrations.labels("failed").inc()  # the client has part of the answer: it ends in-band
+            return await job.stream.fail(f"The worker stopped in the middle of the stream and no other worker "
+                                         f"could continue it: {exc.message}")
 
 
 async def _load(px: Proxy, target: Target, decision: LoadThen, tried: Attempts,
@@ -256,13 +310,14 @@ def _rejected(px: Proxy, target: Target, reject: Reject) -> RouterError:
     return NoWorkerAvailable(reject.message, headers={"Retry-After": "5" if target.adapter else "1"})
 
 
-async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str, body: bytes,
+async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str, job: _Job,
                    headers: str, started: float, last_chance: bool) -> web.StreamResponse:
     state = px.state
     origin = origin_of(state.workers[worker].url)
     request[WORKER] = worker
     # aiohttp decodes header bytes as utf-8 with surrogateescape; encoding back the same way
     # forwards them byte for byte (latin-1 raised on any non-ASCII header byte: a 500).
+    body = job.body
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
             f"Content-Length: {len(body)}\r\n{headers}{px.credentials.line(worker)}\r\n"
             ).encode("utf-8", "surrogateescape")
@@ -285,7 +340,7 @@ async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str,
             if not last_chance and (status >= 500 or (status == 404 and adapter is not None)):
                 upstream.close()
                 raise _Retry(ADAPTER_MISSING if status == 404 else "worker_5xx")
-            response = await _relay(request, px, target, worker, upstream)
+            response = await _relay(request, px, target, worker, upstream, job)
         except AnswerCut:
             upstream.close()
             px.metrics.requests.labels(request.path, px.metrics.adapter(adapter), "502").inc()
@@ -310,13 +365,15 @@ def _response_headers(px: Proxy, worker: str, upstream: UpstreamResponse) -> dic
 
 
 async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
-                 upstream: UpstreamResponse) -> web.StreamResponse:
+                 upstream: UpstreamResponse, job: _Job) -> web.StreamResponse:
     """Relay the answer. A non-streaming answer is read whole up to BUFFER_LIMIT, so a worker dying
     in it is retried elsewhere; past that, or for a stream, the client has the head already: a stream
-    cut then ends with an SSE error event, any other answer cut then ends with the connection closed,
-    so the client sees a truncated body fail rather than succeed."""
-    headers = _response_headers(px, worker, upstream)
+    cut then migrates (or ends with an SSE error event), any other answer cut then ends with the connection
+    closed, so the client sees a truncated body fail rather than succeed."""
     streaming = upstream.content_type.startswith("text/event-stream")
+    if job.stream is not None:
+        return await _continue(request, px, target, worker, upstream, job, job.stream, streaming)
+    headers = _response_headers(px, worker, upstream)
     chunks = upstream.iter_chunks()
     first = b""
     try:
@@ -339,9 +396,13 @@ async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
     if not streaming and upstream.content_length is not None:
         response.content_length = upstream.content_length  # a cut stays visible as a short body
     await response.prepare(request)
+    rules = px.config.migration
+    if streaming and upstream.status == 200 and job.kind is not None and rules.max_migrations:
+        job.stream = _Stream(response, StreamLedger(job.kind, rules.max_kept_bytes))
+        return await _relay_stream(request, px, target, worker, upstream, job, job.stream, first)
     try:
         await response.write(first)
-        async for chunk in chunks:
+        async for chunk in upstream.iter_chunks():
             await response.write(chunk)
     except UpstreamError as exc:
         _unreachable(px, worker, exc)
@@ -352,6 +413,126 @@ async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
         await response.write(_sse_error("The worker stopped in the middle of the stream."))
     await response.write_eof()
     return response
+
+
+async def _continue(request: web.Request, px: Proxy, target: Target, worker: str, upstream: UpstreamResponse,
+                    job: _Job, stream: _Stream, streaming: bool) -> web.StreamResponse:
+    """A continuation's answer: its events join the stream the client is reading, or, when the worker
+    refused the continuation, the stream ends with an SSE error event."""
+    if upstream.status == 200 and streaming:
+        return await _relay_stream(request, px, target, worker, upstream, job, stream, b"")
+    upstream.close()
+    px.metrics.migrations.labels("failed").inc()
+    log.warning("request %s: worker %s answered the continuation with %d; the stream ends with an error",
+                request.get(REQUEST_ID), worker, upstream.status)
+    return await stream.fail(f"The worker stopped in the middle of the stream and its continuation was refused "
+                             f"(status {upstream.status}).")
+
+
+async def _relay_stream(request: web.Request, px: Proxy, target: Target, worker: str, upstream: UpstreamResponse,
+                        job: _Job, stream: _Stream, first: bytes) -> web.StreamResponse:
+    """Relay whole SSE events through the ledger; a cut hands the rest of the answer to another holder."""
+    ledger, response = stream.ledger, stream.response
+    try:
+        if first:
+            out = ledger.feed(first)
+            if out:
+                await response.write(out)
+        async for chunk in upstream.iter_chunks():
+            out = ledger.feed(chunk)
+            if out:
+                await response.write(out)
+    except UpstreamError as exc:
+        _unreachable(px, worker, exc)
+        return await _after_cut(request, px, target, worker, job, stream, exc.cut)
+    rest = ledger.flush()
+    if rest:
+        await response.write(rest)
+    await response.write_eof()
+    return response
+
+
+async def _after_cut(request: web.Request, px: Proxy, target: Target, worker: str, job: _Job, stream: _Stream,
+                     cut: str) -> web.StreamResponse:
+    """The worker's stream broke: continue it elsewhere (raises _Migrate), finish it, or end it in-band."""
+    ledger = stream.ledger
+    rules = px.config.migration
+    plan = plan_migration(job.original, ledger, cut, job.migrations, rules.rules())
+    request_id = request.get(REQUEST_ID)
+    if isinstance(plan, Continuation):
+        plan = await _counted(px, target, worker, job, ledger, cut, plan)
+        px.metrics.migrations.labels("continued").inc()
+        px.metrics.migrated_tokens.inc(plan.tokens)
+        log.warning("request %s: stream cut on worker %s (%s) after %d tokens; continuing on another worker "
+                    "(migration %d of at most %d)", request_id, worker, cut, plan.tokens, job.migrations + 1,
+                    rules.max_migrations)
+        ledger.continue_elsewhere(plan.tokens)
+        raise _Migrate(plan.body)
+    if isinstance(plan, Finish):
+        usage = None
+        if plan.usage_wanted:
+            prompt_tokens = await _prompt_tokens(px, target, worker, plan.tokenize_body)
+            if prompt_tokens is None:
+                px.metrics.migrations.labels("failed").inc()
+                return await stream.fail("The worker stopped after the last token, and no other worker could "
+                                         "count the prompt's tokens for the usage.")
+            usage = ledger.usage(prompt_tokens)
+        px.metrics.migrations.labels("finished").inc()
+        log.warning("request %s: stream cut on worker %s (%s) after its last token; the router ends it",
+                    request_id, worker, cut)
+        await stream.response.write(ledger.closing(usage))
+        await stream.response.write_eof()
+        return stream.response
+    px.metrics.migrations.labels("not_migrated").inc()
+    log.warning("request %s: stream cut on worker %s (%s) after %d tokens, not migrated: %s", request_id, worker,
+                cut, ledger.tokens, plan.reason)
+    return await stream.fail("The worker stopped in the middle of the stream.")
+
+
+async def _counted(px: Proxy, target: Target, dead: str, job: _Job, ledger: StreamLedger, cut: str,
+                   plan: Continuation) -> Continuation:
+    """The continuation with its limits reduced by the tokens the kept text really holds (a worker's
+    /tokenize of the prompt before and after); as counted from the chunks when a count fails."""
+    before = await _prompt_tokens(px, target, dead, plan.counting[0])
+    after = await _prompt_tokens(px, target, dead, plan.counting[1]) if before is not None else None
+    if before is None or after is None or after < before or after - before == plan.tokens:
+        return plan
+    exact = plan_migration(job.original, ledger, cut, job.migrations, px.config.migration.rules(),
+                           tokens=after - before)
+    return exact if isinstance(exact, Continuation) else plan
+
+
+async def _prompt_tokens(px: Proxy, target: Target, dead: str, body: bytes) -> int | None:
+    """The prompt's token count from another holder's /tokenize (vLLM's, as its usage counts them)."""
+    decision = routing.decide(target, px.state, FIRST.stream_cut(dead), px.retry_budget, px.rng)
+    if not isinstance(decision, routing.Forward):
+        return None
+    origin = origin_of(px.state.workers[decision.worker].url)
+    head = (f"POST /tokenize HTTP/1.1\r\nHost: {origin.host_header}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{px.credentials.line(decision.worker)}\r\n").encode()
+    try:
+        upstream = await px.upstream.request(origin.host, origin.port, origin.tls, head, body)
+    except UpstreamError:
+        return None
+    try:
+        answer = await upstream.read()
+    except UpstreamError:
+        upstream.close()
+        return None
+    upstream.release()
+    if upstream.status != 200:
+        return None
+    try:
+        return _decode_count(answer).count
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+class _Count(msgspec.Struct):
+    count: int
+
+
+_decode_count = msgspec.json.Decoder(_Count).decode
 
 
 async def _read_up_to(chunks: AsyncIterator[bytes], limit: int) -> bytes:

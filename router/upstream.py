@@ -49,15 +49,26 @@ def origin_of(url: str) -> Origin:
 
 
 class UpstreamError(Exception):
-    """The worker could not be reached or stopped answering; `before_response` says if it said anything."""
+    """The worker could not be reached or stopped answering; `before_response` says if it said anything,
+    `cut` how the exchange broke (router.core.continuation.CUTS)."""
+
+    cut = "closed"
 
     def __init__(self, message: str, *, before_response: bool) -> None:
         super().__init__(message)
         self.before_response = before_response
 
 
+class UpstreamMalformed(UpstreamError):
+    """The worker sent bytes that are not an HTTP answer."""
+
+    cut = "malformed"
+
+
 class UpstreamTimeout(UpstreamError):
     """The worker took too long: it may be working on the request, so it is never sent again."""
+
+    cut = "timeout"
 
 
 class UpstreamResponse:
@@ -130,7 +141,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed response: {exc}", before_response=not self.headers_done))
+            self._fail(UpstreamMalformed(f"malformed response: {exc}", before_response=not self.headers_done))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True

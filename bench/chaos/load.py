@@ -6,9 +6,12 @@ so a hang is counted as one (HUNG) instead of stalling the run; sending stops
 at `duration_s` or `max_requests`, whichever comes first, and stragglers are
 awaited at most `timeout_s`.
 
-A stream counts as OK only if it ends with `data: [DONE]`; one that ends with
-an SSE error event is CUT (the router's promise for a worker lost mid-stream);
-one that just stops is FAILED.
+A stream counts as OK only if it ends with `data: [DONE]` and its text is the
+answer the simulated worker gives that prompt (bench.worker.textgen: the same
+tokens whichever worker, or workers, produced them); one that ends with
+`[DONE]` but other text is WRONG (a migrated stream that lost or repeated a
+token); one that ends with an SSE error event is CUT (a worker lost mid-stream
+and the stream not migrated); one that just stops is FAILED.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ from collections.abc import Callable, Collection, Sequence
 import aiohttp
 import msgspec
 
+from bench.worker import textgen
+
 FAILURE_SAMPLES = 8
+PROMPT = "chaos"
 WORKER_HEADER = "x-lora-router-worker"
 
 
 class Outcome(enum.Enum):
     OK = "ok"
     CUT = "cut"
+    WRONG = "wrong"
     FAILED = "failed"
     HUNG = "hung"
 
@@ -153,7 +160,7 @@ class OpenLoop:
             await asyncio.wait(pending)
 
     async def _one(self, router: str, request: Request) -> None:
-        body = {"model": request.model, "prompt": "chaos", "max_tokens": request.max_tokens,
+        body = {"model": request.model, "prompt": PROMPT, "max_tokens": request.max_tokens,
                 "ignore_eos": True, "stream": request.stream}
         started = time.monotonic()
         status = 0
@@ -171,7 +178,8 @@ class OpenLoop:
                         await r.read()
                         self.tally.add(request, Outcome.OK, status, time.monotonic() - started)
                         return
-                    outcome, detail = await _read_stream(r)
+                    outcome, detail = await _read_stream(r, textgen.answer(request.model, PROMPT,
+                                                                           request.max_tokens))
                     self.tally.add(request, outcome, status, time.monotonic() - started, detail)
         except TimeoutError:
             self.tally.add(request, Outcome.HUNG, status, self.timeout_s, f"no end within {self.timeout_s}s")
@@ -179,16 +187,33 @@ class OpenLoop:
             self.tally.add(request, Outcome.FAILED, status, 0.0, repr(exc))
 
 
-async def _read_stream(response: aiohttp.ClientResponse) -> tuple[Outcome, str]:
+class _Choice(msgspec.Struct):
+    text: str = ""
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = []
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
+async def _read_stream(response: aiohttp.ClientResponse, expected: str) -> tuple[Outcome, str]:
     last = b""
+    text: list[str] = []
     async for line in response.content:
         line = line.strip()
         if not line:
             continue
         if line == b"data: [DONE]":
+            got = "".join(text)
+            if got != expected:
+                return Outcome.WRONG, f"text {got[:80]!r} is not its reference {expected[:80]!r}"
             return Outcome.OK, ""
         if line.startswith(b'data: {"error"'):
             return Outcome.CUT, line.decode(errors="replace")
+        if line.startswith(b"data: "):
+            text += [c.text for c in _decode_chunk(line[6:]).choices]
         last = line
     return Outcome.FAILED, f"stream ended without [DONE] or an error event after {last[:80]!r}"
 

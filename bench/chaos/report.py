@@ -11,6 +11,16 @@ from bench.chaos.load import Outcome, Tally
 from bench.chaos.observe import Usage
 
 
+class Counters(msgspec.Struct, frozen=True):
+    """What the routers did about failed tries: retried a request, continued a cut stream elsewhere."""
+
+    retried: float = 0.0
+    migrated: float = 0.0
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(self.retried - other.retried, self.migrated - other.migrated)
+
+
 class ScenarioResult(msgspec.Struct, kw_only=True):
     name: str
     load: str
@@ -21,10 +31,13 @@ class ScenarioResult(msgspec.Struct, kw_only=True):
     succeeded: int = 0
     retried: int = 0
     """Router-side retries on another worker (from the routers' lora_router_retries_total)."""
+    migrated: int = 0
+    """Streams a dead worker cut mid-way that the routers continued on another worker (from their
+    lora_router_migrations_total{outcome="continued"})."""
     failed: int = 0
-    """Errors and hangs the client saw, cut streams excluded."""
+    """Errors, hangs and wrong answers the client saw, cut streams excluded."""
     cut_streams: int = 0
-    """Streams a dead worker cut mid-way, ended with an SSE error event."""
+    """Streams a dead worker cut mid-way and not migrated: ended with an SSE error event."""
     recovery_s: float | None = None
     recovery_of: str = ""
     checks: dict[str, bool] = {}
@@ -34,14 +47,17 @@ class ScenarioResult(msgspec.Struct, kw_only=True):
     usage: list[Usage] = []
     """The router's footprint over time, where a scenario watches it (the soak)."""
 
-    def count(self, tally: Tally, retried: float) -> None:
+    def count(self, tally: Tally, counters: Counters) -> None:
         self.sent = tally.sent
         self.succeeded = tally.count(Outcome.OK)
-        self.failed = tally.count(Outcome.FAILED) + tally.count(Outcome.HUNG)
+        self.failed = tally.count(Outcome.FAILED) + tally.count(Outcome.HUNG) + tally.count(Outcome.WRONG)
         self.cut_streams = tally.count(Outcome.CUT)
-        self.retried = int(retried)
+        self.retried = int(counters.retried)
+        self.migrated = int(counters.migrated)
         self.samples.extend(tally.failures)
         self.checks["every error answer in OpenAI's shape"] = tally.unshaped_errors == 0
+        self.checks["every streamed answer is its reference text (no token lost or repeated)"] = \
+            tally.count(Outcome.WRONG) == 0
 
     @property
     def passed(self) -> bool:
@@ -63,14 +79,14 @@ def _recovery(r: ScenarioResult) -> str:
 
 def table(results: Sequence[ScenarioResult]) -> str:
     """Markdown, so the same text goes to the terminal and into docs/reliability.md."""
-    head = ("| scenario | load | faults injected | sent | succeeded | retried | failed | streams cut (SSE error) "
-            "| recovery | checks |")
-    rows = [head, "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    head = ("| scenario | load | faults injected | sent | succeeded | retried | streams migrated | failed "
+            "| streams cut (SSE error) | recovery | checks |")
+    rows = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         passed = sum(r.checks.values())
         verdict = f"{passed}/{len(r.checks)} pass" + ("" if r.passed else " **FAIL**")
         rows.append(f"| {r.name} | {r.load} | {r.faults} | {r.sent:,} | {r.succeeded:,} | {r.retried:,} "
-                    f"| {r.failed:,} | {r.cut_streams:,} | {_recovery(r)} | {verdict} |")
+                    f"| {r.migrated:,} | {r.failed:,} | {r.cut_streams:,} | {_recovery(r)} | {verdict} |")
     return "\n".join(rows)
 
 

@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="send an interim 103 Early Hints before each inference answer (fault injection)")
     p.add_argument("--cut-rate", type=float, default=0.0,
                    help="fraction of inference answers cut in the middle of the body (fault injection)")
+    p.add_argument("--die-after-tokens", type=int, default=0, metavar="K",
+                   help="SIGKILL the worker itself once it has produced K tokens, all answers together (a "
+                        "stream: once the chunk of the K-th token is written): an answer cut at an exact point "
+                        "(fault injection; 0 = never)")
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection")
 
 
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                             max_model_len=args.max_model_len,
                             api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None, lora_modules=modules,
                             speed=args.speed, fail_rate=args.fail_rate, slow_s=args.slow_s,
-                            early_hints=args.early_hints, cut_rate=args.cut_rate, seed=args.seed)
+                            early_hints=args.early_hints, cut_rate=args.cut_rate,
+                            die_after_tokens=args.die_after_tokens, seed=args.seed)
     worker = SimulatedWorker(options)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(worker, args.host, args.port))

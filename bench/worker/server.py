@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -38,6 +39,7 @@ class WorkerOptions(msgspec.Struct, kw_only=True):
     slow_s: float = 0.0
     early_hints: bool = False
     cut_rate: float = 0.0
+    die_after_tokens: int = 0
     seed: int = 0
 
 
@@ -66,6 +68,8 @@ class GenerateRequest(msgspec.Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool = False
 
 
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </v1/models>; rel=preload\r\n\r\n"
@@ -115,6 +119,7 @@ class SimulatedWorker:
         self.started = int(time.time())
         self.metrics = WorkerMetrics(options.model, options.max_loras, time.time())
         self.rng = random.Random(options.seed)
+        self._tokens = 0
         for name, path in options.lora_modules.items():
             self.registry.add(name, path, self.registry.check(name, path, False), self.started)
 
@@ -233,6 +238,9 @@ class SimulatedWorker:
         self.metrics.received += 1
         req = await self._decode(request, GenerateRequest)
         adapter = self._resolve(req.model)
+        if chat and req.continue_final_message and req.add_generation_prompt:
+            return error_body(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                              "BadRequestError")
         if self.options.slow_s:
             await asyncio.sleep(self.options.slow_s)
         if self.options.fail_rate and self.rng.random() < self.options.fail_rate:
@@ -240,26 +248,27 @@ class SimulatedWorker:
         prompt = _prompt_text(req, chat)
         n_prompt = textgen.prompt_tokens(prompt)
         max_tokens = self._max_tokens(req, n_prompt)
-        n_out = max_tokens if req.ignore_eos else textgen.natural_length(req.model, prompt, max_tokens)
+        state = textgen.context(req.model, _context_words(req, chat))
+        n_out = max_tokens if req.ignore_eos else textgen.natural_length(state, max_tokens)
         finish = "length" if n_out >= max_tokens else "stop"
         usage: dict[str, object] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out,
                                     "completion_tokens": n_out, "prompt_tokens_details": None}
         # vLLM names the completion after the caller's X-Request-Id when there is one.
         ident = ("chatcmpl-" if chat else "cmpl-") + request.headers.get("X-Request-Id", uuid.uuid4().hex)
         created = int(time.time())
-        tokens = self.engine.generate(adapter, n_prompt, n_out)
+        words = self._words(self.engine.generate(adapter, n_prompt, n_out), state)
         self.metrics.served_once = True
         if self.options.early_hints:
             await request.writer.write(EARLY_HINTS)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _sse_events(tokens, chat, req.model, prompt, ident, created, finish, n_out,
+        events = _sse_events(words, chat, req.model, ident, created, finish, n_out,
                              usage if include_usage else None) if req.stream else None
         if self.options.cut_rate and self.rng.random() < self.options.cut_rate:
             if events is not None:
                 return await _cut(request, "text/event-stream; charset=utf-8", b"".join([e async for e in events]))
-            words = [textgen.token(req.model, prompt, i) async for i in tokens]
+            text = "".join([" " + w async for w in words])
             return await _cut(request, "application/json", msgspec.json.encode(
-                _final(chat, ident, created, req.model, " " + " ".join(words), finish, usage)))
+                _final(chat, ident, created, req.model, text, finish, usage)))
         if events is not None:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
             await response.prepare(request)
@@ -267,10 +276,24 @@ class SimulatedWorker:
                 await response.write(event)
             await response.write_eof()
             return response
-        words = [textgen.token(req.model, prompt, i) async for i in tokens]
-        text = " " + " ".join(words)
+        text = "".join([" " + w async for w in words])
         return web.Response(body=msgspec.json.encode(
             _final(chat, ident, created, req.model, text, finish, usage)), content_type="application/json")
+
+    async def _words(self, indices: AsyncIterator[int], state: int) -> AsyncIterator[str]:
+        """The answer's words as the engine emits its tokens."""
+        words = textgen.tokens(state)
+        async for _ in indices:
+            self._tokens += 1
+            yield next(words)
+            self._maybe_die()
+
+    def _maybe_die(self) -> None:
+        """Fault injection: SIGKILL this very process when the token after the `die_after_tokens`-th is asked
+        for: a stream has then written the chunk holding that token, so a test cuts it after exactly k tokens."""
+        limit = self.options.die_after_tokens
+        if limit and self._tokens >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _max_tokens(self, req: GenerateRequest, prompt_tokens: int) -> int:
         """vLLM's checks, in its order and words: the prompt must fit the context, max_tokens must be >= 1."""
@@ -310,6 +333,20 @@ class SimulatedWorker:
                                   "tokens": ids, "token_strs": None})
 
 
+def _context_words(req: GenerateRequest, chat: bool) -> list[str]:
+    """What the model reads, as a chat template renders it: each message opened by its role, then the
+    assistant's turn opened (add_generation_prompt, the default) unless the final message is continued."""
+    if not chat:
+        return _prompt_text(req, chat).split()
+    words = []
+    for message in req.messages or []:
+        words.append(f"<{message.get('role')}>")
+        words += str(message.get("content", "")).split()
+    if req.add_generation_prompt is not False and not req.continue_final_message:
+        words.append("<assistant>")
+    return words
+
+
 def _prompt_text(req: GenerateRequest, chat: bool) -> str:
     if chat and req.messages:
         return " ".join(str(m.get("content", "")) for m in req.messages)
@@ -318,16 +355,18 @@ def _prompt_text(req: GenerateRequest, chat: bool) -> str:
     return req.prompt or ""
 
 
-async def _sse_events(tokens: AsyncIterator[int], chat: bool, model: str, prompt: str, ident: str, created: int,
+async def _sse_events(words: AsyncIterator[str], chat: bool, model: str, ident: str, created: int,
                       finish: str, n_out: int, usage: dict[str, object] | None) -> AsyncIterator[bytes]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     if chat:
         first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                  "finish_reason": None}
         yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [first]})
-    async for i in tokens:
-        piece = " " + textgen.token(model, prompt, i)
+    i = 0
+    async for word in words:
+        piece = " " + word
         last = i == n_out - 1
+        i += 1
         choice: dict[str, object] = ({"index": 0, "delta": {"content": piece}, "logprobs": None,
                                       "finish_reason": finish if last else None} if chat else
                                      {"index": 0, "text": piece, "logprobs": None,

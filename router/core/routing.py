@@ -22,6 +22,8 @@ The policy, in order:
   holder (power of two choices).
 - A request is forwarded at most `MAX_FORWARDS` times; a second try spends the
   retry budget, and a last try relays whatever the worker answers.
+- A stream cut mid-way continues (router.core.continuation) as a new exchange
+  by these same rules, without the worker that died.
 """
 
 from __future__ import annotations
@@ -113,10 +115,18 @@ class Attempts(msgspec.Struct, frozen=True):
     """An overflow load failed or outlasted its wait: queue at a holder instead."""
     reason: str = "no holder"
     """Why the last try failed, for the client's error."""
+    migrations: int = 0
+    """Times the answer's stream was cut and continued on another worker."""
 
     def forward_failed(self, worker: str, reason: str, *, retry_there: bool = False) -> Attempts:
         failed = self.failed if retry_there else self.failed | {worker}
         return msgspec.structs.replace(self, forwards=self.forwards + 1, failed=failed, reason=reason)
+
+    def stream_cut(self, worker: str) -> Attempts:
+        """The worker died mid-stream and the answer continues elsewhere: a fresh exchange (its tries, not a
+        retry that spends the budget), the dead worker excluded."""
+        return msgspec.structs.replace(self, forwards=0, failed=self.failed | {worker}, reason="stream cut",
+                                       migrations=self.migrations + 1)
 
     def loaded(self, worker: str) -> Attempts:
         return msgspec.structs.replace(self, loaded_on=self.loaded_on | {worker})

@@ -198,6 +198,49 @@ def test_completion_stream_without_usage(worker, two_adapters) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+def _stream_pieces(worker, route: str, body: dict) -> list[str]:
+    """The text of each streamed chunk: where a stream cut by a dying worker could have stopped."""
+    status, _, raw = worker.call("POST", route, {**body, "stream": True})
+    assert status == 200
+    pieces = []
+    for event in _events(raw)[:-1]:
+        for choice in json.loads(event)["choices"]:
+            piece = choice["text"] if route == "/v1/completions" else choice["delta"].get("content")
+            if piece:
+                pieces.append(piece)
+    return pieces
+
+
+def test_a_greedy_completion_continues_token_for_token_from_its_text(worker, two_adapters) -> None:
+    """What request migration relies on: the prompt plus the first k tokens' text, asked with k fewer
+    tokens, gives the rest of the answer."""
+    body = {"model": two_adapters[0], "prompt": "hello world", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    pieces = _stream_pieces(worker, "/v1/completions", body)
+    assert len(pieces) == 6, "one token per chunk when idle"
+    for k in (1, 4):
+        rest = _stream_pieces(worker, "/v1/completions",
+                              {**body, "prompt": body["prompt"] + "".join(pieces[:k]), "max_tokens": 6 - k})
+        assert "".join(rest) == "".join(pieces[k:])
+
+
+def test_a_greedy_chat_answer_continues_its_final_message(worker, two_adapters) -> None:
+    """vLLM's continue_final_message with add_generation_prompt off continues a partial assistant message
+    as the uninterrupted answer would have gone on; both set is a 400."""
+    messages = [{"role": "user", "content": "tell me a story"}]
+    body = {"model": two_adapters[1], "messages": messages, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    pieces = _stream_pieces(worker, "/v1/chat/completions", body)
+    assert len(pieces) == 6, "one token per chunk when idle"
+    for k in (1, 4):
+        partial = [*messages, {"role": "assistant", "content": "".join(pieces[:k])}]
+        rest = _stream_pieces(worker, "/v1/chat/completions", {
+            **body, "messages": partial, "max_tokens": 6 - k, "continue_final_message": True,
+            "add_generation_prompt": False})
+        assert "".join(rest) == "".join(pieces[k:])
+    status, _, raw = worker.call("POST", "/v1/chat/completions", {
+        **body, "continue_final_message": True, "add_generation_prompt": True})
+    assert status == 400 and _error(raw)["code"] == 400
+
+
 @pytest.mark.parametrize(("route", "field"), [("/v1/completions", "max_tokens"),
                                                ("/v1/chat/completions", "max_tokens"),
                                                ("/v1/chat/completions", "max_completion_tokens")])

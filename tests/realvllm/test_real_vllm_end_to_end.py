@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from control.control_helpers import until
 from hostile.wire import Wire, head
@@ -43,6 +44,8 @@ WORKER_KEY = "real-worker-secret-5c1d9e"
 AUTH = bearer(WORKER_KEY)
 CONTROL = {"tick_s": 0.5, "reconcile_s": 1.0, "lease_ttl_s": 3, "health_probe_s": 0.5}
 SETTLE_S = 90.0
+MIGRATED_TOKENS = 160
+"""Long enough that the stream is still running when its worker is killed after three chunks."""
 
 
 @dataclass
@@ -262,3 +265,43 @@ async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
 
 async def _on_all(fleet: RealFleet, name: str) -> bool:
     return len(await fleet.holders(name)) == len(fleet.workers)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+async def test_a_stream_whose_worker_is_killed_mid_way_continues_on_the_other_as_the_direct_answer(
+        real_fleet: Callable[..., RealFleet], tiny_model: TinyModel, chat: bool) -> None:
+    """Request migration on real vLLM: greedy decoding, the serving worker SIGKILLed after a few chunks;
+    the client's text is the answer a worker gives directly, and the stream ends once with [DONE]."""
+    fleet = real_fleet({"adapters": {"mig-*": {"min_replicas": 2}}})
+    name = "mig-a"
+    await add_adapters(fleet, tiny_model, [name])
+    await until(lambda: _on_all(fleet, name), SETTLE_S, f"{name} on both workers")
+    route = "/v1/chat/completions" if chat else "/v1/completions"
+    body: dict[str, Any] = {"model": name, "max_tokens": MIGRATED_TOKENS, "temperature": 0, "ignore_eos": True}
+    body |= ({"messages": [{"role": "user", "content": tiny_model.probe_prompt}]} if chat
+             else {"prompt": tiny_model.probe_prompt})
+    direct = await call("POST", f"{fleet.urls[1]}{route}", body, AUTH)
+    assert direct.status == 200, direct.text
+    choice = direct.json()["choices"][0]
+    reference = choice["message"]["content"] if chat else choice["text"]
+    workers = {w["id"]: w["url"] for w in fleet.router_status()["workers"]}
+    by_url = {base_url(w): w for w in fleet.workers}
+    pieces: list[str] = []
+    events: list[str] = []
+    async with aiohttp.ClientSession() as session, \
+            session.post(f"{fleet.router.url}{route}", json={**body, "stream": True}) as resp:
+        assert resp.status == 200
+        victim = by_url[workers[resp.headers[WORKER_HEADER]]]
+        async for line in resp.content:
+            text = line.decode().strip()
+            if not text.startswith("data: "):
+                continue
+            events.append(text[6:])
+            if text[6:] != "[DONE]":
+                for c in json.loads(text[6:]).get("choices", []):
+                    pieces.append((c["delta"].get("content") if chat else c["text"]) or "")
+            if len(pieces) == 3 and victim.alive():
+                victim.kill()
+    assert not victim.alive()
+    assert events.count("[DONE]") == 1 and events[-1] == "[DONE]", events[-3:]
+    assert "".join(pieces) == reference

@@ -19,7 +19,7 @@ from bench.chaos.fleet import FleetSpec
 from bench.chaos.load import OpenLoop, Outcome
 from bench.chaos.observe import loras, time_until, worker_holds
 from bench.chaos.report import ScenarioResult
-from bench.chaos.scenarios.common import Context, mix, retries, settled
+from bench.chaos.scenarios.common import Context, counters, mix, settled
 from router.localfleet import LocalWorker
 
 NAME = "adapter-loss"
@@ -47,7 +47,7 @@ async def run(ctx: Context) -> ScenarioResult:
         f"restarted at {2 * sizes.phase_s:g} s", recovery_of="slowest restore")
     async with settled(ctx.root, spec) as (fleet, session):
         router = fleet.routers[0]
-        before = await retries(session, fleet.routers)
+        before = await counters(session, fleet.routers)
         seconds = 3 * sizes.phase_s + bound
         load = OpenLoop(session, [router.url], mix(NAMES, stream_every=10), sizes.rate).start(
             seconds, int(sizes.rate * seconds) + 1)
@@ -62,7 +62,7 @@ async def run(ctx: Context) -> ScenarioResult:
         await fleet.restart_worker(restarted)
         reloaded = await time_until(lambda: _holds_share(session, router.url, restarted), 15)
         tally = await load.finish()
-        result.count(tally, await retries(session, fleet.routers) - before)
+        result.count(tally, await counters(session, fleet.routers) - before)
     restores = [s for s in (unloaded, reloaded) if s is not None]
     result.recovery_s = round(max(restores), 1) if len(restores) == 2 else None
     result.figures = {"unloaded adapters back after s": _rounded(unloaded),

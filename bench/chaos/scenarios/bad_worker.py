@@ -23,9 +23,9 @@ from bench.chaos.observe import loras
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
+    counters,
     latency_ms,
     request,
-    retries,
     settle,
     settled,
 )
@@ -58,7 +58,7 @@ async def run(ctx: Context) -> ScenarioResult:
     async with settled(ctx.root, spec) as (fleet, session):
         router = fleet.routers[0]
         slow_id, failing_id = fleet.workers[SLOW].id, fleet.workers[FAILING].id
-        before = await retries(session, fleet.routers)
+        before = await counters(session, fleet.routers)
         load = OpenLoop(session, [router.url], lambda i: request(NAMES[i % len(NAMES)], group=WARMUP), sizes.rate)
         load.start(sizes.seconds, int(sizes.rate * sizes.seconds) + 1)
         await asyncio.sleep(WARMUP_S)  # demand rises from nothing: let the placement follow it first
@@ -66,7 +66,7 @@ async def run(ctx: Context) -> ScenarioResult:
         at_start = await _replica_sets(session, router.url)
         load.pick = lambda i: request(NAMES[i % len(NAMES)], group=NAMES[i % len(NAMES)])
         tally = await load.finish()
-        result.count(tally, await retries(session, fleet.routers) - before)
+        result.count(tally, await counters(session, fleet.routers) - before)
         at_end = await _replica_sets(session, router.url)
     near = {n for sets in (at_start, at_end) for n, ws in sets.items() if slow_id in ws}
     others = set(NAMES) - near

@@ -12,9 +12,11 @@ import msgspec
 from bench.chaos.fleet import ChaosFleet, FleetSpec
 from bench.chaos.load import Request, Tally
 from bench.chaos.observe import loras, metrics_sum, status, time_until
+from bench.chaos.report import Counters
 from router.localfleet import LocalRouter
 
 RETRIES = "lora_router_retries_total"
+MIGRATIONS = "lora_router_migrations_total"
 STREAM_TOKENS = 200
 """Long enough (at the fleet's speed) that a stream is often mid-way when its worker dies."""
 
@@ -62,8 +64,10 @@ def request(model: str, *, stream: bool = False, group: str | None = None) -> Re
                    group=group or ("stream" if stream else "plain"))
 
 
-async def retries(session: aiohttp.ClientSession, routers: Sequence[LocalRouter]) -> float:
-    return await metrics_sum(session, [r.url for r in routers], RETRIES)
+async def counters(session: aiohttp.ClientSession, routers: Sequence[LocalRouter]) -> Counters:
+    urls = [r.url for r in routers]
+    return Counters(await metrics_sum(session, urls, RETRIES),
+                    await metrics_sum(session, urls, MIGRATIONS, 'outcome="continued"'))
 
 
 async def placement_served(session: aiohttp.ClientSession, routers: Sequence[LocalRouter],

@@ -24,10 +24,10 @@ from bench.chaos.observe import loras, metrics_sum, status, time_until
 from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
+    counters,
     latency_ms,
     placement_served,
     request,
-    retries,
     settled,
 )
 
@@ -62,7 +62,7 @@ async def run(ctx: Context) -> ScenarioResult:
         recovery_of="restart to views converged, cold ones placed")
     async with settled(ctx.root, spec, routers=2) as (fleet, session):
         urls = [r.url for r in fleet.routers]
-        before = await retries(session, fleet.routers)
+        before = await counters(session, fleet.routers)
         placed = OpenLoop(session, urls, lambda i: request(PLACED[i % len(PLACED)], stream=i % 10 == 0,
                                                            group="placed"), sizes.rate)
         placed.start(total_s, int(sizes.rate * total_s) + 1)
@@ -79,7 +79,7 @@ async def run(ctx: Context) -> ScenarioResult:
         converged = await time_until(lambda: _agree(session, fleet), 60)
         recovery = None if converged is None else time.monotonic() - restarted
         tally = (await placed.finish()).merge(await cold.finish())
-        result.count(tally, await retries(session, fleet.routers) - before)
+        result.count(tally, await counters(session, fleet.routers) - before)
     result.recovery_s = None if recovery is None else round(recovery, 1)
     result.figures = {**latency_ms(tally, ("placed",), "placed"), **latency_ms(tally, ("cold",), "cold"), **churn}
     failed = {g: tally.count(Outcome.FAILED, g) + tally.count(Outcome.HUNG, g) + tally.count(Outcome.CUT, g)

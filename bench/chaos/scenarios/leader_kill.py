@@ -29,10 +29,10 @@ from bench.chaos.report import ScenarioResult
 from bench.chaos.scenarios.common import (
     Context,
     NotConverged,
+    counters,
     mix,
     quiet,
     request,
-    retries,
     settled,
 )
 from discovery.etcd import EtcdClient
@@ -122,7 +122,7 @@ async def run(ctx: Context) -> ScenarioResult:
         others = [r for r in fleet.routers if r is not paused]
         polled = list(fleet.routers)
         async with watching(session, fleet.etcd.endpoint, polled) as watch:
-            before = await retries(session, others)
+            before = await counters(session, others)
             budget = 120.0
             steady = OpenLoop(session, [r.url for r in others], mix(NAMES), sizes.rate).start(
                 budget, int(sizes.rate * budget))
@@ -147,7 +147,7 @@ async def run(ctx: Context) -> ScenarioResult:
             steady.stop()
             hot.stop()
             tally = (await steady.finish()).merge(await hot.finish())
-            result.count(tally, await retries(session, survivors) - before)
+            result.count(tally, await counters(session, survivors) - before)
     result.recovery_s = None if recovery is None else round(recovery, 1)
     result.figures = {"new leader after kill s": None if took_over is None else round(took_over, 1),
                       "placements written": len(watch.epochs), "most routers claiming leadership": watch.most_leaders,
