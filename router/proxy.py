@@ -492,13 +492,22 @@ async def _after_cut(request: web.Request, px: Proxy, target: Target, worker: st
 async def _counted(px: Proxy, target: Target, dead: str, job: _Job, ledger: StreamLedger, cut: str,
                    plan: Continuation) -> Continuation:
     """The continuation with its limits reduced by the tokens the kept text really holds (a worker's
-    /tokenize of the prompt before and after); as counted from the chunks when a count fails."""
-    before = await _prompt_tokens(px, target, dead, plan.counting[0])
-    after = await _prompt_tokens(px, target, dead, plan.counting[1]) if before is not None else None
-    if before is None or after is None or after < before or after - before == plan.tokens:
+    /tokenize of the prompt before and after), in the rendering the tokenizer reads as the answer so far
+    (a chat message's leading whitespace stripped when keeping it adds a token); as planned from the
+    chunks when a count fails."""
+    counts = [await _prompt_tokens(px, target, dead, body) for body in plan.counting]
+    before, after = counts[0], counts[1]
+    if before is None or after is None or after < before:
+        return plan
+    stripped = counts[2] if len(counts) > 2 else None
+    if stripped is not None and before <= stripped < after:
+        tokens, strip = stripped - before, True
+    else:
+        tokens, strip = after - before, False
+    if tokens == plan.tokens and not strip:
         return plan
     exact = plan_migration(job.original, ledger, cut, job.migrations, px.config.migration.rules(),
-                           tokens=after - before)
+                           tokens=tokens, strip=strip)
     return exact if isinstance(exact, Continuation) else plan
 
 

@@ -236,9 +236,11 @@ class Continuation(msgspec.Struct, frozen=True):
     """The request for the rest, its limits reduced by `tokens`."""
     tokens: int
     """The tokens it counts as generated already."""
-    counting: tuple[bytes, bytes]
-    """/tokenize bodies for the original prompt and the continuation's: their difference is the exact
-    number of tokens the text carries (a chunk may hold several), for `plan_migration(..., tokens=)`."""
+    counting: tuple[bytes, ...]
+    """/tokenize bodies for the original prompt and the continuation's (and, for a chat answer that starts
+    with whitespace, the continuation's with it stripped): their difference is the exact number of tokens
+    the text carries (a chunk may hold several), for `plan_migration(..., tokens=, strip=)`."""
+    strip: bool = False
 
 
 class Finish(msgspec.Struct, frozen=True):
@@ -259,11 +261,12 @@ Plan = Continuation | Finish | Stay
 
 
 def plan_migration(body: bytes, ledger: StreamLedger, cut: str, migrations: int, rules: MigrationRules,
-                   tokens: int | None = None) -> Plan:
+                   tokens: int | None = None, strip: bool = False) -> Plan:
     """What to do about a stream cut (`cut`: one of CUTS) after `migrations` earlier migrations.
 
     `tokens`: what the text carries as a worker's tokenizer counts it (from the first plan's `counting`);
-    without it, the chunks with text are counted, one token each.
+    without it, the chunks with text are counted, one token each. `strip`: a chat's partial message goes
+    without its leading whitespace (see `_strippable`).
     """
     if ledger.done:
         return Stay("the answer had ended")
@@ -284,7 +287,7 @@ def plan_migration(body: bytes, ledger: StreamLedger, cut: str, migrations: int,
     why = _unmigratable(request, ledger.kind)
     if why is not None:
         return Stay(why)
-    return _continued(request, ledger, ledger.tokens if tokens is None else tokens)
+    return _continued(request, ledger, ledger.tokens if tokens is None else tokens, strip)
 
 
 def _wants_usage(request: dict[str, Any]) -> bool:
@@ -336,7 +339,7 @@ def _unmigratable(request: dict[str, Any], kind: Kind) -> str | None:
     return None
 
 
-def _continued(request: dict[str, Any], ledger: StreamLedger, done: int) -> Plan:
+def _continued(request: dict[str, Any], ledger: StreamLedger, done: int, strip: bool) -> Plan:
     original = msgspec.json.encode(_tokenize_request(request, ledger.kind))
     text = ledger.text
     if ledger.kind is Kind.COMPLETION:
@@ -354,7 +357,7 @@ def _continued(request: dict[str, Any], ledger: StreamLedger, done: int) -> Plan
             last["content"] = last["content"] + text
             messages[-1] = last
         else:
-            messages.append({"role": "assistant", "content": text})
+            messages.append({"role": "assistant", "content": text.lstrip() if strip else text})
         request["messages"] = messages
         request["continue_final_message"] = True
         request["add_generation_prompt"] = False
@@ -367,8 +370,19 @@ def _continued(request: dict[str, Any], ledger: StreamLedger, done: int) -> Plan
     min_tokens = request.get("min_tokens")
     if isinstance(min_tokens, int) and not isinstance(min_tokens, bool) and min_tokens:
         request["min_tokens"] = max(0, min_tokens - done)
-    counting = (original, msgspec.json.encode(_tokenize_request(request, ledger.kind)))
-    return Continuation(msgspec.json.encode(request), done, counting)
+    counting: tuple[bytes, ...] = (original, msgspec.json.encode(_tokenize_request(request, ledger.kind)))
+    if _strippable(request, ledger) and not strip:
+        stripped = list(request["messages"])
+        stripped[-1] = {"role": "assistant", "content": text.lstrip()}
+        counting += (msgspec.json.encode(_tokenize_request({**request, "messages": stripped}, ledger.kind)),)
+    return Continuation(msgspec.json.encode(request), done, counting, strip)
+
+
+def _strippable(request: dict[str, Any], ledger: StreamLedger) -> bool:
+    """Whether the partial message could be rendered without its leading whitespace: a template that puts
+    its own separator between the role and the content would otherwise double it (a token the model never
+    read); which rendering matches is the tokenizer's to say (`Continuation.counting`)."""
+    return ledger.kind is Kind.CHAT and ledger.text[:1].isspace()
 
 
 def _int(value: object, default: int) -> int:

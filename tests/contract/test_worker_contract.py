@@ -223,15 +223,32 @@ def test_a_greedy_completion_continues_token_for_token_from_its_text(worker, two
         assert "".join(rest) == "".join(pieces[k:])
 
 
+def _count(worker, body: dict) -> int:
+    status, _, raw = worker.call("POST", "/tokenize", body)
+    assert status == 200, raw
+    return int(json.loads(raw)["count"])
+
+
 def test_a_greedy_chat_answer_continues_its_final_message(worker, two_adapters) -> None:
     """vLLM's continue_final_message with add_generation_prompt off continues a partial assistant message
-    as the uninterrupted answer would have gone on; both set is a 400."""
+    as the uninterrupted answer would have gone on (both set is a 400). A template that writes its own
+    separator before the content (the tiny model's does) reads the answer's leading space as one token
+    more; /tokenize tells, and the router keeps the rendering whose count is the smaller (the rule in
+    router.proxy._counted)."""
     messages = [{"role": "user", "content": "tell me a story"}]
     body = {"model": two_adapters[1], "messages": messages, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
     pieces = _stream_pieces(worker, "/v1/chat/completions", body)
     assert len(pieces) == 6, "one token per chunk when idle"
+    prompt = _count(worker, {"model": body["model"], "messages": messages})
     for k in (1, 4):
-        partial = [*messages, {"role": "assistant", "content": "".join(pieces[:k])}]
+        text = "".join(pieces[:k])
+        counted = {content: _count(worker, {"model": body["model"], "continue_final_message": True,
+                                            "add_generation_prompt": False,
+                                            "messages": [*messages, {"role": "assistant", "content": content}]})
+                   for content in {text, text.lstrip()}}
+        content = min(counted, key=lambda c: (counted[c], c != text))
+        assert counted[content] - prompt == k
+        partial = [*messages, {"role": "assistant", "content": content}]
         rest = _stream_pieces(worker, "/v1/chat/completions", {
             **body, "messages": partial, "max_tokens": 6 - k, "continue_final_message": True,
             "add_generation_prompt": False})

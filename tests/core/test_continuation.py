@@ -167,3 +167,17 @@ def test_a_tokenizer_count_replaces_the_chunk_count() -> None:
     out = fed(ledger, sse({"id": "x", "object": "text_completion", "created": 1, "model": "a", "choices": [],
                            "usage": usage}))
     assert json.loads(out[6:])["usage"] == {"prompt_tokens": 1, "completion_tokens": 10, "total_tokens": 11}
+
+
+def test_a_chat_answer_starting_with_whitespace_is_also_counted_stripped() -> None:
+    """A template with its own separator before the content would read the kept leading space as one more
+    token: the plan asks /tokenize of both renderings, and `strip` keeps the second."""
+    ledger = StreamLedger(Kind.CHAT, 1 << 20)
+    fed(ledger, chat_piece({"role": "assistant", "content": ""}), chat_piece({"content": " hi"}))
+    body = json.dumps({"model": "a", "messages": [{"role": "user", "content": "q"}]}).encode()
+    plan = plan_migration(body, ledger, "closed", 0, RULES)
+    assert isinstance(plan, Continuation) and len(plan.counting) == 3
+    assert json.loads(plan.counting[2])["messages"][-1] == {"role": "assistant", "content": "hi"}
+    stripped = plan_migration(body, ledger, "closed", 0, RULES, tokens=1, strip=True)
+    assert isinstance(stripped, Continuation) and stripped.strip
+    assert json.loads(stripped.body)["messages"][-1] == {"role": "assistant", "content": "hi"}

@@ -305,3 +305,5 @@ async def test_a_stream_whose_worker_is_killed_mid_way_continues_on_the_other_as
     assert not victim.alive()
     assert events.count("[DONE]") == 1 and events[-1] == "[DONE]", events[-3:]
     assert "".join(pieces) == reference
+    metrics = (await call("GET", f"{fleet.router.url}/metrics")).text
+    assert 'lora_router_migrations_total{outcome="continued"} 1.0' in metrics, "the kill came after the answer"
