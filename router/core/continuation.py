@@ -78,7 +78,7 @@ class StreamLedger:
     """One streamed answer as the client sees it, across the workers that produced it."""
 
     __slots__ = ("_rest", "carried", "continuing", "created", "done", "finish", "id", "keeping", "kept", "kind",
-                 "max_kept", "model", "object", "parts", "tokens")
+                 "max_kept", "model", "object", "parts", "role_sent", "tokens")
 
     def __init__(self, kind: Kind, max_kept_bytes: int) -> None:
         self.kind = kind
@@ -93,6 +93,8 @@ class StreamLedger:
         self.keeping = True
         """False once the answer outgrew `max_kept_bytes`, or is not one plain choice: it cannot be continued."""
         self.continuing = False
+        self.role_sent = False
+        """The client has the answer's opening event (a chat's role chunk): a continuation's is dropped."""
         self.finish: str | None = None
         self.done = False
         self.id: str | None = None
@@ -135,6 +137,7 @@ class StreamLedger:
         self._rest = b""
         self.tokens = self.carried = tokens
         self.continuing = True
+        self.role_sent = self.id is not None
 
     def closing(self, usage: dict[str, Any] | None) -> bytes:
         """The end of an answer whose worker died after its last token: the usage event (when asked for) and
@@ -205,10 +208,11 @@ class StreamLedger:
         if "created" in obj:
             obj["created"] = self.created
         choices = obj.get("choices")
-        if isinstance(choices, list) and choices and all(_role_only(c) for c in choices):
+        if self.role_sent and isinstance(choices, list) and choices and all(_role_only(c) for c in choices):
             if obj.get("usage") is None:
                 return b""
             obj["choices"] = []
+        self.role_sent = True
         usage = obj.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
                 and isinstance(usage.get("completion_tokens"), int):

@@ -181,3 +181,19 @@ def test_a_chat_answer_starting_with_whitespace_is_also_counted_stripped() -> No
     stripped = plan_migration(body, ledger, "closed", 0, RULES, tokens=1, strip=True)
     assert isinstance(stripped, Continuation) and stripped.strip
     assert json.loads(stripped.body)["messages"][-1] == {"role": "assistant", "content": "hi"}
+
+
+def test_a_stream_cut_before_its_first_whole_event_gets_its_role_chunk_from_the_continuation() -> None:
+    """The client must get exactly one role chunk: when the dead worker's first event never arrived whole,
+    the continuation's is the one."""
+    ledger = StreamLedger(Kind.CHAT, 1 << 20)
+    assert fed(ledger, chat_piece({"role": "assistant", "content": ""})[:20]) == b""
+    ledger.continue_elsewhere(0)
+    out = fed(ledger, chat_piece({"role": "assistant", "content": ""}, "x", 9),
+              chat_piece({"content": " a"}, "x", 9))
+    deltas = [json.loads(e[6:])["choices"][0]["delta"] for e in out.split(b"\n\n") if e]
+    assert deltas == [{"role": "assistant", "content": ""}, {"content": " a"}]
+    ledger.continue_elsewhere(1)
+    again = fed(ledger, chat_piece({"role": "assistant", "content": ""}, "y", 11),
+                chat_piece({"content": " b"}, "y", 11))
+    assert [json.loads(e[6:])["choices"][0]["delta"] for e in again.split(b"\n\n") if e] == [{"content": " b"}]
