@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of inference answers cut in the middle of the body (fault injection)")
     p.add_argument("--die-after-tokens", type=int, default=0, metavar="K",
                    help="SIGKILL the worker itself once it has produced K tokens, all answers together (a "
-                        "stream: once the chunk of the K-th token is written): an answer cut at an exact point "
+                        "stream: once the chunk of the K-th token is written): an answer cut after at most K tokens "
                         "(fault injection; 0 = never)")
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection")
 

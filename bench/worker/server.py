@@ -290,7 +290,8 @@ class SimulatedWorker:
 
     def _maybe_die(self) -> None:
         """Fault injection: SIGKILL this very process when the token after the `die_after_tokens`-th is asked
-        for: a stream has then written the chunk holding that token, so a test cuts it after exactly k tokens."""
+        for: a stream has then written the chunk holding that token (the kernel may still lose the last
+        chunks with the connection, as with any crash), so a test cuts an answer after at most k tokens."""
         limit = self.options.die_after_tokens
         if limit and self._tokens >= limit:
             os.kill(os.getpid(), signal.SIGKILL)
