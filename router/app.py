@@ -1,13 +1,12 @@
-"""The aiohttp application: routes, and the one place errors are rendered and logged."""
+"""The aiohttp application: the admin and status routes, and the one place their errors are rendered and logged.
+
+The inference routes are the front's (router.front, router.inference); it relays every other route here."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
 import logging
-import re
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,32 +14,20 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.errors import (
-    AnswerCut,
-    ClientClosedRequest,
-    ExpectationFailed,
-    HttpStatusError,
-    PayloadTooLarge,
-    RouterError,
-)
-from router.logs import ACCESS
-from router.proxy import ADAPTER, REQUEST_ID, REQUEST_ID_HEADER, TENANT, WORKER, Proxy
+from router.errors import ClientClosedRequest, HttpStatusError, RouterError
+from router.proxy import Proxy
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
 """The API's OpenAPI document, served as is; tests/hostile checks it lists every route."""
-STARTED = web.RequestKey("started", float)
-"""When an inference request reached its handler: time to first byte is measured from it."""
 PROXY = web.AppKey("proxy", Proxy)
 """The request path, and what the other routes read through it: the live config, the state, the metrics."""
 READY = web.AppKey[Callable[[], bool]]("ready")
 BEFORE_SCRAPE = web.AppKey[Callable[[], None]]("before_scrape")
 """Sets the gauges that mirror live state (leadership, etcd reachability) just before a scrape."""
 STARTED_AT = web.AppKey("started_at", float)
-USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-"""A client's x-request-id is kept when it is short visible ASCII; anything else is replaced."""
 
 
 class ModelCard(msgspec.Struct):
@@ -71,27 +58,6 @@ def _route(request: web.Request) -> str:
     """The route's template (/v1/loras/{name}): a label per client-chosen path would grow without bound."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else request.path
-
-
-async def expect_continue(request: web.Request) -> web.Response | None:
-    """`Expect: 100-continue` is the router's to answer (it is never forwarded): the client is asked
-    for its body only when its key is good and the announced body fits; else it gets the error at
-    once, without uploading, and the connection closes (the unsent body cannot be skipped)."""
-    px = request.app[PROXY]
-    try:
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            raise ExpectationFailed("Only 'Expect: 100-continue' is supported.")
-        px.auth.caller(request.headers.get("Authorization"))
-        limit = px.config.security.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
-    except RouterError as error:
-        response = _error_response(error)
-        response.force_close()
-        return response
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the answer proper has not started
-    return None
 
 
 @web.middleware
@@ -131,57 +97,6 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _inference(handler: Handler) -> Handler:
-    """Counts the request in flight while its handler runs, marks its arrival for `_first_byte`,
-    settles its request id, and counts (and, with the access log on, logs) its outcome per tenant."""
-    async def counted(request: web.Request) -> web.StreamResponse:
-        request[STARTED] = started = time.monotonic()
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request[REQUEST_ID] = given if USABLE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        metrics = request.app[PROXY].metrics
-        metrics.requests_in_flight += 1
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except (RouterError, web.HTTPException) as error:
-            status = error.status
-            raise
-        except AnswerCut:
-            status = 502
-            raise
-        except asyncio.CancelledError:  # aiohttp cancels the handler of a client that went away
-            status = ClientClosedRequest.status
-            raise
-        finally:
-            metrics.requests_in_flight -= 1
-            metrics.tenant_requests.labels(metrics.tenant(request.get(TENANT)), str(status)).inc()
-            if ACCESS.isEnabledFor(logging.INFO):
-                _access_line(request, status, started)
-    return counted
-
-
-def _access_line(request: web.Request, status: int, started: float) -> None:
-    latency_ms = round((time.monotonic() - started) * 1000, 1)
-    fields = {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
-              "adapter": request.get(ADAPTER), "tenant": request.get(TENANT),
-              "worker": request.get(WORKER), "status": status, "latency_ms": latency_ms}
-    ACCESS.info("%s %s %d %.1fms adapter=%s tenant=%s worker=%s id=%s", request.method, request.path,
-                status, latency_ms, fields["adapter"] or "-", fields["tenant"] or "-",
-                fields["worker"] or "-", fields["request_id"], extra=fields)
-
-
-async def _first_byte(request: web.Request, response: web.StreamResponse) -> None:
-    """Runs as the response's head is sent: answers, errors and streams alike."""
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers[REQUEST_ID_HEADER] = request_id
-    started = request.get(STARTED)
-    if started is not None:
-        request.app[PROXY].metrics.first_byte(request.get(ADAPTER), time.monotonic() - started)
-
-
 async def openapi(_request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI, content_type="application/json")
 
@@ -216,10 +131,6 @@ def build_app(proxy: Proxy, *, is_ready: Callable[[], bool], before_scrape: Call
     app[READY] = is_ready
     app[BEFORE_SCRAPE] = before_scrape
     app[STARTED_AT] = started_at
-    inference = _inference(proxy.handle)
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-        app.router.add_post(path, inference, expect_handler=expect_continue)
-    app.on_response_prepare.append(_first_byte)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

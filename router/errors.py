@@ -99,6 +99,11 @@ class ExpectationFailed(RouterError):
     type = "BadRequestError"
 
 
+class MethodNotAllowed(RouterError):
+    status = 405
+    type = "BadRequestError"
+
+
 class RequestTimeout(RouterError):
     """The client did not send its whole request in time."""
 

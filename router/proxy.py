@@ -24,10 +24,8 @@ import time
 from collections.abc import AsyncIterator
 
 import msgspec
-from aiohttp import web
 
 from router.auth import Authenticator
-from router.bodies import read_body
 from router.config import RouterConfig
 from router.core import routing
 from router.core.continuation import KINDS, Continuation, Finish, Kind, StreamLedger, plan_migration
@@ -48,6 +46,7 @@ from router.errors import (
     RouterError,
     UpstreamFailed,
 )
+from router.front import Answer, ClientRequest
 from router.keyrefs import WorkerCredentials
 from router.live import LiveConfig
 from router.loads import Loader
@@ -62,12 +61,6 @@ from router.upstream import (
 
 log = logging.getLogger(__name__)
 
-ADAPTER = web.RequestKey("adapter", str)
-"""The resolved adapter, for the metrics recorded when the response starts (router.app)."""
-TENANT = web.RequestKey("tenant", str)
-WORKER = web.RequestKey("worker", str)
-"""The last worker tried, for the access log."""
-REQUEST_ID = web.RequestKey("request_id", str)
 REQUEST_ID_HEADER = "x-request-id"
 """The client's (when usable) or the router's own: forwarded to the worker, returned to the client."""
 WORKER_HEADER = "x-lora-router-worker"
@@ -76,9 +69,9 @@ HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
 })
 NOT_FORWARDED = HOP_BY_HOP | {"expect", "content-encoding", REQUEST_ID_HEADER}
-"""Request headers the router answers itself: `Expect` (aiohttp sends the client its 100 Continue
-when the body is read; the worker gets the whole body at once) and `Content-Encoding` (aiohttp
-decodes the body, so the worker gets plain JSON); the request id is sent as the router settled it."""
+"""Request headers the router answers itself: `Expect` (the front sends the client its 100 Continue;
+the worker gets the whole body at once) and `Content-Encoding` (the front decodes the body, so the
+worker gets plain JSON); the request id is sent as the router settled it."""
 ADAPTER_MISSING = "adapter_missing"
 """Retry reason of a 404 from a holder: the worker lost the adapter (restart, unload behind our back)."""
 BUFFER_LIMIT = 1 << 20
@@ -112,16 +105,16 @@ class _Migrate(Exception):
 class _Stream:
     """The client's side of a streamed answer, kept across the workers that produce it."""
 
-    __slots__ = ("ledger", "response")
+    __slots__ = ("answer", "ledger")
 
-    def __init__(self, response: web.StreamResponse, ledger: StreamLedger) -> None:
-        self.response = response
+    def __init__(self, answer: Answer, ledger: StreamLedger) -> None:
+        self.answer = answer
         self.ledger = ledger
 
-    async def fail(self, message: str) -> web.StreamResponse:
-        await self.response.write(_sse_error(message))
-        await self.response.write_eof()
-        return self.response
+    async def fail(self, message: str) -> Answer:
+        await self.answer.write(_sse_error(message))
+        self.answer.end()
+        return self.answer
 
 
 class _Job:
@@ -162,14 +155,14 @@ class Proxy:
     def auth(self) -> Authenticator:
         return self.live.auth
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await handle(request, self)
+    async def handle(self, request: ClientRequest, answer: Answer) -> Answer:
+        return await handle(request, answer, self)
 
 
-async def handle(request: web.Request, px: Proxy) -> web.StreamResponse:
+async def handle(request: ClientRequest, answer: Answer, px: Proxy) -> Answer:
     caller = px.auth.caller(request.headers.get("Authorization"))
-    request[TENANT] = caller.tenant or ""
-    body = await read_body(request, px.config.security.max_body_bytes, px.config.timeouts.client_body_s)
+    request.tenant = caller.tenant
+    body = await request.read_body(px.config.security.max_body_bytes, px.config.timeouts.client_body_s)
     fields = _parse_fields(body)
     target = resolve(
         fields.model, caller=caller, bases=px.state.bases() or _configured_base(px),
@@ -181,17 +174,17 @@ async def handle(request: web.Request, px: Proxy) -> web.StreamResponse:
     px.retry_budget.on_request()
     adapter = target.adapter
     if adapter is None:
-        return await _forward(request, px, target, body)
-    request[ADAPTER] = adapter
+        return await _forward(request, answer, px, target, body)
+    request.adapter = adapter
     px.demand.started(adapter)
     try:
-        return await _forward(request, px, target, body)
+        return await _forward(request, answer, px, target, body)
     finally:
         px.demand.finished(adapter)
 
 
-def _header_text(request: web.Request, name: str) -> str:
-    """A header as valid text: aiohttp keeps undecodable bytes as lone surrogates, which no encoder accepts."""
+def _header_text(request: ClientRequest, name: str) -> str:
+    """A header as valid text: the front keeps undecodable bytes as lone surrogates, which no encoder accepts."""
     return request.headers.get(name, "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -219,18 +212,18 @@ def _rewrite_model(body: bytes, model: str) -> bytes:
     return msgspec.json.encode(top)
 
 
-def _forwarded_headers(request: web.Request) -> str:
+def _forwarded_headers(request: ClientRequest) -> str:
     """End-to-end request headers as one pre-encoded block; the client's key never reaches a worker."""
     drop = NOT_FORWARDED
     connection = request.headers.get("Connection")
     if connection:
         drop = drop | {t.strip().lower() for t in connection.split(",")}
-    request_id = request.get(REQUEST_ID)
-    return "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in drop) + (
+    request_id = request.request_id
+    return "".join(f"{k}: {v}\r\n" for k, v in request.headers.items if k.lower() not in drop) + (
         f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id else "")
 
 
-async def _forward(request: web.Request, px: Proxy, target: Target, body: bytes) -> web.StreamResponse:
+async def _forward(request: ClientRequest, answer: Answer, px: Proxy, target: Target, body: bytes) -> Answer:
     """Ask the routing policy, do what it says, tell the state and `Attempts` how it went; again."""
     started = time.monotonic()
     headers = _forwarded_headers(request)
@@ -254,7 +247,7 @@ async def _forward(request: web.Request, px: Proxy, target: Target, body: bytes)
                 px.retry_budget.spend()
             if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
                 px.metrics.overflows.labels(decision.via.value).inc()
-            return await _attempt(request, px, target, decision.worker, job, headers, started,
+            return await _attempt(request, answer, px, target, decision.worker, job, headers, started,
                                   decision.last_chance)
         except _Retry as retry:
             assert not isinstance(decision, LoadThen | Reject)
@@ -310,12 +303,12 @@ def _rejected(px: Proxy, target: Target, reject: Reject) -> RouterError:
     return NoWorkerAvailable(reject.message, headers={"Retry-After": "5" if target.adapter else "1"})
 
 
-async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str, job: _Job,
-                   headers: str, started: float, last_chance: bool) -> web.StreamResponse:
+async def _attempt(request: ClientRequest, answer: Answer, px: Proxy, target: Target, worker: str, job: _Job,
+                   headers: str, started: float, last_chance: bool) -> Answer:
     state = px.state
     origin = origin_of(state.workers[worker].url)
-    request[WORKER] = worker
-    # aiohttp decodes header bytes as utf-8 with surrogateescape; encoding back the same way
+    request.worker = worker
+    # the front decodes header bytes as utf-8 with surrogateescape; encoding back the same way
     # forwards them byte for byte (latin-1 raised on any non-ASCII header byte: a 500).
     body = job.body
     head = (f"POST {request.path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
@@ -340,7 +333,7 @@ async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str,
             if not last_chance and (status >= 500 or (status == 404 and adapter is not None)):
                 upstream.close()
                 raise _Retry(ADAPTER_MISSING if status == 404 else "worker_5xx")
-            response = await _relay(request, px, target, worker, upstream, job)
+            await _relay(request, answer, px, target, worker, upstream, job)
         except AnswerCut:
             upstream.close()
             px.metrics.requests.labels(request.path, px.metrics.adapter(adapter), "502").inc()
@@ -352,27 +345,28 @@ async def _attempt(request: web.Request, px: Proxy, target: Target, worker: str,
     finally:
         state.apply(RequestEnded(worker, adapter))
     label = px.metrics.adapter(adapter)
-    px.metrics.requests.labels(request.path, label, str(response.status)).inc()
+    px.metrics.requests.labels(request.path, label, str(answer.status)).inc()
     px.metrics.latency.labels(label).observe(time.monotonic() - started)
-    return response
+    return answer
 
 
-def _response_headers(px: Proxy, worker: str, upstream: UpstreamResponse) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.headers if k.lower() not in HOP_BY_HOP}
+def _response_headers(px: Proxy, worker: str, upstream: UpstreamResponse) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP_BY_HOP]
     if px.config.security.worker_header:
-        headers[WORKER_HEADER] = worker
+        headers.append((WORKER_HEADER, worker))
     return headers
 
 
-async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
-                 upstream: UpstreamResponse, job: _Job) -> web.StreamResponse:
+async def _relay(request: ClientRequest, answer: Answer, px: Proxy, target: Target, worker: str,
+                 upstream: UpstreamResponse, job: _Job) -> None:
     """Relay the answer. A non-streaming answer is read whole up to BUFFER_LIMIT, so a worker dying
     in it is retried elsewhere; past that, or for a stream, the client has the head already: a stream
     cut then migrates (or ends with an SSE error event), any other answer cut then ends with the connection
     closed, so the client sees a truncated body fail rather than succeed."""
     streaming = upstream.content_type.startswith("text/event-stream")
     if job.stream is not None:
-        return await _continue(request, px, target, worker, upstream, job, job.stream, streaming)
+        await _continue(request, px, target, worker, upstream, job, job.stream, streaming)
+        return
     headers = _response_headers(px, worker, upstream)
     chunks = upstream.iter_chunks()
     first = b""
@@ -383,8 +377,9 @@ async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
             buffered = await _read_up_to(chunks, BUFFER_LIMIT)
             if upstream.complete():
                 if upstream.status == 200:
-                    px.metrics.count_usage(request.get(TENANT), buffered)
-                return web.Response(status=upstream.status, body=buffered, headers=headers)
+                    px.metrics.count_usage(request.tenant, buffered)
+                answer.respond(upstream.status, headers, buffered)
+                return
             first = buffered
     except UpstreamTimeout as exc:
         _unreachable(px, worker, exc)
@@ -392,31 +387,28 @@ async def _relay(request: web.Request, px: Proxy, target: Target, worker: str,
     except UpstreamError as exc:  # nothing sent yet (for a stream: no token): another holder may answer
         _unreachable(px, worker, exc)
         raise _Retry("body_cut") from None
-    response = web.StreamResponse(status=upstream.status, headers=headers)
-    if not streaming and upstream.content_length is not None:
-        response.content_length = upstream.content_length  # a cut stays visible as a short body
-    await response.prepare(request)
+    # a cut stays visible as a short body: a known length is kept
+    answer.start(upstream.status, headers, None if streaming else upstream.content_length)
     rules = px.config.migration
     if streaming and upstream.status == 200 and job.kind is not None and rules.max_migrations:
-        job.stream = _Stream(response, StreamLedger(job.kind, rules.max_kept_bytes))
-        return await _relay_stream(request, px, target, worker, upstream, job, job.stream, first)
+        job.stream = _Stream(answer, StreamLedger(job.kind, rules.max_kept_bytes))
+        await _relay_stream(request, px, target, worker, upstream, job, job.stream, first)
+        return
     try:
-        await response.write(first)
+        await answer.write(first)
         async for chunk in upstream.iter_chunks():
-            await response.write(chunk)
+            await answer.write(chunk)
     except UpstreamError as exc:
         _unreachable(px, worker, exc)
         if not streaming:
-            assert request.transport is not None
-            request.transport.close()
+            answer.abort()
             raise AnswerCut from None
-        await response.write(_sse_error("The worker stopped in the middle of the stream."))
-    await response.write_eof()
-    return response
+        await answer.write(_sse_error("The worker stopped in the middle of the stream."))
+    answer.end()
 
 
-async def _continue(request: web.Request, px: Proxy, target: Target, worker: str, upstream: UpstreamResponse,
-                    job: _Job, stream: _Stream, streaming: bool) -> web.StreamResponse:
+async def _continue(request: ClientRequest, px: Proxy, target: Target, worker: str, upstream: UpstreamResponse,
+                    job: _Job, stream: _Stream, streaming: bool) -> Answer:
     """A continuation's answer: its events join the stream the client is reading, or, when the worker
     refused the continuation, the stream ends with an SSE error event."""
     if upstream.status == 200 and streaming:
@@ -424,15 +416,15 @@ async def _continue(request: web.Request, px: Proxy, target: Target, worker: str
     upstream.close()
     px.metrics.migrations.labels("failed").inc()
     log.warning("request %s: worker %s answered the continuation with %d; the stream ends with an error",
-                request.get(REQUEST_ID), worker, upstream.status)
+                request.request_id, worker, upstream.status)
     return await stream.fail(f"The worker stopped in the middle of the stream and its continuation was refused "
                              f"(status {upstream.status}).")
 
 
-async def _relay_stream(request: web.Request, px: Proxy, target: Target, worker: str, upstream: UpstreamResponse,
-                        job: _Job, stream: _Stream, first: bytes) -> web.StreamResponse:
+async def _relay_stream(request: ClientRequest, px: Proxy, target: Target, worker: str, upstream: UpstreamResponse,
+                        job: _Job, stream: _Stream, first: bytes) -> Answer:
     """Relay whole SSE events through the ledger; a cut hands the rest of the answer to another holder."""
-    ledger, response = stream.ledger, stream.response
+    ledger, response = stream.ledger, stream.answer
     try:
         if first:
             out = ledger.feed(first)
@@ -448,17 +440,17 @@ async def _relay_stream(request: web.Request, px: Proxy, target: Target, worker:
     rest = ledger.flush()
     if rest:
         await response.write(rest)
-    await response.write_eof()
+    response.end()
     return response
 
 
-async def _after_cut(request: web.Request, px: Proxy, target: Target, worker: str, job: _Job, stream: _Stream,
-                     cut: str) -> web.StreamResponse:
+async def _after_cut(request: ClientRequest, px: Proxy, target: Target, worker: str, job: _Job, stream: _Stream,
+                     cut: str) -> Answer:
     """The worker's stream broke: continue it elsewhere (raises _Migrate), finish it, or end it in-band."""
     ledger = stream.ledger
     rules = px.config.migration
     plan = plan_migration(job.original, ledger, cut, job.migrations, rules.rules())
-    request_id = request.get(REQUEST_ID)
+    request_id = request.request_id
     if isinstance(plan, Continuation):
         plan = await _counted(px, target, worker, job, ledger, cut, plan)
         px.metrics.migrations.labels("continued").inc()
@@ -480,9 +472,9 @@ async def _after_cut(request: web.Request, px: Proxy, target: Target, worker: st
         px.metrics.migrations.labels("finished").inc()
         log.warning("request %s: stream cut on worker %s (%s) after its last token; the router ends it",
                     request_id, worker, cut)
-        await stream.response.write(ledger.closing(usage))
-        await stream.response.write_eof()
-        return stream.response
+        await stream.answer.write(ledger.closing(usage))
+        stream.answer.end()
+        return stream.answer
     px.metrics.migrations.labels("not_migrated").inc()
     log.warning("request %s: stream cut on worker %s (%s) after %d tokens, not migrated: %s", request_id, worker,
                 cut, ledger.tokens, plan.reason)

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
-from aiohttp import web
 
 from discovery.connect import EtcdSettings, connect
 from discovery.election import LeaderElection
@@ -44,12 +43,12 @@ from router.core.fleetstate import FleetState
 from router.core.retrybudget import RetryBudget
 from router.demand import DemandCounter
 from router.health import probe_down_workers
-from router.httpserver import harden_connections
 from router.keyrefs import WorkerCredentials
 from router.live import LiveConfig
 from router.loads import Loader
 from router.metrics import RouterMetrics
 from router.proxy import Proxy
+from router.public import serving
 from router.reconciler import Reconciler
 from router.reload import ConfigReloader
 from router.sources import SourceLocator
@@ -160,24 +159,18 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
                               control=control)
     app = build_app(proxy, is_ready=lambda: bool(state.workers) and state.placement_known,
                     before_scrape=control.sample_metrics, started_at=time.time(), extra_routes=admin)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           max_field_size=loaded.config.security.max_header_bytes,
-                           max_line_size=loaded.config.security.max_header_bytes)
-    await runner.setup()
-    harden_connections(runner, lambda: live.config.timeouts.client_header_s)
-    await web.SockSite(runner, listener).start()
-    port = int(listener.getsockname()[1])
-    log.info("router %s listening on %s:%d", options.router_id, options.host, port)
-    if started is not None:
-        started(port)
-    loops: list[Callable[[], Awaitable[None]]] = [
-        follow_membership, follow_catalog, follow_placement, election.run, control.run, reconciler.run,
-        lambda: probe_down_workers(state, workers, metrics, live), reloader.run,
-    ]
     try:
-        await _run_until_stopped(loops)
+        async with serving(app, proxy, listener):
+            port = int(listener.getsockname()[1])
+            log.info("router %s listening on %s:%d", options.router_id, options.host, port)
+            if started is not None:
+                started(port)
+            loops: list[Callable[[], Awaitable[None]]] = [
+                follow_membership, follow_catalog, follow_placement, election.run, control.run, reconciler.run,
+                lambda: probe_down_workers(state, workers, metrics, live), reloader.run,
+            ]
+            await _run_until_stopped(loops)
     finally:
-        await runner.cleanup()
         await demand_store.close()
         await election.resign()
         await client.close()

@@ -280,8 +280,11 @@ class _HostPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(self, loop), self.host, self.port,
-                                                       ssl=self.tls)
+                if self.port == 0:  # the front's relay to the app's private socket (router.relay)
+                    _, conn = await loop.create_unix_connection(lambda: _Connection(self, loop), self.host)
+                else:
+                    _, conn = await loop.create_connection(lambda: _Connection(self, loop), self.host, self.port,
+                                                           ssl=self.tls)
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}",
                                 before_response=True) from None
@@ -289,7 +292,7 @@ class _HostPool:
 
 
 class UpstreamPool:
-    """Keep-alive connections per worker (host, port)."""
+    """Keep-alive connections per worker (host, port); port 0: host is a unix socket's path."""
 
     def __init__(self, connect_timeout: float, read_timeout: float | None) -> None:
         self.connect_timeout = connect_timeout

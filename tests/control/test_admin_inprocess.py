@@ -11,13 +11,11 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from aiohttp import web
 from control_helpers import BASE
-from inprocess import in_process_app
+from inprocess import in_process_router
 
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
-from discovery.ports import free_port
 from discovery.stores import CatalogStore
 from router.config import load_config
 
@@ -38,15 +36,10 @@ async def admin(etcd: EmbeddedEtcd, tmp_path: Path, adapter_dirs: Any) -> AsyncI
     session = aiohttp.ClientSession()
     client = await EtcdClient.connect([etcd.endpoint], timeout_s=1.0)
     catalog = CatalogStore(client)
-    app, _ = in_process_app(load_config(tmp_path / "router.yaml"), session, catalog)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield Admin(f"http://127.0.0.1:{port}", catalog, root)
+        async with in_process_router(load_config(tmp_path / "router.yaml"), session, catalog) as (url, _):
+            yield Admin(url, catalog, root)
     finally:
-        await runner.cleanup()
         await client.close()
         await session.close()
 

@@ -11,8 +11,7 @@ import aiohttp
 import msgspec
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestServer
-from inprocess import in_process_app
+from inprocess import in_process_router
 
 from bench.sim.scenarios import SCENARIOS, Setup, Shape, names, run_strategy
 from bench.workloads import Lengths
@@ -44,17 +43,15 @@ async def test_patching_decide_changes_the_proxy_and_the_simulator_alike(
 
     config = tmp_path / "router.yaml"
     config.write_bytes(msgspec.json.encode({"base_model": "base"}))
-    async with aiohttp.ClientSession() as session:
-        app, state = in_process_app(load_config(config), session)
+    async with aiohttp.ClientSession() as session, in_process_router(load_config(config), session) as (url, state):
         state.apply(MembershipChanged({"w0": WorkerRecord(id="w0", url="http://127.0.0.1:9",
                                                              base_models=("base",))}))
         state.apply(CatalogChanged({"a0": AdapterRecord(name="a0", source="/m/a0", base_model="base")}))
         monkeypatch.setattr(routing, "decide", _refuse)
         with pytest.raises(RuntimeError, match="the patched policy says no"):
             run_strategy("lora-router", requests, names(5), setup, 1)
-        async with TestServer(app) as server:
-            reply = await session.post(server.make_url("/v1/completions"), json={"model": "a0", "prompt": "x"})
-            body = await reply.json()
+        reply = await session.post(url + "/v1/completions", json={"model": "a0", "prompt": "x"})
+        body = await reply.json()
     assert reply.status == 503 and body["error"]["message"] == "the patched policy says no"
 
 

@@ -15,6 +15,7 @@ from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient
 from discovery.stores import CatalogStore
 from router.config import load_config
+from router.front import INFERENCE_ROUTES
 
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 
@@ -49,13 +50,15 @@ def test_every_error_answer_uses_the_openai_error_schema() -> None:
 
 
 async def test_every_registered_route_is_documented(etcd: EmbeddedEtcd) -> None:
-    """The app as `serve` builds it; aiohttp's automatic HEAD twin of each GET is not a route of ours."""
+    """The routes as `serve` builds them: the front's and the app's behind it (aiohttp's automatic HEAD
+    twin of each GET is not a route of ours)."""
     client = await EtcdClient.connect([etcd.endpoint])
     try:
         async with aiohttp.ClientSession() as session:
-            app, _ = in_process_app(load_config(None), session, CatalogStore(client))
+            app, _, _ = in_process_app(load_config(None), session, CatalogStore(client))
             registered = {(route.method, route.resource.canonical) for route in app.router.routes()
                           if route.method != "HEAD" and route.resource is not None}
+            registered |= {("POST", path) for path in INFERENCE_ROUTES}  # the front's own (router.front)
     finally:
         await client.close()
     assert registered - _documented() == set(), "routes missing from router/openapi.json"

@@ -1,0 +1,82 @@
+"""The inference routes' edge, around router.proxy: the request id, the in-flight count, time to first
+byte, errors in OpenAI's shape, the per-tenant count and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from router.errors import AnswerCut, ClientClosedRequest, RouterError
+from router.front import Answer, ClientRequest, Route
+from router.logs import ACCESS
+from router.proxy import REQUEST_ID_HEADER, Proxy
+
+log = logging.getLogger(__name__)
+
+USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+"""A client's x-request-id is kept when it is short visible ASCII; anything else is replaced."""
+
+
+def inference_route(proxy: Proxy) -> Route:
+    metrics = proxy.metrics
+
+    def on_start(request: ClientRequest, answer: Answer) -> None:
+        """As the head goes out (answers, errors and streams alike)."""
+        answer.extra.append((REQUEST_ID_HEADER, request.request_id))
+        metrics.first_byte(request.adapter, time.monotonic() - request.started)
+
+    async def serve(request: ClientRequest, answer: Answer) -> None:
+        request.started = started = time.monotonic()
+        given = request.headers.get(REQUEST_ID_HEADER)
+        request.request_id = given if given and USABLE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        answer.on_start = on_start
+        metrics.requests_in_flight += 1
+        status = 500
+        try:
+            await proxy.handle(request, answer)
+            status = answer.status
+        except RouterError as error:
+            status = error.status
+            metrics.requests.labels(request.path, "", str(status)).inc()
+            if status >= 500:
+                log.warning("%s %s -> %d: %s", request.method, request.path, status, error.message)
+            if answer.started:
+                answer.abort()
+            else:
+                answer.error(error)
+        except AnswerCut:  # logged where it happened; the client sees the answer cut
+            status = 502
+            answer.abort()
+        except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
+            status = ClientClosedRequest.status
+            metrics.requests.labels(request.path, "", str(status)).inc()
+            raise
+        finally:
+            metrics.requests_in_flight -= 1
+            metrics.tenant_requests.labels(metrics.tenant(request.tenant), str(status)).inc()
+            if ACCESS.isEnabledFor(logging.INFO):
+                _access_line(request, status, started)
+
+    return serve
+
+
+def admit(proxy: Proxy) -> Callable[[ClientRequest], None]:
+    """What must hold before a client with `Expect: 100-continue` is asked for its body: a usable key."""
+
+    def check(request: ClientRequest) -> None:
+        proxy.auth.caller(request.headers.get("Authorization"))
+    return check
+
+
+def _access_line(request: ClientRequest, status: int, started: float) -> None:
+    latency_ms = round((time.monotonic() - started) * 1000, 1)
+    fields = {"request_id": request.request_id, "method": request.method, "path": request.path,
+              "adapter": request.adapter, "tenant": request.tenant, "worker": request.worker,
+              "status": status, "latency_ms": latency_ms}
+    ACCESS.info("%s %s %d %.1fms adapter=%s tenant=%s worker=%s id=%s", request.method, request.path,
+                status, latency_ms, request.adapter or "-", request.tenant or "-", request.worker or "-",
+                request.request_id, extra=fields)

@@ -1,0 +1,47 @@
+"""Every route but the inference ones, re-sent by the front (router.front) to the aiohttp app that serves
+them on a private unix socket.
+
+The front has done the hostile part already (framing, limits, timeouts,
+`Expect`, decoding): the app gets a clean request framed by Content-Length,
+with the client's headers but the ones about the hop and the encoding. A HEAD
+is asked as a GET and answered with the head alone, as aiohttp would.
+"""
+
+from __future__ import annotations
+
+from router.front import Answer, ClientRequest
+from router.live import LiveConfig
+from router.upstream import UpstreamPool
+
+HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host",
+                 "content-length", "expect", "content-encoding", "proxy-connection"})
+
+
+class AppRelay:
+    def __init__(self, socket_path: str, live: LiveConfig) -> None:
+        self.socket_path = socket_path
+        self.live = live
+        self.pool = UpstreamPool(connect_timeout=5.0, read_timeout=None)
+
+    async def __call__(self, request: ClientRequest, answer: Answer) -> None:
+        config = self.live.config
+        body = await request.read_body(config.security.max_body_bytes, config.timeouts.client_body_s)
+        method = "GET" if request.method == "HEAD" else request.method
+        lines = [f"{method} {request.path_qs} HTTP/1.1\r\nHost: router\r\nContent-Length: {len(body)}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in request.headers.items if k.lower() not in HOP)
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape")
+        upstream = await self.pool.request(self.socket_path, 0, False, head, body)
+        try:
+            answer.start(upstream.status, [(k, v) for k, v in upstream.headers if k.lower() not in HOP],
+                         upstream.content_length)
+            async for chunk in upstream.iter_chunks():
+                await answer.write(chunk)
+            answer.end()
+        except BaseException:
+            upstream.close()
+            raise
+        upstream.release()
+
+    def close(self) -> None:
+        self.pool.close()
