@@ -347,9 +347,9 @@ class Front:
         """Idle connections close now; answers under way get `grace_s` to finish, then are cut."""
         for conn in list(self.connections):
             conn.stopping = True
-            if conn.task is None:
+            if not conn.queue:
                 conn.close()
-        busy = [conn.task for conn in self.connections if conn.task is not None]
+        busy = [conn.task for conn in self.connections if conn.queue and conn.task is not None]
         if busy:
             await asyncio.wait(busy, timeout=grace_s)
         for conn in list(self.connections):
@@ -362,7 +362,10 @@ class _HeadTooLarge(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests as bytes arrive, answers them in order from one task."""
+    """One client connection: parses requests as bytes arrive, answers them in order from one task.
+
+    The task lives as long as the connection and waits on a future between requests: a task per
+    request costs more than the rest of the connection's bookkeeping."""
 
     def __init__(self, front: Front) -> None:
         self.front = front
@@ -373,7 +376,9 @@ class _Connection(asyncio.Protocol):
         self.current: ClientRequest | None = None
         """The request whose body is being parsed."""
         self.task: asyncio.Task[None] | None = None
+        self.wakeup: asyncio.Future[None] | None = None
         self.head_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self.write_paused = False
         self.read_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -389,7 +394,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.front.connections.add(self)
-        self._arm_head_timer()
+        self.task = self.loop.create_task(self._serve())
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -399,7 +404,7 @@ class _Connection(asyncio.Protocol):
         for request in self.queue:
             request.fail(ClientClosedRequest("The client closed the connection before sending the whole body."))
         if self.task is not None:
-            self.task.cancel()  # the client went away: its request is abandoned (counted as 499)
+            self.task.cancel()  # the client went away: a request under way is abandoned (counted as 499)
         self._wake_drain()
 
     def data_received(self, data: bytes) -> None:
@@ -474,8 +479,8 @@ class _Connection(asyncio.Protocol):
         if len(self.queue) >= MAX_PIPELINED and not self.read_paused and self.transport is not None:
             self.read_paused = True
             self.transport.pause_reading()
-        if self.task is None:
-            self.task = self.loop.create_task(self._serve())
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
 
     def _refuse(self, error: RouterError) -> None:
         """The bytes are not a request we can serve: a request being read fails; a head that cannot be
@@ -493,33 +498,37 @@ class _Connection(asyncio.Protocol):
         self._enqueue(refused)
 
     async def _serve(self) -> None:
-        try:
-            while self.queue:
-                request = self.queue[0]
-                answer = Answer(self, request)
+        while not self.closed:
+            if not self.queue:
+                self._idle()
+                self.wakeup = self.loop.create_future()
                 try:
-                    await self.front.dispatch(request, answer)
-                except RouterError as error:  # the client's mistake, found by a route that does not render it
-                    if answer.started:
-                        answer.abort()
-                    else:
-                        answer.error(error)
-                except Exception:  # a route's own failure: the client gets a 500 (or a cut), the router goes on
-                    log.exception("error serving %s %s", request.method, request.path[:100])
-                    if not answer.started:
-                        answer.close = True
-                        answer.error(HttpStatusError(500, "Internal server error."))
+                    await self.wakeup
+                finally:
+                    self.wakeup = None
+                continue
+            request = self.queue[0]
+            answer = Answer(self, request)
+            try:
+                await self.front.dispatch(request, answer)
+            except RouterError as error:  # the client's mistake, found by a route that does not render it
+                if answer.started:
                     answer.abort()
-                self.queue.popleft()
-                if answer.close or not answer.ended or not request.complete or self.closed or self.stopping:
-                    self.close()
-                    return
-                if self.read_paused and len(self.queue) < MAX_PIPELINED and self.transport is not None:
-                    self.read_paused = False
-                    self.transport.resume_reading()
-        finally:
-            self.task = None
-        self._arm_head_timer()
+                else:
+                    answer.error(error)
+            except Exception:  # a route's own failure: the client gets a 500 (or a cut), the router goes on
+                log.exception("error serving %s %s", request.method, request.path[:100])
+                if not answer.started:
+                    answer.close = True
+                    answer.error(HttpStatusError(500, "Internal server error."))
+                answer.abort()
+            self.queue.popleft()
+            if answer.close or not answer.ended or not request.complete or self.closed or self.stopping:
+                self.close()
+                return
+            if self.read_paused and len(self.queue) < MAX_PIPELINED and self.transport is not None:
+                self.read_paused = False
+                self.transport.resume_reading()
 
     # -- writing and closing ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -543,14 +552,20 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def _arm_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-        if not self.closed:
+    def _idle(self) -> None:
+        """Waiting for a head from now on; one timer per connection, moved on only when it fires."""
+        self.idle_since = self.loop.time()
+        if self.head_timer is None:
             self.head_timer = self.loop.call_later(self.front.live.config.timeouts.client_header_s,
                                                    self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         """No whole head since the connection opened or its last answer: closed without an answer."""
-        if self.task is None and not self.queue:
+        self.head_timer = None
+        if self.queue:  # answering: `_idle` sets the timer again after the answer
+            return
+        left = self.idle_since + self.front.live.config.timeouts.client_header_s - self.loop.time()
+        if left > 0:
+            self.head_timer = self.loop.call_later(left, self._head_timed_out)
+        else:
             self.close()

@@ -4,10 +4,11 @@ byte, errors in OpenAI's shape, the per-tenant count and the access log."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 from router.errors import AnswerCut, ClientClosedRequest, RouterError
@@ -18,7 +19,10 @@ from router.proxy import REQUEST_ID_HEADER, Proxy
 log = logging.getLogger(__name__)
 
 USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-"""A client's x-request-id is kept when it is short visible ASCII; anything else is replaced."""
+"""A client's x-request-id is kept when it is short visible ASCII; anything else is replaced by the router's."""
+_ID_PREFIX = os.urandom(8).hex()
+"""The router's ids: 32 hex digits, this process's random half then a count (unique, and cheaper than uuid4)."""
+_id_count = itertools.count(1)
 
 
 def inference_route(proxy: Proxy) -> Route:
@@ -32,7 +36,8 @@ def inference_route(proxy: Proxy) -> Route:
     async def serve(request: ClientRequest, answer: Answer) -> None:
         request.started = started = time.monotonic()
         given = request.headers.get(REQUEST_ID_HEADER)
-        request.request_id = given if given and USABLE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        usable = given and USABLE_REQUEST_ID.fullmatch(given)
+        request.request_id = given if usable else f"{_ID_PREFIX}{next(_id_count):016x}"
         answer.on_start = on_start
         metrics.requests_in_flight += 1
         status = 500
@@ -41,7 +46,7 @@ def inference_route(proxy: Proxy) -> Route:
             status = answer.status
         except RouterError as error:
             status = error.status
-            metrics.requests.labels(request.path, "", str(status)).inc()
+            metrics.answered(request.path, "", status).inc()
             if status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, status, error.message)
             if answer.started:
@@ -53,11 +58,11 @@ def inference_route(proxy: Proxy) -> Route:
             answer.abort()
         except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
             status = ClientClosedRequest.status
-            metrics.requests.labels(request.path, "", str(status)).inc()
+            metrics.answered(request.path, "", status).inc()
             raise
         finally:
             metrics.requests_in_flight -= 1
-            metrics.tenant_requests.labels(metrics.tenant(request.tenant), str(status)).inc()
+            metrics.tenant_answered(metrics.tenant(request.tenant), status).inc()
             if ACCESS.isEnabledFor(logging.INFO):
                 _access_line(request, status, started)
 

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -80,6 +81,24 @@ class AdapterLabels:
         return OVERFLOW
 
 
+class Children:
+    """A labelled metric's children, each looked up once: on the request path prometheus_client's `labels()`
+    costs more than the increment. The label values are bounded (capped adapter and tenant labels, a few
+    routes and statuses), and so is this cache."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def __call__(self, *values: object) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*(str(v) for v in values))
+        return child
+
+
 class RouterMetrics:
     def __init__(self, adapter_cap: int) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -105,7 +124,13 @@ class RouterMetrics:
                               registry=r, multiprocess_mode="livesum")
         self.requests_in_flight = 0
         """Counted by the request path, copied into `inflight` by `sample`: an int costs it nothing."""
-        self._first_byte: dict[str, Histogram] = {}
+        self._first_byte = Children(self.ttft)
+        self.answered = Children(self.requests)
+        """By (route, adapter label, status)."""
+        self.tenant_answered = Children(self.tenant_requests)
+        """By (tenant label, status)."""
+        self.took = Children(self.latency)
+        self._tokens = Children(self.tenant_tokens)
         self.cold_starts = Counter("lora_router_cold_starts", "Cold starts (first load of an adapter).",
                                    ["adapter", "outcome"], registry=r)
         self.cold_start_wait = Histogram("lora_router_cold_start_wait_seconds",
@@ -183,16 +208,12 @@ class RouterMetrics:
             return
         if usage is not None:
             label = self.tenant(tenant)
-            self.tenant_tokens.labels(label, "prompt").inc(max(usage.prompt_tokens, 0))
-            self.tenant_tokens.labels(label, "completion").inc(max(usage.completion_tokens, 0))
+            self._tokens(label, "prompt").inc(max(usage.prompt_tokens, 0))
+            self._tokens(label, "completion").inc(max(usage.completion_tokens, 0))
 
     def first_byte(self, adapter: str | None, seconds: float) -> None:
-        """On every inference response: the labelled child is looked up once per adapter, not per request."""
-        label = self.adapter(adapter)
-        child = self._first_byte.get(label)
-        if child is None:
-            child = self._first_byte[label] = self.ttft.labels(label)
-        child.observe(seconds)
+        """On every inference response."""
+        self._first_byte(self.adapter(adapter)).observe(seconds)
 
     def workers_changed(self, joined: Iterable[str], left: Iterable[str]) -> None:
         """A worker is exported as healthy from the moment it is known, and not at all once it is gone."""

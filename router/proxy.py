@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -336,7 +335,7 @@ async def _attempt(request: ClientRequest, answer: Answer, px: Proxy, target: Ta
             await _relay(request, answer, px, target, worker, upstream, job)
         except AnswerCut:
             upstream.close()
-            px.metrics.requests.labels(request.path, px.metrics.adapter(adapter), "502").inc()
+            px.metrics.answered(request.path, px.metrics.adapter(adapter), 502).inc()
             raise
         except BaseException:
             upstream.close()
@@ -345,8 +344,8 @@ async def _attempt(request: ClientRequest, answer: Answer, px: Proxy, target: Ta
     finally:
         state.apply(RequestEnded(worker, adapter))
     label = px.metrics.adapter(adapter)
-    px.metrics.requests.labels(request.path, label, str(answer.status)).inc()
-    px.metrics.latency.labels(label).observe(time.monotonic() - started)
+    px.metrics.answered(request.path, label, answer.status).inc()
+    px.metrics.took(label).observe(time.monotonic() - started)
     return answer
 
 
@@ -368,13 +367,12 @@ async def _relay(request: ClientRequest, answer: Answer, px: Proxy, target: Targ
         await _continue(request, px, target, worker, upstream, job, job.stream, streaming)
         return
     headers = _response_headers(px, worker, upstream)
-    chunks = upstream.iter_chunks()
     first = b""
     try:
         if streaming:
-            first = await anext(chunks, b"")
+            first = await upstream.next_chunk() or b""
         else:
-            buffered = await _read_up_to(chunks, BUFFER_LIMIT)
+            buffered = await _read_up_to(upstream, BUFFER_LIMIT)
             if upstream.complete():
                 if upstream.status == 200:
                     px.metrics.count_usage(request.tenant, buffered)
@@ -536,12 +534,12 @@ class _Count(msgspec.Struct):
 _decode_count = msgspec.json.Decoder(_Count).decode
 
 
-async def _read_up_to(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+async def _read_up_to(upstream: UpstreamResponse, limit: int) -> bytes:
     """The answer's first bytes: all of it when it ends within `limit`."""
     parts: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = await anext(chunks, None)
+        chunk = await upstream.next_chunk()
         if chunk is None:
             break
         parts.append(chunk)

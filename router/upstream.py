@@ -93,6 +93,10 @@ class UpstreamResponse:
         """Abandon the exchange (client gone, error): the connection cannot be reused."""
         self._conn.close()
 
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body; None at its end."""
+        return await self._conn.next_chunk()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         while True:
