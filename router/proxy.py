@@ -394,7 +394,7 @@ async def _relay(request: ClientRequest, answer: Answer, px: Proxy, target: Targ
         return
     try:
         await answer.write(first)
-        async for chunk in upstream.iter_chunks():
+        while (chunk := await upstream.next_chunk()) is not None:
             await answer.write(chunk)
     except UpstreamError as exc:
         _unreachable(px, worker, exc)
@@ -428,7 +428,7 @@ async def _relay_stream(request: ClientRequest, px: Proxy, target: Target, worke
             out = ledger.feed(first)
             if out:
                 await response.write(out)
-        async for chunk in upstream.iter_chunks():
+        while (chunk := await upstream.next_chunk()) is not None:
             out = ledger.feed(chunk)
             if out:
                 await response.write(out)

@@ -35,7 +35,7 @@ class AppRelay:
         try:
             answer.start(upstream.status, [(k, v) for k, v in upstream.headers if k.lower() not in HOP],
                          upstream.content_length)
-            async for chunk in upstream.iter_chunks():
+            while (chunk := await upstream.next_chunk()) is not None:
                 await answer.write(chunk)
             answer.end()
         except BaseException:

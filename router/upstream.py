@@ -133,6 +133,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.waiting_since = 0.0
+        self.read_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -213,23 +215,44 @@ class _Connection(asyncio.Protocol):
         self.error = None
 
     async def wait(self, timeout_s: float | None) -> None:
+        """Until the worker sends something or fails; `timeout_s` of one wait is a read timeout. One timer
+        per connection, moved on only when it fires: a timer per wait (per streamed event) costs more than
+        relaying the event."""
         self.waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout_s, self._timed_out) if timeout_s else None
+        self.waiting_since = self.loop.time()
+        if timeout_s and self.read_timer is None:
+            self.read_timer = self.loop.call_later(timeout_s, self._check_read_timeout)
         try:
             await self.waiter
         finally:
             self.waiter = None
-            if handle is not None:
-                handle.cancel()
+
+    def _check_read_timeout(self) -> None:
+        self.read_timer = None
+        timeout_s = self.pool.read_timeout
+        if self.waiter is None or not timeout_s:  # not waiting: the next wait sets the timer again
+            return
+        left = self.waiting_since + timeout_s - self.loop.time()
+        if left > 0:
+            self.read_timer = self.loop.call_later(left, self._check_read_timeout)
+        else:
+            self._timed_out()
 
     async def next_chunk(self) -> bytes | None:
+        """All of the body that arrived and was not read yet (at least one piece): one write to the client
+        for what the worker sent at once. None at the body's end."""
         while not self.chunks:
             if self.complete:
                 return None
             if self.error is not None:
                 raise self.error
             await self.wait(self.pool.read_timeout)
-        chunk = self.chunks.popleft()
+        chunks = self.chunks
+        if len(chunks) == 1:
+            chunk = chunks.popleft()
+        else:
+            chunk = b"".join(chunks)
+            chunks.clear()
         self.buffered -= len(chunk)
         if self.paused and self.buffered < LOW_WATER and self.transport is not None:
             self.paused = False
@@ -244,6 +267,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
         if self.transport is not None:
             self.transport.close()
 
