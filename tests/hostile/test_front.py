@@ -1,0 +1,97 @@
+"""The public server (router.front) on the legal but less common shapes of HTTP/1.1 a client may send,
+and on stopping: each through a real router process over real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import zlib
+from collections.abc import Callable
+
+from hostile_helpers import ACME, ADMIN, GLOBEX, assert_openai_error
+from wire import Wire, assert_own, head, request, tagged
+
+from router.front import MAX_PIPELINED
+
+
+def test_more_pipelined_requests_than_are_read_ahead_are_all_answered_in_order(hostile_router: Callable) -> None:
+    env = hostile_router()
+    batch = [(key, model, tag) for tag, (key, model) in
+             enumerate([(ACME, "acme-chat"), (GLOBEX, "globex-chat")] * (MAX_PIPELINED * 2), start=1)]
+    with Wire(env.port) as wire:
+        wire.send(b"".join(request(key, tagged(model, tag, stream=tag % 3 == 0)) for key, model, tag in batch))
+        for _, model, tag in batch:
+            assert_own(wire.final(), model, tag)
+
+
+def test_request_line_forms_and_encodings(hostile_router: Callable) -> None:
+    env = hostile_router()
+    body = tagged("acme-chat", 3)
+    with Wire(env.port) as wire:
+        # absolute form (as sent to a proxy) and a percent-encoded path name the same route
+        wire.send(request(ACME, body).replace(b"POST /v1/completions", b"POST http://router/v1/completions", 1))
+        assert_own(wire.final(), "acme-chat", 3)
+        wire.send(request(ACME, body).replace(b"POST /v1/completions", b"POST /v1/%63ompletions", 1))
+        assert_own(wire.final(), "acme-chat", 3)
+        packed = zlib.compress(tagged("acme-chat", 4))
+        wire.send(head("/v1/completions", ACME, {"Content-Encoding": "deflate"}, len(packed)) + packed)
+        assert_own(wire.final(), "acme-chat", 4)
+        wire.send(head("/v1/completions", ACME, {"Content-Encoding": "br"}, len(body)) + body)
+        answer = wire.final()
+        assert_openai_error(answer.status, answer.body, 415)
+        wire.send(b"GET /v1/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer " + ACME.encode() + b"\r\n\r\n")
+        answer = wire.final()
+        assert_openai_error(answer.status, answer.body, 405)
+        assert answer.headers["allow"] == "POST"
+        wire.send(b"HEAD /health HTTP/1.1\r\nHost: r\r\n\r\n")
+        assert wire.answer(head_only=True).status == 200
+        wire.send(request(GLOBEX, tagged("globex-chat", 5)))  # nothing of HEAD's answer is left on the wire
+        assert_own(wire.final(), "globex-chat", 5)
+
+
+def test_http10_clients_get_close_delimited_streams_and_keep_alive_when_asked(hostile_router: Callable) -> None:
+    env = hostile_router()
+    body = tagged("acme-chat", 2)
+    with Wire(env.port) as wire:
+        keep = request(ACME, body, {"Connection": "keep-alive"}).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        for _ in range(2):
+            wire.send(keep)
+            answer = wire.final()
+            assert_own(answer, "acme-chat", 2)
+            assert answer.headers["connection"] == "keep-alive"
+    with Wire(env.port) as wire:
+        wire.send(request(ACME, tagged("acme-chat", 6, stream=True)).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        answer = wire.final()  # no length, not chunked: the body ends where the connection does
+        assert "transfer-encoding" not in answer.headers and "content-length" not in answer.headers
+        assert_own(answer, "acme-chat", 6)
+
+
+def test_admin_routes_take_expect_and_chunked_bodies_through_the_front(hostile_router: Callable) -> None:
+    env = hostile_router()
+    payload = json.dumps({"lora_name": "no-such-adapter"}).encode()
+    with Wire(env.port) as wire:
+        wire.send(head("/v1/unload_lora_adapter", ADMIN, {"Expect": "100-continue", "Transfer-Encoding": "chunked"}))
+        assert wire.answer().status == 100
+        wire.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
+        answer = wire.final()
+        assert_openai_error(answer.status, answer.body, 404)
+        wire.send(b"GET /v1/models HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer " + ACME.encode() + b"\r\n\r\n")
+        models = {m["id"] for m in json.loads(wire.final().body)["data"]}
+        assert "acme-chat" in models and "globex-chat" not in models
+
+
+def test_a_stopping_router_finishes_the_stream_under_way(hostile_router: Callable) -> None:
+    env = hostile_router(worker_args=("--speed", "1"))
+    body = json.dumps({"model": "acme-chat", "prompt": "w w", "max_tokens": 40, "ignore_eos": True,
+                       "stream": True}).encode()
+    with Wire(env.port, timeout_s=30) as wire:
+        wire.send(request(ACME, body))
+        first = wire.file.readline()
+        assert first.startswith(b"HTTP/1.1 200"), first
+        env.router.proc.signal(signal.SIGTERM)
+        rest = wire.file.read()  # to the end: the answer, then the router closes the connection
+    events = [line for line in rest.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]", rest[-300:]
+    assert sum(b'"text"' in e for e in events) == 40
+    process = env.router.proc.proc
+    assert process is not None and process.wait(timeout=30) == 0
