@@ -116,11 +116,14 @@ class ClientRequest:
 
     # -- fed by the connection ------------------------------------------------------
     def feed(self, data: bytes, limit: int) -> None:
+        if self.too_large:
+            return
         self._size += len(data)
-        if self._size > limit:
+        if self._size > limit:  # answered (413) at once, not after the rest arrives; the connection then closes
             self.too_large = True
             self._parts.clear()
-        elif not self.too_large:
+            self._wake()
+        else:
             self._parts.append(data)
 
     def finish(self) -> None:
@@ -141,7 +144,7 @@ class ClientRequest:
         """The whole body, decoded per its Content-Encoding; bounded in size (413) and in time (408)."""
         if self.content_length is not None and self.content_length > limit:
             raise PayloadTooLarge(f"Request body of {self.content_length} bytes exceeds the limit of {limit}.")
-        if not self.complete and self._error is None:  # else the whole body came with the head: no timer
+        if not (self.complete or self.too_large or self._error):  # else no wait, no timer
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(timeout_s):

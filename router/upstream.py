@@ -72,10 +72,12 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamResponse:
-    __slots__ = ("_conn", "content_length", "content_type", "headers", "status")
+    __slots__ = ("_conn", "content_length", "content_type", "headers", "next_chunk", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
+        self.next_chunk = conn.next_chunk
+        """All of the body that arrived and was not read yet (at least one piece); None at its end."""
         self.status = conn.parser.get_status_code()
         self.headers = conn.headers
         self.content_type = conn.content_type
@@ -92,10 +94,6 @@ class UpstreamResponse:
     def close(self) -> None:
         """Abandon the exchange (client gone, error): the connection cannot be reused."""
         self._conn.close()
-
-    async def next_chunk(self) -> bytes | None:
-        """The next piece of the body; None at its end."""
-        return await self._conn.next_chunk()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn

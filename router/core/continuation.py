@@ -72,31 +72,34 @@ class _Event(msgspec.Struct):
 
 _decode_event = msgspec.json.Decoder(_Event).decode
 _DONE = b"[DONE]"
+UNREAD_LIMIT = 64 * 1024
+"""Relayed events are read (decoded, counted, their text kept) only when something asks, or once this many
+bytes of them wait: most streams end cleanly and are never asked about."""
 
 
 class StreamLedger:
     """One streamed answer as the client sees it, across the workers that produced it."""
 
-    __slots__ = ("_rest", "carried", "continuing", "created", "done", "finish", "id", "keeping", "kept", "kind",
-                 "max_kept", "model", "object", "parts", "role_sent", "tokens")
+    __slots__ = ("_done", "_finish", "_keeping", "_rest", "_tokens", "_unread", "_unread_bytes", "carried",
+                 "continuing", "created", "id", "kept", "kind", "max_kept", "model", "object", "parts", "role_sent")
 
     def __init__(self, kind: Kind, max_kept_bytes: int) -> None:
         self.kind = kind
         self.max_kept = max_kept_bytes
         self._rest = b""
+        self._unread: list[bytes] = []
+        self._unread_bytes = 0
         self.parts: list[str] = []
         self.kept = 0
-        self.tokens = 0
-        """Tokens the client has been sent, all workers together."""
+        self._tokens = 0
         self.carried = 0
         """Tokens sent before the current worker's part began (the continuation's usage is shifted by it)."""
-        self.keeping = True
-        """False once the answer outgrew `max_kept_bytes`, or is not one plain choice: it cannot be continued."""
+        self._keeping = True
         self.continuing = False
         self.role_sent = False
         """The client has the answer's opening event (a chat's role chunk): a continuation's is dropped."""
-        self.finish: str | None = None
-        self.done = False
+        self._finish: str | None = None
+        self._done = False
         self.id: str | None = None
         self.object: str | None = None
         self.created: int | None = None
@@ -104,7 +107,32 @@ class StreamLedger:
 
     @property
     def text(self) -> str:
+        self.settle()
         return "".join(self.parts)
+
+    @property
+    def keeping(self) -> bool:
+        """False once the answer outgrew `max_kept_bytes`, or is not one plain choice: it cannot be continued."""
+        self.settle()
+        return self._keeping
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the client has been sent, all workers together."""
+        self.settle()
+        return self._tokens
+
+    @property
+    def finish(self) -> str | None:
+        """The answer's finish reason, once a worker sent it."""
+        self.settle()
+        return self._finish
+
+    @property
+    def done(self) -> bool:
+        """The client has the stream's [DONE]."""
+        self.settle()
+        return self._done
 
     def feed(self, chunk: bytes) -> bytes:
         """The whole events `chunk` completes, as the client must get them (b"" while an event is partial)."""
@@ -120,11 +148,27 @@ class StreamLedger:
             data, self._rest = data[:end], data[end:]
         if self.continuing:
             return self._rewrite(data)
-        if self.keeping:
+        if self._keeping:
+            self._unread.append(data)
+            self._unread_bytes += len(data)
+            if self._unread_bytes > UNREAD_LIMIT:
+                self.settle()
+        return data
+
+    def settle(self) -> None:
+        """Read the events relayed since the last call: the counts, the text and the answer's ids are
+        current after it. Called by everything that reads them here and by `plan_migration`."""
+        unread = self._unread
+        if not unread:
+            return
+        self._unread = []
+        self._unread_bytes = 0
+        for data in unread:
+            if not self._keeping:
+                return
             for event in data.split(b"\n\n"):
                 if event.startswith(b"data: "):
                     self._note(event[6:])
-        return data
 
     def flush(self) -> bytes:
         """What followed the last whole event when the worker's stream ended cleanly: relayed as it came."""
@@ -134,14 +178,16 @@ class StreamLedger:
     def continue_elsewhere(self, tokens: int) -> None:
         """The next worker's stream continues this one, the answer so far counting `tokens`: drop the dead
         one's partial event, shift the usage by them."""
+        self.settle()
         self._rest = b""
-        self.tokens = self.carried = tokens
+        self._tokens = self.carried = tokens
         self.continuing = True
         self.role_sent = self.id is not None
 
     def closing(self, usage: dict[str, Any] | None) -> bytes:
         """The end of an answer whose worker died after its last token: the usage event (when asked for) and
         [DONE]."""
+        self.settle()
         tail = b""
         if usage is not None:
             tail = _sse({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
@@ -149,35 +195,36 @@ class StreamLedger:
         return tail + b"data: [DONE]\n\n"
 
     def usage(self, prompt_tokens: int) -> dict[str, Any]:
-        return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + self.tokens,
-                "completion_tokens": self.tokens, "prompt_tokens_details": None}
+        self.settle()
+        return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + self._tokens,
+                "completion_tokens": self._tokens, "prompt_tokens_details": None}
 
     def _note(self, payload: bytes) -> None:
         if payload == _DONE:
-            self.done = True
+            self._done = True
             return
         try:
             event = _decode_event(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self.keeping = False
+            self._keeping = False
             return
         if self.id is None:
             self.id, self.object, self.created, self.model = event.id, event.object, event.created, event.model
         for choice in event.choices:
             if choice.index != 0:
-                self.keeping = False  # n > 1: several answers in one stream are not continued
+                self._keeping = False  # n > 1: several answers in one stream are not continued
                 return
             piece = choice.text if self.kind is Kind.COMPLETION else (
                 choice.delta.content if choice.delta is not None else None)
             if piece:
-                self.tokens += 1
-                if self.keeping:
+                self._tokens += 1
+                if self._keeping:
                     self.parts.append(piece)
                     self.kept += len(piece)
             if choice.finish_reason is not None:
-                self.finish = choice.finish_reason
-        if self.kept > self.max_kept and self.keeping:
-            self.keeping = False
+                self._finish = choice.finish_reason
+        if self.kept > self.max_kept and self._keeping:
+            self._keeping = False
             self.parts = []
 
     def _rewrite(self, data: bytes) -> bytes:
@@ -191,7 +238,7 @@ class StreamLedger:
                 if not event:
                     continue
             elif event == b"data: [DONE]":
-                self.done = True
+                self._done = True
             out.append(event + b"\n\n")
         return b"".join(out)
 
@@ -272,6 +319,7 @@ def plan_migration(body: bytes, ledger: StreamLedger, cut: str, migrations: int,
     without it, the chunks with text are counted, one token each. `strip`: a chat's partial message goes
     without its leading whitespace (see `_strippable`).
     """
+    ledger.settle()
     if ledger.done:
         return Stay("the answer had ended")
     if migrations >= rules.max_migrations:

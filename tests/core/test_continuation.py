@@ -10,6 +10,7 @@ import pytest
 from test_fleetstate import state_of
 
 from router.core.continuation import (
+    UNREAD_LIMIT,
     Continuation,
     Finish,
     Kind,
@@ -197,3 +198,19 @@ def test_a_stream_cut_before_its_first_whole_event_gets_its_role_chunk_from_the_
     again = fed(ledger, chat_piece({"role": "assistant", "content": ""}, "y", 11),
                 chat_piece({"content": " b"}, "y", 11))
     assert [json.loads(e[6:])["choices"][0]["delta"] for e in again.split(b"\n\n") if e] == [{"content": " b"}]
+
+
+def test_events_are_read_when_asked_and_never_pile_up_past_the_unread_limit() -> None:
+    """The ledger reads relayed events lazily (most streams are never asked about); what it reports is
+    current whenever it is read, and what waits unread stays bounded."""
+    ledger = StreamLedger(Kind.COMPLETION, 1 << 20)
+    fed(ledger, piece(" alpha"), piece(" bravo"))
+    assert ledger.tokens == 2 and ledger.finish is None
+    event = piece(" x" * 100)
+    count = 3 * UNREAD_LIMIT // len(event)
+    for _ in range(count):
+        ledger.feed(event)
+        assert ledger._unread_bytes <= UNREAD_LIMIT
+    fed(ledger, piece("", finish="length"), b"data: [DONE]\n\n")
+    assert (ledger.tokens, ledger.finish, ledger.done) == (2 + count, "length", True)
+    assert ledger.text == " alpha bravo" + " x" * 100 * count

@@ -95,3 +95,13 @@ def test_a_stopping_router_finishes_the_stream_under_way(hostile_router: Callabl
     assert sum(b'"text"' in e for e in events) == 40
     process = env.router.proc.proc
     assert process is not None and process.wait(timeout=30) == 0
+
+
+def test_a_body_over_the_limit_is_refused_as_it_arrives_not_when_it_ends(hostile_router: Callable) -> None:
+    env = hostile_router(security={"max_body_bytes": 4096})
+    with Wire(env.port) as wire:
+        wire.send(head("/v1/completions", ACME, {"Transfer-Encoding": "chunked"}))
+        wire.send(b"%x\r\n%s\r\n" % (5000, b"x" * 5000))  # and more to come: the client never ends it
+        answer = wire.final()
+        assert_openai_error(answer.status, answer.body, 413)
+        assert wire.at_eof()
