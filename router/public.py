@@ -19,6 +19,7 @@ from router.inference import admit, inference_route
 from router.proxy import Proxy
 from router.relay import AppRelay
 
+UNIX_PATH_ROOM = 64
 STOP_GRACE_S = 5.0
 """How long answers under way get to finish once the router stops."""
 
@@ -31,7 +32,10 @@ async def serving(app: web.Application, proxy: Proxy, listener: socket.socket) -
                            max_field_size=security.max_header_bytes, max_line_size=security.max_header_bytes)
     await runner.setup()
     harden_connections(runner, lambda: live.config.timeouts.client_header_s)
-    private = Path(tempfile.mkdtemp(prefix="lora-router-"))
+    base = tempfile.gettempdir()
+    if len(base) > UNIX_PATH_ROOM:  # a unix socket's path has 107 bytes at most
+        base = "/tmp"
+    private = Path(tempfile.mkdtemp(prefix="lora-router-", dir=base))
     path = str(private / "app.sock")
     relay = AppRelay(path, live)
     front = Front(live, inference=inference_route(proxy), admit=admit(proxy), other=relay)
