@@ -73,7 +73,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error_response(HttpStatusError(exc.status, exc.reason))
+        refused = HttpStatusError(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods the route takes
+            refused.headers = {"Allow": exc.headers["Allow"]}
+        return _error_response(refused)
     except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
         request.app[PROXY].metrics.requests.labels(_route(request), "", str(ClientClosedRequest.status)).inc()
         raise

@@ -84,6 +84,11 @@ class PayloadTooLarge(RouterError):
     type = "BadRequestError"
 
 
+class HeadersTooLarge(RouterError):
+    status = 431
+    type = "BadRequestError"
+
+
 class ClientClosedRequest(RouterError):
     """The client went away before its request was whole: nginx's 499, so no metric or log calls it a
     server error (nobody receives the body)."""

@@ -40,6 +40,7 @@ from router.errors import (
     BadRequest,
     ClientClosedRequest,
     ExpectationFailed,
+    HeadersTooLarge,
     HttpStatusError,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -79,13 +80,16 @@ class Headers:
     def get(self, name: str, default: str = "") -> str:
         return self._first.get(name.lower(), default)
 
+    def has(self, name: str) -> bool:
+        return name.lower() in self._first
+
 
 class ClientRequest:
     """One client request, from its head on; the body arrives behind it and is read by `read_body`.
 
     The request path records on it what the access log and metrics need once the answer is out."""
 
-    __slots__ = ("_error", "_parts", "_size", "_waiter", "adapter", "complete", "content_length", "expect",
+    __slots__ = ("_error", "_parts", "_size", "_waiter", "adapter", "ask", "complete", "content_length", "expect",
                  "headers", "http11", "keep_alive", "method", "path", "path_qs", "refusal", "request_id",
                  "started", "tenant", "too_large", "worker")
 
@@ -99,7 +103,10 @@ class ClientRequest:
         self.keep_alive = keep_alive
         length = headers.get("content-length")
         self.content_length = int(length) if length and not headers.get("transfer-encoding") else None
-        self.expect = headers.get("expect") or None
+        self.expect = (headers.get("expect") or None) if http11 else None
+        """HTTP/1.0's is ignored, as HTTP says; the router answers it, it is never forwarded."""
+        self.ask: Callable[[], None] | None = None
+        """Sends the client its `100 Continue` (the connection's, set when the request is queued)."""
         self.refusal: RouterError | None = None
         """Set when the request cannot be served at all (a malformed head): answered, then the connection closes."""
         self.complete = False
@@ -141,9 +148,18 @@ class ClientRequest:
 
     # -- read by the route ------------------------------------------------------------
     async def read_body(self, limit: int, timeout_s: float) -> bytes:
-        """The whole body, decoded per its Content-Encoding; bounded in size (413) and in time (408)."""
+        """The whole body, decoded per its Content-Encoding; bounded in size (413) and in time (408).
+
+        A client that sent `Expect: 100-continue` is asked for its body here: when its route is about to
+        read it (after the key was checked) and only when it fits; any other expectation is a 417. Only the
+        request being answered reads its body, so the interim answer never lands inside another answer."""
+        if self.expect is not None and self.expect.lower() != "100-continue":
+            raise ExpectationFailed("Only 'Expect: 100-continue' is supported.")
         if self.content_length is not None and self.content_length > limit:
             raise PayloadTooLarge(f"Request body of {self.content_length} bytes exceeds the limit of {limit}.")
+        if self.expect is not None and not self.complete and self.ask is not None:
+            self.ask()
+            self.ask = None
         if not (self.complete or self.too_large or self._error):  # else no wait, no timer
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -164,9 +180,10 @@ class ClientRequest:
 
 def _decoded(raw: bytes, encoding: str, limit: int) -> bytes:
     """The body as its Content-Encoding says, never more than `limit` bytes of it in memory."""
-    name = encoding.strip().lower()
-    if name == "identity":
+    codings = [c for c in (part.strip().lower() for part in encoding.split(",")) if c not in ("", "identity")]
+    if not codings:
         return raw
+    name = codings[0] if len(codings) == 1 else encoding
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(name)
     if wbits is None:
         raise HttpStatusError(415, f"Unsupported Content-Encoding '{encoding[:32]}': use gzip, deflate or identity.")
@@ -232,6 +249,8 @@ class Answer:
         self.on_start: Callable[[ClientRequest, Answer], None] | None = None
 
     def _head(self, status: int, headers: Pairs, length: int | None, *, date: bool) -> bytes:
+        if not self._request.complete:  # the rest of the body cannot be told from a next request: closed after
+            self.close = True
         self.started = True
         self.status = status
         if self.on_start is not None:
@@ -266,11 +285,6 @@ class Answer:
         self.respond(error.status, [("Content-Type", "application/json"), *error.headers.items()], error.body(),
                      date=True)
 
-    def ask_for_body(self) -> None:
-        """The interim `100 Continue`: only the request being answered may be sent one, so it never lands
-        inside another request's answer."""
-        self._conn.write(CONTINUE)
-
     def start(self, status: int, headers: Pairs, content_length: int | None) -> None:
         self._conn.write(self._head(status, headers, content_length, date=False))
 
@@ -302,14 +316,12 @@ Route = Callable[[ClientRequest, Answer], Awaitable[None]]
 class Front:
     """The protocol factory: `loop.create_server(front, sock=...)`.
 
-    `inference` serves the inference routes (router.inference), `admit` is its check before a client is
-    asked for a body with `Expect: 100-continue` (the key), `other` serves every other route (the relay)."""
+    `inference` serves the inference routes, whatever the method (router.inference), `other` every other
+    route (router.relay)."""
 
-    def __init__(self, live: LiveConfig, *, inference: Route, admit: Callable[[ClientRequest], None],
-                 other: Route) -> None:
+    def __init__(self, live: LiveConfig, *, inference: Route, other: Route) -> None:
         self.live = live
         self.inference = inference
-        self.admit = admit
         self.other = other
         self.connections: set[_Connection] = set()
 
@@ -317,34 +329,11 @@ class Front:
         return _Connection(self)
 
     async def dispatch(self, request: ClientRequest, answer: Answer) -> None:
-        inference = request.path in INFERENCE_ROUTES
         if request.refusal is not None:
+            answer.close = True
             answer.error(request.refusal)
             return
-        if inference and request.method != "POST":
-            answer.error(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}; use POST.",
-                                          headers={"Allow": "POST"}))
-            return
-        if request.expect is not None and not request.complete:
-            try:
-                self._expectation(request, inference)
-            except RouterError as error:
-                answer.close = True
-                answer.error(error)
-                return
-            answer.ask_for_body()
-        await (self.inference if inference else self.other)(request, answer)
-
-    def _expectation(self, request: ClientRequest, inference: bool) -> None:
-        """`Expect: 100-continue` is the router's to answer (never forwarded): the client is asked for its
-        body only when the request can succeed so far; else it gets the error without uploading."""
-        if request.expect is None or request.expect.lower() != "100-continue":
-            raise ExpectationFailed("Only 'Expect: 100-continue' is supported.")
-        if inference:
-            self.admit(request)
-        limit = self.live.config.security.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
+        await (self.inference if request.path in INFERENCE_ROUTES else self.other)(request, answer)
 
     async def stop(self, grace_s: float) -> None:
         """Idle connections close now; answers under way get `grace_s` to finish, then are cut."""
@@ -392,6 +381,8 @@ class _Connection(asyncio.Protocol):
         self._headers = Headers()
         self._head_bytes = 0
         self._limits = front.live.config.security
+        self._body_of: ClientRequest | None = None
+        """The request whose body the next message carries (after an Upgrade; see `_after_upgrade`)."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -415,16 +406,35 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:  # Upgrade is not offered: the request is served as is
+        except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
-            self.parser = httptools.HttpRequestParser(self)
-            if offset < len(data):
-                self.data_received(data[offset:])
+            self._after_upgrade(data[offset:])
         except _HeadTooLarge as too_large:
             self._refuse(too_large.error)
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else None
-            self._refuse(cause.error if cause is not None else BadRequest(f"Malformed request: {exc}"))
+            if cause is not None:
+                self._refuse(cause.error)
+            elif "PRI" in str(exc):
+                self._refuse(HttpStatusError(505, "HTTP/2 is not offered here: use HTTP/1.1."))
+            else:
+                self._refuse(BadRequest(f"Malformed request: {exc}"))
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """httptools stops at a request that asks to switch protocols (`Upgrade: h2c`, `websocket`), before
+        its body. No switch is offered, so the request is served as HTTP/1.1, as HTTP allows: its body (when
+        its head announced one) is read by a fresh parser told only how the body is framed."""
+        self.parser = httptools.HttpRequestParser(self)
+        request = self.queue[-1] if self.queue else None
+        if request is not None and request.refusal is None and (
+                request.content_length or request.headers.get("transfer-encoding")):
+            request.complete = False
+            self._body_of = request
+            framing = (b"Content-Length: %d" % request.content_length if request.content_length is not None
+                       else b"Transfer-Encoding: chunked")
+            self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        if rest and not self.closed:
+            self.data_received(rest)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -435,35 +445,61 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._body_of is not None:
+            return
         self._url = []
         self._headers = Headers()
         self._head_bytes = 0
         self._limits = self.front.live.config.security
 
     def on_url(self, url: bytes) -> None:
+        if self._body_of is not None:
+            return
         self._url.append(url)
         self._head_bytes += len(url)
         if self._head_bytes > self._limits.max_header_bytes:
             raise _HeadTooLarge(HttpStatusError(414, "The request line is too long."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._body_of is not None:
+            return
         headers = self._headers
         if len(name) + len(value) > self._limits.max_header_bytes or len(headers.items) >= MAX_HEADERS:
-            raise _HeadTooLarge(PayloadTooLarge("Malformed or oversized request line or headers."))
+            raise _HeadTooLarge(HeadersTooLarge("Request header fields too large or too many."))
         headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
+        if self._body_of is not None:
+            self.current, self._body_of = self._body_of, None
+            return
         parser = self.parser
+        method = parser.get_method().decode("ascii")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        refusal: RouterError | None = None
         if not url.startswith(b"/"):  # absolute form (a proxy's): only the path is ours
-            parsed = httptools.parse_url(url)
-            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            try:
+                parsed = httptools.parse_url(url)
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            except httptools.HttpParserInvalidURLError:
+                url = b"/"
+                refusal = BadRequest("Malformed request target.")
         path_qs = url.decode("utf-8", "surrogateescape")
         path = path_qs.partition("?")[0]
         if "%" in path:
             path = unquote(path, errors="surrogateescape")
-        request = ClientRequest(parser.get_method().decode("ascii"), path, path_qs, self._headers,
-                                http11=parser.get_http_version() == "1.1", keep_alive=parser.should_keep_alive())
+        http11 = parser.get_http_version() == "1.1"
+        headers = self._headers
+        request = ClientRequest(method, path, path_qs, headers, http11=http11, keep_alive=parser.should_keep_alive())
+        coding = headers.get("transfer-encoding")
+        if method == "CONNECT":
+            refusal = MethodNotAllowed("CONNECT is not supported: the router is not a forward proxy.")
+        elif coding and coding.strip().lower() != "chunked":
+            refusal = HttpStatusError(501, f"Transfer-Encoding '{coding[:32]}' is not supported: send the body "
+                                           "chunked or with a Content-Length.")
+        elif http11 and not headers.has("host"):
+            refusal = BadRequest("An HTTP/1.1 request needs a Host header.")
+        request.refusal = refusal
+        request.ask = self._ask_for_body
         self.current = request
         self._enqueue(request)
 
@@ -534,6 +570,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # -- writing and closing ----------------------------------------------------------------
+    def _ask_for_body(self) -> None:
+        self.write(CONTINUE)
+
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)

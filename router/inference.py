@@ -1,5 +1,6 @@
-"""The inference routes' edge, around router.proxy: the request id, the in-flight count, time to first
-byte, errors in OpenAI's shape, the per-tenant count and the access log."""
+"""The inference routes' edge, around router.proxy: the method, the request id, the in-flight count, time
+to first byte, errors in OpenAI's shape, the per-tenant count and the access log: every answer on these
+routes, errors and refused `Expect`s included, carries an x-request-id and is counted and logged."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 
-from router.errors import AnswerCut, ClientClosedRequest, RouterError
+from router.errors import AnswerCut, ClientClosedRequest, MethodNotAllowed, RouterError
 from router.front import Answer, ClientRequest, Route
 from router.logs import ACCESS
 from router.proxy import REQUEST_ID_HEADER, Proxy
@@ -42,11 +42,14 @@ def inference_route(proxy: Proxy) -> Route:
         metrics.requests_in_flight += 1
         status = 500
         try:
+            if request.method != "POST":
+                raise MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}; use POST.",
+                                       headers={"Allow": "POST"})
             await proxy.handle(request, answer)
             status = answer.status
         except RouterError as error:
             status = error.status
-            metrics.answered(request.path, "", status).inc()
+            metrics.answered(request.path, metrics.adapter(request.adapter), status).inc()
             if status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, status, error.message)
             if answer.started:
@@ -58,7 +61,7 @@ def inference_route(proxy: Proxy) -> Route:
             answer.abort()
         except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
             status = ClientClosedRequest.status
-            metrics.answered(request.path, "", status).inc()
+            metrics.answered(request.path, metrics.adapter(request.adapter), status).inc()
             raise
         finally:
             metrics.requests_in_flight -= 1
@@ -67,14 +70,6 @@ def inference_route(proxy: Proxy) -> Route:
                 _access_line(request, status, started)
 
     return serve
-
-
-def admit(proxy: Proxy) -> Callable[[ClientRequest], None]:
-    """What must hold before a client with `Expect: 100-continue` is asked for its body: a usable key."""
-
-    def check(request: ClientRequest) -> None:
-        proxy.auth.caller(request.headers.get("Authorization"))
-    return check
 
 
 def _access_line(request: ClientRequest, status: int, started: float) -> None:

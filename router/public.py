@@ -15,7 +15,7 @@ from aiohttp import web
 
 from router.front import Front
 from router.httpserver import harden_connections
-from router.inference import admit, inference_route
+from router.inference import inference_route
 from router.proxy import Proxy
 from router.relay import AppRelay
 
@@ -38,7 +38,7 @@ async def serving(app: web.Application, proxy: Proxy, listener: socket.socket) -
     private = Path(tempfile.mkdtemp(prefix="lora-router-", dir=base))
     path = str(private / "app.sock")
     relay = AppRelay(path, live)
-    front = Front(live, inference=inference_route(proxy), admit=admit(proxy), other=relay)
+    front = Front(live, inference=inference_route(proxy), other=relay)
     server: asyncio.Server | None = None
     try:
         await web.UnixSite(runner, path).start()

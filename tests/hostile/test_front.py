@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 import zlib
 from collections.abc import Callable
 
-from hostile_helpers import ACME, ADMIN, GLOBEX, assert_openai_error
-from wire import Wire, assert_own, head, request, tagged
+from hostile_helpers import ACME, ADMIN, GLOBEX, assert_openai_error, send
+from wire import Wire, assert_own, chunked, head, request, tagged
 
 from router.front import MAX_PIPELINED
 
@@ -105,3 +106,92 @@ def test_a_body_over_the_limit_is_refused_as_it_arrives_not_when_it_ends(hostile
         answer = wire.final()
         assert_openai_error(answer.status, answer.body, 413)
         assert wire.at_eof()
+
+
+def _scraped(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def test_a_request_that_asks_to_switch_protocols_is_served_as_http11_with_its_body(
+        hostile_router: Callable) -> None:
+    """curl --http2 on a plain-http URL: `Upgrade: h2c` and the body right behind the head."""
+    env = hostile_router()
+    upgrade = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"}
+    body = tagged("acme-chat", 7)
+    with Wire(env.port) as wire:
+        wire.send(head("/v1/completions", ACME, upgrade, len(body)) + body)
+        assert_own(wire.final(), "acme-chat", 7)
+    with Wire(env.port) as wire:
+        writes = chunked(ACME, tagged("acme-chat", 8))
+        wire.send(writes[0].replace(b"\r\n\r\n", b"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 1))
+        for piece in writes[1:]:
+            wire.send(piece)
+        assert_own(wire.final(), "acme-chat", 8)
+
+
+def test_every_answer_on_an_inference_route_is_counted_and_carries_a_request_id(hostile_router: Callable) -> None:
+    """Refusals included: a bad key behind `Expect`, a body over the limit, a wrong method."""
+    env = hostile_router(security={"max_body_bytes": 4096})
+    with Wire(env.port) as wire:
+        wire.send(head("/v1/completions", "not-a-key", {"Expect": "100-continue"}, 100))
+        answer = wire.answer()
+        assert_openai_error(answer.status, answer.body, 401)
+        assert answer.headers["x-request-id"] and answer.headers["connection"] == "close"
+    with Wire(env.port) as wire:  # answered before its body arrived: the connection cannot go on, and says so
+        wire.send(head("/v1/completions", ACME, None, 5000))
+        answer = wire.answer()
+        assert_openai_error(answer.status, answer.body, 413)
+        assert answer.headers["x-request-id"] and answer.headers["connection"] == "close"
+        assert wire.at_eof()
+    with Wire(env.port) as wire:
+        wire.send(b"GET /v1/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer " + ACME.encode() + b"\r\n\r\n")
+        answer = wire.final()
+        assert_openai_error(answer.status, answer.body, 405)
+        assert answer.headers["x-request-id"]
+    counted = [line for line in _scraped(env.port).splitlines()
+               if line.startswith("lora_router_requests_total{") and 'route="/v1/completions"' in line]
+    for status in ("401", "405", "413"):
+        assert any(f'status="{status}"' in line for line in counted), (status, counted)
+
+
+def test_what_the_router_does_not_offer_is_refused_clearly(hostile_router: Callable) -> None:
+    env = hostile_router(security={"max_header_bytes": 2048})
+    auth = b"Authorization: Bearer " + ACME.encode() + b"\r\n"
+    refusals = [
+        (b"POST /v1/completions HTTP/1.1\r\nHost: r\r\n" + auth + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+         b"0\r\n\r\n", 501),
+        (b"POST /v1/completions HTTP/1.1\r\n" + auth + b"Content-Length: 2\r\n\r\n{}", 400),  # no Host
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+        (b"GET /v1/models HTTP/1.1\r\nHost: r\r\nX-Long: " + b"v" * 4096 + b"\r\n\r\n", 431),
+    ]
+    for raw, status in refusals:
+        with Wire(env.port) as wire:
+            wire.send(raw)
+            answer = wire.answer()
+            assert_openai_error(answer.status, answer.body, status)
+            assert wire.at_eof()
+    with Wire(env.port) as wire:  # HTTP/1.0 has no 100 Continue: the expectation is ignored, the body awaited
+        body = tagged("acme-chat", 2)
+        ignored = head("/v1/completions", ACME, {"Expect": "100-continue"}, len(body))
+        wire.send(ignored.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        wire.send(body)
+        answer = wire.answer()
+        assert_own(answer, "acme-chat", 2)
+    status, headers, raw = send(env.port, "POST", "/v1/models", b"{}", {"Authorization": f"Bearer {ACME}"})
+    assert_openai_error(status, raw, 405)
+    assert "GET" in headers["allow"]
+
+
+def test_a_client_that_leaves_mid_stream_is_a_499_for_its_adapter(hostile_router: Callable,
+                                                                  poll_until: Callable) -> None:
+    env = hostile_router(worker_args=("--speed", "1"))
+    body = json.dumps({"model": "acme-chat", "prompt": "w", "max_tokens": 200, "ignore_eos": True,
+                       "stream": True}).encode()
+    with Wire(env.port) as wire:
+        wire.send(request(ACME, body))
+        assert wire.file.readline().startswith(b"HTTP/1.1 200")
+    poll_until(lambda: any('status="499"' in line and 'adapter="acme-chat"' in line
+                           for line in _scraped(env.port).splitlines()
+                           if line.startswith("lora_router_requests_total{")),
+               timeout_s=20, what="the abandoned stream counted as its adapter's 499")
