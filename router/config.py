@@ -99,7 +99,7 @@ class TimeoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Admin calls to workers: load, unload, models."""
     client_header_s: Seconds = 60.0
     """A client connection that has not sent a whole request head within this (from its opening or its
-    previous answer) is closed: slowloris clients cannot hold connections for aiohttp's 3,630 s default.
+    previous answer) is closed without an answer: slowloris clients cannot hold connections.
     Idle keep-alive connections are closed after the same time."""
     client_body_s: Seconds = 60.0
     """A request body not fully received within this is answered 408 and the connection closed."""
