@@ -57,6 +57,9 @@ MAX_HEADERS = 128
 """As aiohttp's server: more is a 431."""
 MAX_PIPELINED = 16
 """Requests parsed ahead of the one being answered; past this the connection is not read until one is answered."""
+READ_AHEAD_BYTES = 64 * 1024
+"""Body bytes read of a request waiting behind another before the connection is not read until its turn:
+a pipelining client cannot make the router hold MAX_PIPELINED whole bodies."""
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 Pairs = Iterable[tuple[str, str]]
 
@@ -89,9 +92,9 @@ class ClientRequest:
 
     The request path records on it what the access log and metrics need once the answer is out."""
 
-    __slots__ = ("_error", "_parts", "_size", "_waiter", "adapter", "ask", "complete", "content_length", "expect",
-                 "headers", "http11", "keep_alive", "method", "path", "path_qs", "refusal", "request_id",
-                 "started", "tenant", "too_large", "worker")
+    __slots__ = ("_error", "_parts", "_waiter", "adapter", "ask", "complete", "content_length", "expect", "headers",
+                 "http11", "keep_alive", "method", "path", "path_qs", "received", "refusal", "request_id", "started",
+                 "tenant", "too_large", "worker")
 
     def __init__(self, method: str, path: str, path_qs: str, headers: Headers, *, http11: bool,
                  keep_alive: bool) -> None:
@@ -112,7 +115,8 @@ class ClientRequest:
         self.complete = False
         self.too_large = False
         self._parts: list[bytes] = []
-        self._size = 0
+        self.received = 0
+        """Body bytes read so far (as sent, before decoding)."""
         self._error: RouterError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.started = 0.0
@@ -125,8 +129,8 @@ class ClientRequest:
     def feed(self, data: bytes, limit: int) -> None:
         if self.too_large:
             return
-        self._size += len(data)
-        if self._size > limit:  # answered (413) at once, not after the rest arrives; the connection then closes
+        self.received += len(data)
+        if self.received > limit:  # answered (413) at once, not after the rest arrives; the connection then closes
             self.too_large = True
             self._parts.clear()
             self._wake()
@@ -373,6 +377,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.write_paused = False
         self.read_paused = False
+        self.refused = False
+        """Bytes came that are not a request: nothing more is read."""
         self.drain_waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.stopping = False
@@ -504,8 +510,11 @@ class _Connection(asyncio.Protocol):
         self._enqueue(request)
 
     def on_body(self, body: bytes) -> None:
-        if self.current is not None:
-            self.current.feed(body, self._limits.max_body_bytes)
+        request = self.current
+        if request is not None:
+            request.feed(body, self._limits.max_body_bytes)
+            if request.received > READ_AHEAD_BYTES and request is not self.queue[0]:
+                self._pause()
 
     def on_message_complete(self) -> None:
         if self.current is not None:
@@ -515,18 +524,16 @@ class _Connection(asyncio.Protocol):
     # -- serving ---------------------------------------------------------------------------
     def _enqueue(self, request: ClientRequest) -> None:
         self.queue.append(request)
-        if len(self.queue) >= MAX_PIPELINED and not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.pause_reading()
+        if len(self.queue) >= MAX_PIPELINED:
+            self._pause()
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
 
     def _refuse(self, error: RouterError) -> None:
         """The bytes are not a request we can serve: a request being read fails; a head that cannot be
         parsed gets its error after the answers before it; nothing more is read from this connection."""
-        if self.transport is not None and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+        self.refused = True
+        self._pause()
         if self.current is not None:
             self.current.fail(BadRequest(f"The request body could not be read: {error.message}"))
             self.current = None
@@ -565,9 +572,23 @@ class _Connection(asyncio.Protocol):
             if answer.close or not answer.ended or not request.complete or self.closed or self.stopping:
                 self.close()
                 return
-            if self.read_paused and len(self.queue) < MAX_PIPELINED and self.transport is not None:
-                self.read_paused = False
-                self.transport.resume_reading()
+            self._resume()
+
+    def _pause(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        """After an answer: read on, unless the bytes were refused, the queue is full, or the request being
+        read is still waiting for its turn with more than READ_AHEAD_BYTES of its body in."""
+        if not self.read_paused or self.refused or len(self.queue) >= MAX_PIPELINED or self.transport is None:
+            return
+        request = self.current
+        if request is not None and request is not self.queue[0] and request.received > READ_AHEAD_BYTES:
+            return
+        self.read_paused = False
+        self.transport.resume_reading()
 
     # -- writing and closing ----------------------------------------------------------------
     def _ask_for_body(self) -> None:
