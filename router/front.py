@@ -52,7 +52,8 @@ from router.live import LiveConfig
 log = logging.getLogger(__name__)
 
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-"""POST only; served by the request path (router.proxy) without going through aiohttp."""
+"""Served by the request path (router.inference, router.proxy) without going through aiohttp; a method other
+than POST is its 405."""
 MAX_HEADERS = 128
 """As aiohttp's server: more is a 431."""
 MAX_PIPELINED = 16
