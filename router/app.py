@@ -57,13 +57,13 @@ def _error_response(error: RouterError) -> web.Response:
 def _route(request: web.Request) -> str:
     """The route's template (/v1/loras/{name}): a label per client-chosen path would grow without bound."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else request.path
+    return resource.canonical if resource is not None else "(no route)"
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except RouterError as error:
         px = request.app[PROXY]
         px.metrics.requests.labels(_route(request), "", str(error.status)).inc()
@@ -76,10 +76,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         refused = HttpStatusError(exc.status, exc.reason)
         if "Allow" in exc.headers:  # a 405 says which methods the route takes
             refused.headers = {"Allow": exc.headers["Allow"]}
+        request.app[PROXY].metrics.requests.labels(_route(request), "", str(exc.status)).inc()
         return _error_response(refused)
     except asyncio.CancelledError:  # the client went away: counted, as nginx does, as 499
         request.app[PROXY].metrics.requests.labels(_route(request), "", str(ClientClosedRequest.status)).inc()
         raise
+    request.app[PROXY].metrics.requests.labels(_route(request), "", str(response.status)).inc()
+    return response
 
 
 async def health(_request: web.Request) -> web.Response:

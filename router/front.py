@@ -71,15 +71,21 @@ class Headers:
     Values are decoded as UTF-8 with surrogateescape (as aiohttp does), so a header forwarded to a
     worker is encoded back byte for byte."""
 
-    __slots__ = ("_first", "items")
+    __slots__ = ("_first", "items", "repeated")
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
         self._first: dict[str, str] = {}
+        self.repeated: set[str] | None = None
+        """Lower-case names sent more than once (None: none)."""
 
     def add(self, name: str, value: str) -> None:
         self.items.append((name, value))
-        self._first.setdefault(name.lower(), value)
+        lower = name.lower()
+        if lower in self._first:
+            self.repeated = {*(self.repeated or ()), lower}
+        else:
+            self._first[lower] = value
 
     def get(self, name: str, default: str = "") -> str:
         return self._first.get(name.lower(), default)
@@ -494,11 +500,16 @@ class _Connection(asyncio.Protocol):
         path = path_qs.partition("?")[0]
         if "%" in path:
             path = unquote(path, errors="surrogateescape")
-        http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        http11 = version == "1.1"
         headers = self._headers
         request = ClientRequest(method, path, path_qs, headers, http11=http11, keep_alive=parser.should_keep_alive())
         coding = headers.get("transfer-encoding")
-        if method == "CONNECT":
+        if version not in ("1.1", "1.0"):
+            refusal = HttpStatusError(505, f"HTTP/{version} is not offered here: use HTTP/1.1.")
+        elif headers.repeated and not headers.repeated.isdisjoint(("authorization", "host")):
+            refusal = BadRequest("Authorization and Host may be sent once each: which one counts is ambiguous.")
+        elif method == "CONNECT":
             refusal = MethodNotAllowed("CONNECT is not supported: the router is not a forward proxy.")
         elif coding and coding.strip().lower() != "chunked":
             refusal = HttpStatusError(501, f"Transfer-Encoding '{coding[:32]}' is not supported: send the body "

@@ -20,8 +20,9 @@ from router.proxy import Proxy
 from router.relay import AppRelay
 
 UNIX_PATH_ROOM = 64
-STOP_GRACE_S = 5.0
-"""How long answers under way get to finish once the router stops."""
+STOP_GRACE_S = 30.0
+"""How long answers under way (streams included) get to finish once the router stops; the chart's
+terminationGracePeriodSeconds (45) leaves room for it and the preStop sleep."""
 
 
 @contextlib.asynccontextmanager

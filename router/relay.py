@@ -15,6 +15,9 @@ from router.upstream import UpstreamPool
 
 HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host",
                  "content-length", "expect", "content-encoding", "proxy-connection"})
+NOT_RELAYED = HOP | {"server"}
+"""Of the app's answer: the hop's headers, and aiohttp's `Server` (which names its version; the front's own
+answers name none)."""
 
 
 class AppRelay:
@@ -25,6 +28,8 @@ class AppRelay:
 
     async def __call__(self, request: ClientRequest, answer: Answer) -> None:
         config = self.live.config
+        if request.expect is not None:  # a key no route takes is refused before the client uploads anything
+            self.live.auth.caller(request.headers.get("Authorization"))
         body = await request.read_body(config.security.max_body_bytes, config.timeouts.client_body_s)
         method = "GET" if request.method == "HEAD" else request.method
         lines = [f"{method} {request.path_qs} HTTP/1.1\r\nHost: router\r\nContent-Length: {len(body)}\r\n"]
@@ -33,7 +38,7 @@ class AppRelay:
         head = "".join(lines).encode("utf-8", "surrogateescape")
         upstream = await self.pool.request(self.socket_path, 0, False, head, body)
         try:
-            answer.start(upstream.status, [(k, v) for k, v in upstream.headers if k.lower() not in HOP],
+            answer.start(upstream.status, [(k, v) for k, v in upstream.headers if k.lower() not in NOT_RELAYED],
                          upstream.content_length)
             while (chunk := await upstream.next_chunk()) is not None:
                 await answer.write(chunk)

@@ -196,3 +196,26 @@ def test_a_client_that_leaves_mid_stream_is_a_499_for_its_adapter(hostile_router
                            for line in _scraped(env.port).splitlines()
                            if line.startswith("lora_router_requests_total{")),
                timeout_s=20, what="the abandoned stream counted as its adapter's 499")
+
+
+def test_relayed_routes_refuse_a_bad_key_before_the_upload_and_every_answer_is_counted(
+        hostile_router: Callable) -> None:
+    env = hostile_router()
+    payload = json.dumps({"name": "x", "source": "/nowhere"}).encode()
+    with Wire(env.port) as wire:  # no 100 Continue for a key no route takes
+        wire.send(head("/v1/loras", "not-a-key", {"Expect": "100-continue"}, len(payload)))
+        answer = wire.answer()
+        assert_openai_error(answer.status, answer.body, 401)
+    for _ in range(3):
+        status, headers, _ = send(env.port, "GET", "/v1/loras", None, {"Authorization": f"Bearer {ADMIN}"})
+        assert status == 200 and "server" not in headers  # aiohttp's Server header (its version) is not relayed
+    counted = [line for line in _scraped(env.port).splitlines() if line.startswith("lora_router_requests_total{")]
+    assert any('route="/v1/loras"' in line and 'status="200"' in line and line.endswith(" 3.0")
+               for line in counted), counted
+    key = b"Authorization: Bearer " + ADMIN.encode() + b"\r\n"
+    for raw, status in [(b"GET /v1/loras HTTP/2.0\r\nHost: r\r\n" + key + b"\r\n", 505),
+                        (b"GET /v1/loras HTTP/1.1\r\nHost: r\r\n" + key + b"Authorization: Bearer x\r\n\r\n", 400)]:
+        with Wire(env.port) as wire:
+            wire.send(raw)
+            answer = wire.answer()
+            assert_openai_error(answer.status, answer.body, status)
