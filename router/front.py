@@ -507,8 +507,8 @@ class _Connection(asyncio.Protocol):
         coding = headers.get("transfer-encoding")
         if version not in ("1.1", "1.0"):
             refusal = HttpStatusError(505, f"HTTP/{version} is not offered here: use HTTP/1.1.")
-        elif headers.repeated and not headers.repeated.isdisjoint(("authorization", "host")):
-            refusal = BadRequest("Authorization and Host may be sent once each: which one counts is ambiguous.")
+        elif headers.repeated and "host" in headers.repeated:
+            refusal = BadRequest("Host may be sent once: which one counts is ambiguous.")
         elif method == "CONNECT":
             refusal = MethodNotAllowed("CONNECT is not supported: the router is not a forward proxy.")
         elif coding and coding.strip().lower() != "chunked":
