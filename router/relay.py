@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from router.front import Answer, ClientRequest
 from router.live import LiveConfig
+from router.proxy import HOP_BY_HOP
 from router.upstream import UpstreamPool
 
-HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host",
-                 "content-length", "expect", "content-encoding", "proxy-connection"})
+HOP = (HOP_BY_HOP - {"authorization"}) | {"expect", "content-encoding", "proxy-connection"}
+"""The request path's hop-by-hop set, but the app checks the client's key itself; the front has answered
+`Expect` and decoded the body."""
 NOT_RELAYED = HOP | {"server"}
 """Of the app's answer: the hop's headers, and aiohttp's `Server` (which names its version; the front's own
 answers name none)."""
