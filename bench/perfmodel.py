@@ -12,7 +12,11 @@ The model is vLLM's continuous batching reduced to what placement changes:
   batch size) and decodes one token for every running sequence: `decode_base_ms`
   + `decode_ms_per_seq` per sequence + `decode_ms_per_adapter` per distinct
   adapter in the batch (the SGMV/Punica kernels' cost grows with adapters);
-- `/v1/load_lora_adapter` costs `runtime_load_ms` (weights read and checked).
+- `/v1/load_lora_adapter` costs `runtime_load_ms` (weights read and checked);
+- a prefix (KV) cache of `kv_blocks` blocks of `block_tokens` tokens, LRU:
+  a prompt's leading blocks found there (keyed by adapter and everything
+  before them, as vLLM's block hashes are) are not prefilled again. A prompt
+  always computes at least its last token, as vLLM's does.
 
 Defaults are loosely those of a 7-8B model on one data-centre GPU. Every cost
 is multiplied by `speed` (0.01 makes tests fast, 0 makes the model free). Time
@@ -47,6 +51,10 @@ class PerfParams(msgspec.Struct, frozen=True, kw_only=True):
     slot_swap_ms: float = 8.0
     host_load_ms: float = 120.0
     runtime_load_ms: float = 25.0
+    block_tokens: int = 16
+    """vLLM's KV block size: the prefix cache's unit."""
+    kv_blocks: int = 8192
+    """KV-cache capacity in blocks (131k tokens at 16: roughly an 8B model's on a 40 GB share of a GPU)."""
     speed: float = 1.0
 
     @property
@@ -57,15 +65,17 @@ class PerfParams(msgspec.Struct, frozen=True, kw_only=True):
 class Sequence:
     """One request inside the engine."""
 
-    __slots__ = ("adapter", "arrived", "output_tokens", "prompt_tokens", "rid")
+    __slots__ = ("adapter", "arrived", "blocks", "output_tokens", "prompt_tokens", "rid")
 
     def __init__(self, rid: int, adapter: str | None, prompt_tokens: int, output_tokens: int,
-                 arrived: float) -> None:
+                 arrived: float, blocks: tuple[int, ...] = ()) -> None:
         self.rid = rid
         self.adapter = adapter
         self.prompt_tokens = prompt_tokens
         self.output_tokens = max(1, output_tokens)
         self.arrived = arrived
+        self.blocks = blocks
+        """The prompt's full KV blocks, as the prefix cache keys them (bench.workloads.prompt_blocks)."""
 
 
 class StepResult(msgspec.Struct, kw_only=True):
@@ -124,6 +134,11 @@ class EngineModel:
         self._ends: list[tuple[int, int, int]] = []
         """Heap of (clock reading at which it finishes, admission number, request id) of the batch."""
         self._admitted = 0
+        self.kv: OrderedDict[int, None] = OrderedDict()
+        """The prefix cache: block -> None, least recently used first."""
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        """Prompt tokens looked up in the prefix cache, and those found (vLLM's prefix_cache_* counters)."""
 
     def submit(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -246,9 +261,34 @@ class EngineModel:
             heapq.heappush(self._ends, (self._clock + seq.output_tokens, self._admitted, seq.rid))
             self._admitted += 1
             started.append(seq.rid)
-            prefill += seq.prompt_tokens
+            prefill += seq.prompt_tokens - self._cached_tokens(seq)
         waiting.extendleft(reversed(skipped))
         return cost_ms, started, prefill
+
+    def _cached_tokens(self, seq: Sequence) -> int:
+        """Look the prompt up in the prefix cache and leave all its blocks there, the prompt's first ones
+        most recent: a block is then never evicted before one that follows it in some prompt, as vLLM
+        frees a request's blocks tail first."""
+        self.prefix_queries += seq.prompt_tokens
+        blocks = seq.blocks
+        if not blocks:
+            return 0
+        kv = self.kv
+        hit = 0
+        for block in blocks:
+            if block not in kv:
+                break
+            hit += 1
+        for block in reversed(blocks):
+            if block in kv:
+                kv.move_to_end(block)
+            else:
+                kv[block] = None
+        while len(kv) > self.params.kv_blocks:
+            kv.popitem(last=False)
+        tokens = min(hit * self.params.block_tokens, seq.prompt_tokens - 1)
+        self.prefix_hits += tokens
+        return tokens
 
     def _slot_in(self, adapter: str, in_batch: Mapping[str, int]) -> float:
         p = self.params

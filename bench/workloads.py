@@ -7,6 +7,12 @@ hottest; the simulator names them `a{i}` like `allocator.synthetic`.
 
 Non-homogeneous arrivals (diurnal, MMPP, flash crowd) are drawn by thinning a
 Poisson process at the peak rate, which keeps them exact and vectorised.
+
+Chat sessions (`chat`) are the one workload whose prompts share prefixes: each
+adapter has a system prompt, and every turn of a session repeats the session's
+history before its new message. `prompt_blocks` names those shared parts as
+KV-cache blocks, so the engine's prefix cache and the router's prefix index see
+the same structure vLLM's hashing would.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ class Requests(msgspec.Struct, frozen=True):
     adapter: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    session: np.ndarray | None = None
+    """Per request, its conversation (-1: none); None when no request has one. Every turn of a session
+    starts with its previous turn's prompt (the history), so their blocks are shared."""
+    system_tokens: np.ndarray | None = None
+    """Per request, the length of its adapter's system prompt: the blocks it shares with every session of
+    that adapter. None when no request has one."""
 
     def __len__(self) -> int:
         return int(self.time.shape[0])
@@ -155,12 +167,93 @@ def mmpp(rng: np.random.Generator, count: int, n_adapters: int, s: float, low_rp
     return thinned(rng, count, high_rps, rate, _zipf_picker(zipf_weights(n_adapters, s)), lengths)
 
 
+class Chat(msgspec.Struct, frozen=True, kw_only=True):
+    """Multi-turn chat: per adapter one system prompt (log-normal length), sessions of `min_turns` or
+    more turns whose user messages and answers accumulate as history, with think time between turns."""
+
+    system_median: float = 1200.0
+    """Tokens of an adapter's system prompt (median; each adapter draws its own length once)."""
+    user_median: float = 80.0
+    min_turns: int = 4
+    extra_turns_mean: float = 2.0
+    """Turns beyond `min_turns`: Poisson with this mean."""
+    think_s: float = 8.0
+    """Mean pause after an answer before the next turn (exponential)."""
+    answer_s_per_token: float = 0.02
+    """How long the client expects an answer to stream, per output token, before it starts thinking."""
+    sigma: float = 0.4
+
+    @property
+    def mean_turns(self) -> float:
+        return self.min_turns + self.extra_turns_mean
+
+
+def chat(rng: np.random.Generator, count: int, n_adapters: int, s: float, rps: float, shape: Chat,
+         lengths: Lengths) -> Requests:
+    """`count` turns of chat sessions that start as a Poisson process (Zipf(s) adapter per session) at
+    `rps / mean_turns` sessions a second, so the turns arrive at about `rps`; open loop, sorted by time."""
+    system = np.clip(rng.lognormal(np.log(shape.system_median), shape.sigma, n_adapters), 64, 8192).astype(np.int64)
+    n_sessions = int(np.ceil(count / shape.mean_turns * 1.3)) + 8
+    starts = np.cumsum(rng.exponential(shape.mean_turns / rps, n_sessions))
+    adapters = _zipf_picker(zipf_weights(n_adapters, s))(rng, starts)
+    turns = shape.min_turns + rng.poisson(shape.extra_turns_mean, n_sessions)
+    total = int(turns.sum())
+    session = np.repeat(np.arange(n_sessions, dtype=np.int64), turns)
+    first = np.repeat(np.cumsum(turns) - turns, turns)
+    turn = np.arange(total) - first
+    user = np.clip(rng.lognormal(np.log(shape.user_median), shape.sigma, total), 1, lengths.max_tokens).astype(np.int64)
+    _, output = lengths.draw(rng, total)
+    output = output.astype(np.int64)
+    # turn k's prompt: system + every earlier turn's user message and answer + its own message
+    said = user + output
+    before = _exclusive_cumsum_within(said, first)
+    adapter = np.repeat(adapters, turns)
+    prompt = system[adapter] + before + user
+    gap = np.where(turn == 0, 0.0, np.roll(output, 1) * shape.answer_s_per_token
+                   + rng.exponential(shape.think_s, total))
+    time = np.repeat(starts, turns) + _inclusive_cumsum_within(gap, first)
+    order = np.argsort(time, kind="stable")[:count]
+    return Requests(time[order], adapter[order].astype(np.int32), prompt[order].astype(np.int32),
+                    output[order].astype(np.int32), session[order], system[adapter][order].astype(np.int32))
+
+
+def _inclusive_cumsum_within(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Running sums that restart at every group (groups are runs; `first[i]` = index of i's group start)."""
+    total = np.cumsum(values)
+    return total - (total[first] - values[first])
+
+
+def _exclusive_cumsum_within(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    return _inclusive_cumsum_within(values, first) - values
+
+
+SESSION_SHIFT = 24
+"""Block ids: a block's position in the prompt takes the low bits (prompts up to 16M blocks), the
+conversation or the adapter the rest; adapter ids are offset past every session id."""
+SYSTEM_OFFSET = 1 << 40
+
+
+def prompt_blocks(adapter: int, session: int, system_tokens: int, prompt_tokens: int,
+                  block_tokens: int) -> tuple[int, ...]:
+    """The full KV blocks of one request's prompt as vLLM's prefix cache would key them (by adapter and by
+    everything before): those wholly inside the adapter's system prompt are shared by all its sessions,
+    the rest belong to the conversation. A request outside any session shares nothing: ()."""
+    if session < 0:
+        return ()
+    full = prompt_tokens // block_tokens
+    shared = min(system_tokens // block_tokens, full)
+    system = (SYSTEM_OFFSET + adapter) << SESSION_SHIFT
+    own = session << SESSION_SHIFT
+    return tuple(range(system, system + shared)) + tuple(range(own + shared, own + full))
+
+
 def concat(blocks: Iterator[Requests]) -> Requests:
     parts = list(blocks)
     if not parts:
         empty = np.zeros(0)
         return Requests(empty, empty.astype(np.int32), empty.astype(np.int32), empty.astype(np.int32))
-    return Requests(*(np.concatenate([getattr(b, f) for b in parts]) for f in Requests.__struct_fields__))
+    fields = ("time", "adapter", "prompt_tokens", "output_tokens")
+    return Requests(*(np.concatenate([getattr(b, f) for b in parts]) for f in fields))
 
 
 def read_trace(path: Path) -> tuple[Requests, list[str]]:

@@ -140,6 +140,10 @@ class RouterMetrics:
                                  "Requests whose adapter's holders all had full batches, by where they went: "
                                  "another holder, a worker that loaded it for them, or queued at a holder.",
                                  ["outcome"], registry=r)
+        self.prefix_picks = Counter("lora_router_prefix_picks",
+                                    "Requests with a prompt of a block or more, by whether they went to a holder "
+                                    "this router believes has the prompt's beginning cached.", ["outcome"],
+                                    registry=r)
         self.retries = Counter("lora_router_retries", "Requests retried on another worker, by reason.",
                                ["reason"], registry=r)
         self.migrations = Counter("lora_router_migrations",

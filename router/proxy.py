@@ -4,8 +4,8 @@ Where to send the request is router.core.routing's decision, on the state
 router.core.fleetstate keeps; this module executes it (forward, or load then
 ask again, or the client's error) and reports each outcome back as an event.
 
-The body is forwarded byte for byte; only `model` (and `user`/`stream`) are
-decoded. The one rewrite — `BASE@ADAPTER` or an alias to the adapter's own
+The body is forwarded byte for byte; only `model` (and `user`/`stream`, and the
+prompt's text for router.core.prefix) are decoded. The one rewrite — `BASE@ADAPTER` or an alias to the adapter's own
 name — re-encodes the top-level object with every other field kept as raw
 JSON. A worker that fails before the client has seen a byte is retried once
 on another holder (within the retry budget), and so is a stream whose worker
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Any
 
 import msgspec
 
@@ -31,6 +32,7 @@ from router.core.continuation import KINDS, Continuation, Finish, Kind, StreamLe
 from router.core.events import AdapterMissing, Answered, RequestBegun, RequestEnded, Unreachable
 from router.core.fleetstate import FleetState
 from router.core.names import Target, resolve
+from router.core.prefix import prompt_blocks
 from router.core.retrybudget import RetryBudget
 from router.core.routing import FIRST, Attempts, Load, LoadThen, Refusal, Reject, Via
 from router.demand import DemandCounter
@@ -83,7 +85,35 @@ class RequestFields(msgspec.Struct):
     user: str | None = None
 
 
+class _Message(msgspec.Struct):
+    role: Any = None
+    content: Any = None
+
+
+class PromptFields(RequestFields):
+    """The fields and the prompt's text, in one decode; a body whose `messages` has another shape is
+    decoded as `RequestFields` alone and goes to the worker, which answers for it, as before."""
+
+    messages: list[_Message] | None = None
+    prompt: Any = None
+
+    def parts(self) -> list[str]:
+        """The prompt's text in order (roles included: the same words said by another role differ)."""
+        if self.messages is not None:
+            parts: list[str] = []
+            for m in self.messages:
+                parts.append(m.role if isinstance(m.role, str) else "")
+                content = m.content
+                if isinstance(content, str):
+                    parts.append(content)
+                elif isinstance(content, list):
+                    parts.extend(c["text"] for c in content if isinstance(c, dict) and isinstance(c.get("text"), str))
+            return parts
+        return [self.prompt] if isinstance(self.prompt, str) else []
+
+
 _decode_fields = msgspec.json.Decoder(RequestFields).decode
+_decode_prompt = msgspec.json.Decoder(PromptFields).decode
 _decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
@@ -119,11 +149,13 @@ class _Stream:
 class _Job:
     """One client request on its way: what the next worker is sent, and the stream once it began."""
 
-    __slots__ = ("body", "kind", "migrations", "original", "stream")
+    __slots__ = ("body", "kind", "migrations", "original", "prompt", "stream")
 
-    def __init__(self, body: bytes, kind: Kind | None) -> None:
+    def __init__(self, body: bytes, kind: Kind | None, prompt: tuple[int, ...]) -> None:
         self.original = body
         self.body = body
+        self.prompt = prompt
+        """The prompt's blocks (router.core.prefix); a continuation's prompt starts with them."""
         self.kind = kind
         """How a stream of this route is continued; None: it is not."""
         self.migrations = 0
@@ -173,11 +205,13 @@ async def handle(request: ClientRequest, answer: Answer, px: Proxy) -> Answer:
     px.retry_budget.on_request()
     adapter = target.adapter
     if adapter is None:
-        return await _forward(request, answer, px, target, body)
+        return await _forward(request, answer, px, target, body, ())
     request.adapter = adapter
+    prompt = prompt_blocks(adapter, fields.parts()) if isinstance(fields, PromptFields) and \
+        px.state.prefix_rules.index_blocks else ()
     px.demand.started(adapter)
     try:
-        return await _forward(request, answer, px, target, body)
+        return await _forward(request, answer, px, target, body, prompt)
     finally:
         px.demand.finished(adapter)
 
@@ -192,6 +226,12 @@ def _configured_base(px: Proxy) -> frozenset[str]:
 
 
 def _parse_fields(body: bytes) -> RequestFields:
+    try:
+        return _decode_prompt(body)
+    except msgspec.ValidationError:
+        pass
+    except NOT_JSON as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     try:
         return _decode_fields(body)
     except msgspec.ValidationError as exc:
@@ -222,15 +262,16 @@ def _forwarded_headers(request: ClientRequest) -> str:
         f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id else "")
 
 
-async def _forward(request: ClientRequest, answer: Answer, px: Proxy, target: Target, body: bytes) -> Answer:
+async def _forward(request: ClientRequest, answer: Answer, px: Proxy, target: Target, body: bytes,
+                   prompt: tuple[int, ...]) -> Answer:
     """Ask the routing policy, do what it says, tell the state and `Attempts` how it went; again."""
     started = time.monotonic()
     headers = _forwarded_headers(request)
     tried = FIRST
     cold_since: float | None = None
-    job = _Job(body, KINDS.get(request.path))
+    job = _Job(body, KINDS.get(request.path), prompt)
     while True:
-        decision = routing.decide(target, px.state, tried, px.retry_budget, px.rng)
+        decision = routing.decide(target, px.state, tried, px.retry_budget, px.rng, prompt)
         try:
             if isinstance(decision, LoadThen):
                 if decision.why is Load.COLD_START and cold_since is None:
@@ -246,6 +287,8 @@ async def _forward(request: ClientRequest, answer: Answer, px: Proxy, target: Ta
                 px.retry_budget.spend()
             if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
                 px.metrics.overflows.labels(decision.via.value).inc()
+            if prompt and not decision.retry:
+                px.metrics.prefix_picks.labels("cached" if decision.via is Via.CACHED else "uncached").inc()
             return await _attempt(request, answer, px, target, decision.worker, job, headers, started,
                                   decision.last_chance)
         except _Retry as retry:
@@ -314,7 +357,7 @@ async def _attempt(request: ClientRequest, answer: Answer, px: Proxy, target: Ta
             f"Content-Length: {len(body)}\r\n{headers}{px.credentials.line(worker)}\r\n"
             ).encode("utf-8", "surrogateescape")
     adapter = target.adapter
-    state.apply(RequestBegun(worker, adapter))
+    state.apply(RequestBegun(worker, adapter, job.prompt))
     try:
         try:
             upstream = await px.upstream.request(origin.host, origin.port, origin.tls, head, body)

@@ -96,7 +96,7 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
     live = LiveConfig(loaded)
     if not live.auth.enabled:
         log.warning("no API keys configured: the router is open to anyone who can reach it")
-    state = FleetState(loaded.config.control.health_rules())
+    state = FleetState(loaded.config.control.health_rules(), loaded.config.prefix.rules())
     metrics = RouterMetrics(loaded.config.metrics_adapter_cap)
     demand = DemandCounter()
     rng = random.Random()
@@ -116,7 +116,7 @@ async def serve(options: ServeOptions, loaded: LoadedConfig, listener: socket.so
         workers.configure(new.secrets.worker_api_key, new.config.timeouts.worker_call_s)
         credentials.configure(new.secrets.worker_api_key)
         proxy.retry_budget = RetryBudget(new.config.control.retry_budget_ratio)
-        state.apply(RulesChanged(new.config.control.health_rules()))
+        state.apply(RulesChanged(new.config.control.health_rules(), new.config.prefix.rules()))
 
     reloader = ConfigReloader(live, options.config, apply_config, credentials)
     catalog = CatalogStore(client)

@@ -13,12 +13,12 @@ import msgspec
 from bench.proxybench.measure import Sample, load_tool, measure
 from bench.proxybench.pinning import choose_cores
 from bench.proxybench.report import medians, table
-from bench.proxybench.targets import TARGETS, Targets
+from bench.proxybench.targets import DEFAULT_TARGETS, TARGETS, Targets
 
 HELP = ("Same load direct to a simulated worker, through lora-router, nginx and vllm-router (when "
         "installed); proxy pinned to one core; prints req/s, p50/p99 and the proxy's CPU per request.")
 
-MODES = ("plain", "stream")
+MODES = ("plain", "stream", "long")
 
 
 def _csv(text: str) -> list[str]:
@@ -30,9 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=3,
                    help="repetitions, target order rotated each time; medians reported (default 3)")
     p.add_argument("--concurrency", default="64,1", help="comma-separated connection counts (default 64,1)")
-    p.add_argument("--modes", default="plain,stream", help="plain (non-streaming), stream, or both (default both)")
-    p.add_argument("--targets", default=",".join(TARGETS),
-                   help=f"comma-separated subset of {','.join(TARGETS)}; missing proxies are skipped (default all)")
+    p.add_argument("--modes", default="plain,stream",
+                   help="comma-separated: plain (non-streaming), stream, long (non-streaming, an 8 KiB prompt that "
+                   "prefix-cache-aware picking hashes) (default plain,stream)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)}; missing proxies are skipped; "
+                   "lora-router-noprefix is lora-router with prefix-cache-aware picking off "
+                   f"(default {','.join(DEFAULT_TARGETS)})")
     p.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
                    help="wrk, or the built-in Python generator (auto: wrk when installed)")
     p.add_argument("--quick", action="store_true", help="1-second runs, one repetition: a smoke test")
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             for mode in modes:
                 for conc in concurrency:
                     for name in rotated:
-                        sample = measure(targets.started[name], mode == "stream", conc, seconds, tool=tool,
+                        sample = measure(targets.started[name], mode, conc, seconds, tool=tool,
                                          core=cores.load, workdir=workdir)
                         samples.append(sample)
                         print(f"  rep {rep + 1}/{reps} {mode:<6} c={conc:<3} {name:<12} "

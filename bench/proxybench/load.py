@@ -21,10 +21,18 @@ class LoadResult(msgspec.Struct):
     p99_ms: float
 
 
-def request_body(stream: bool) -> bytes:
-    """16 tokens exactly (`ignore_eos`), so a stream is 16 chunks whatever the simulated text."""
-    return json.dumps({"model": ADAPTER, "prompt": "hello", "max_tokens": 16, "ignore_eos": True,
-                       "stream": stream}).encode()
+LONG_PROMPT_CHARS = 8192
+"""The `long` mode's prompt: a chat's system prompt and a few turns of history (about 2k tokens)."""
+
+
+def request_body(mode: str) -> bytes:
+    """16 tokens exactly (`ignore_eos`), so a stream is 16 chunks whatever the simulated text. `plain` and
+    `stream` ask with a one-word prompt; `long` (not streamed) with `LONG_PROMPT_CHARS` of text, which a
+    prefix-cache-aware router hashes."""
+    prompt = ("Summarise the ticket history below. " * (LONG_PROMPT_CHARS // 36 + 1))[:LONG_PROMPT_CHARS] \
+        if mode == "long" else "hello"
+    return json.dumps({"model": ADAPTER, "prompt": prompt, "max_tokens": 16, "ignore_eos": True,
+                       "stream": mode == "stream"}).encode()
 
 
 def percentile_ms(sorted_s: list[float], q: float) -> float:

@@ -19,7 +19,7 @@ from bench.proxybench.wrk import lua_script, parse_wrk, wrk_argv
 class Sample(msgspec.Struct):
     target: str
     mode: str
-    """plain or stream."""
+    """plain, stream or long (bench.proxybench.load.request_body)."""
     concurrency: int
     load: LoadResult
     cpu_us_per_request: float | None
@@ -34,11 +34,10 @@ def load_tool() -> str:
     return "wrk" if shutil.which("wrk") else "python"
 
 
-def measure(target: Target, stream: bool, concurrency: int, seconds: int, *, tool: str, core: int | None,
+def measure(target: Target, mode: str, concurrency: int, seconds: int, *, tool: str, core: int | None,
             workdir: Path) -> Sample:
-    body = request_body(stream)
+    body = request_body(mode)
     url = target.url + PATH
-    mode = "stream" if stream else "plain"
     if tool == "wrk":
         argv = wrk_argv(url, lua_script(workdir / f"{mode}.lua", body), concurrency, seconds)
     else:

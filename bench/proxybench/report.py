@@ -54,7 +54,7 @@ def medians(samples: list[Sample]) -> list[Row]:
             p50_ms=p50[(target, mode, conc)], p99_ms=_median([s.load.p99_ms for s in group]),
             added_p50_ms=None if target == "direct" or direct is None else p50[(target, mode, conc)] - direct,
             cpu_us_per_request=mine, cpu_ratio=ratios))
-    order = {"plain": 0, "stream": 1}
+    order = {"plain": 0, "stream": 1, "long": 2}
     return sorted(rows, key=lambda r: (order.get(r.mode, 2), r.mode, -r.concurrency, r.target))
 
 

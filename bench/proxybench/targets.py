@@ -24,7 +24,8 @@ from router.localfleet import BASE_MODEL, LocalFleet
 from router.procs import ManagedProcess
 from router.waiting import NotWithin, wait_until
 
-TARGETS = ("direct", "lora-router", "nginx", "vllm-router")
+TARGETS = ("direct", "lora-router", "lora-router-noprefix", "nginx", "vllm-router")
+DEFAULT_TARGETS = ("direct", "lora-router", "nginx", "vllm-router")
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -94,8 +95,8 @@ class Targets:
                     "vllm-router": (vllm_router_binary(), "pip install vllm-router, or set VLLM_ROUTER_BIN",
                                     self._vllm_router)}
         for name in wanted:
-            if name == "lora-router":
-                self._lora_router(worker.url, adapter)
+            if name in ("lora-router", "lora-router-noprefix"):
+                self._lora_router(name, worker.url, adapter)
             elif name in optional:
                 binary, hint, launch = optional[name]
                 if binary is None:
@@ -116,17 +117,19 @@ class Targets:
                                                        log_path=self.root / f"{name}.log"), timeout_s)
         self._serving(name, base, proc.pid)
 
-    def _lora_router(self, url: str, adapter: Path) -> None:
+    def _lora_router(self, name: str, url: str, adapter: Path) -> None:
+        """`lora-router`, or with prefix-cache-aware picking off (`lora-router-noprefix`): its cost alone."""
         etcd = self.fleet.start_etcd()
         if etcd.proc is not None:
             pin_running(etcd.proc.pid, self.cores.load)
         config = self.fleet.write_config({
             "security": {"allowed_path_prefixes": [str(adapter.parent)]},
-            "adapters": [{"name": ADAPTER, "source": str(adapter), "base_model": BASE_MODEL}]}, "router.json")
-        (router,) = self.fleet.start_routers(config, ["lora-router"], static_workers=[url],
+            "prefix": {"index_blocks": 0 if name == "lora-router-noprefix" else 2048},
+            "adapters": [{"name": ADAPTER, "source": str(adapter), "base_model": BASE_MODEL}]}, f"{name}.json")
+        (router,) = self.fleet.start_routers(config, [name], static_workers=[url],
                                              extra_args=("--log-level", "WARNING"),
                                              wrap=partial(pinned, core=self.cores.proxy))
-        self._serving("lora-router", router.url, router.proc.pid)
+        self._serving(name, router.url, router.proc.pid)
 
     def _nginx(self, binary: str, url: str, port: int) -> None:
         conf = nginx_conf(self.root, port, url)
@@ -141,7 +144,7 @@ class Targets:
 def _wait_served(base: str, timeout_s: float = 60) -> None:
     """Ready is not enough: lora-router answers /ready before it has seen the worker hold the adapter."""
     def served() -> bool:
-        req = urllib.request.Request(base + PATH, data=request_body(False),
+        req = urllib.request.Request(base + PATH, data=request_body("plain"),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
             return bool(r.status == 200)

@@ -29,7 +29,7 @@ import msgspec
 import numpy as np
 
 from bench.perfmodel import EngineModel, PerfParams, Sequence, StepResult, count_down
-from bench.workloads import Requests
+from bench.workloads import Requests, prompt_blocks
 
 _STEP_END, _COAST_END, _LOAD_DONE, _TIMER = 0, 1, 2, 3
 
@@ -88,6 +88,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     placement_unloads: int
     load_times: np.ndarray
     """Virtual time of every adapter read from disk."""
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    """Prompt tokens looked up in the workers' prefix caches, and those found there (not prefilled)."""
 
 
 def _inc(counts: dict[int, int], key: int) -> None:
@@ -126,6 +129,10 @@ class SimFleet:
         self._finish: list[float] = []
         self._worker: list[int] = []
         """Per request, as plain lists while running (numpy scalars cost more per access); arrays at the end."""
+        self._session: list[int] = []
+        self._system: list[int] = []
+        self._prompts: dict[int, tuple[int, ...]] = {}
+        """The prompt blocks of requests arrived and not yet in an engine."""
         self.inflight = [0] * len(names)
         """Per adapter: requests arrived and not finished (what the router's demand counts in flight)."""
         self.on_loaded: Callable[[int, int], None] | None = None
@@ -147,10 +154,22 @@ class SimFleet:
         """Call `action(now)` once at `when_s`."""
         self._push(when_s, _TIMER, (None, action))
 
+    def prompt(self, rid: int) -> tuple[int, ...]:
+        """The request's prompt blocks (bench.workloads.prompt_blocks): () outside a chat session."""
+        blocks = self._prompts.get(rid)
+        if blocks is None:
+            session = self._session[rid] if self._session else -1
+            blocks = self._prompts[rid] = prompt_blocks(self._adapter[rid], session, self._system[rid] if
+                                                        self._system else 0, self._prompt[rid],
+                                                        self.params.block_tokens) if session >= 0 else ()
+        return blocks
+
     def submit(self, w: int, rid: int) -> None:
         ws = self.workers[w]
         a = self._adapter[rid]
-        ws.engine.submit(Sequence(rid, self.names[a], self._prompt[rid], self._output[rid], self.now))
+        blocks = self.prompt(rid)
+        del self._prompts[rid]
+        ws.engine.submit(Sequence(rid, self.names[a], self._prompt[rid], self._output[rid], self.now, blocks))
         self._worker[rid] = w
         ws.inflight += 1
         _inc(ws.waiting, a)
@@ -268,6 +287,8 @@ class SimFleet:
         self._adapter = adapters = requests.adapter.tolist()
         self._prompt, self._output = requests.prompt_tokens.tolist(), requests.output_tokens.tolist()
         self._first, self._finish, self._worker = [math.nan] * n, [math.nan] * n, [-1] * n
+        self._session = requests.session.tolist() if requests.session is not None else []
+        self._system = requests.system_tokens.tolist() if requests.system_tokens is not None else []
         times = requests.time.tolist()
         heap, inflight = self._heap, self.inflight
         i = 0
@@ -305,4 +326,6 @@ class SimFleet:
                        slot_swaps=sum(e.slot_swaps for e in engines),
                        adapter_loads=sum(e.host_loads for e in engines),
                        placement_loads=self._placement_loads, placement_unloads=self._placement_unloads,
-                       load_times=np.sort(np.array(self._load_times)))
+                       load_times=np.sort(np.array(self._load_times)),
+                       prefix_queries=sum(e.prefix_queries for e in engines),
+                       prefix_hits=sum(e.prefix_hits for e in engines))

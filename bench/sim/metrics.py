@@ -31,6 +31,8 @@ class RunMetrics(msgspec.Struct, kw_only=True):
     placement_churn: int
     """Adapter moves the placement made (workers newly assigned after the first placement)."""
     ttft_slo_ms: float
+    prefix_hit_rate: float = 0.0
+    """Share of prompt tokens found in the workers' prefix caches (vLLM's prefix_cache hits / queries)."""
 
 
 def _ms(values: np.ndarray, q: float) -> float:
@@ -56,4 +58,5 @@ def compute(outcome: Outcome, ttft_slo_ms: float, churn: int) -> RunMetrics:
         imbalance=round(float(outcome.busy_s.max()) / mean_busy, 3) if mean_busy > 0 else 1.0,
         placement_churn=churn,
         ttft_slo_ms=ttft_slo_ms,
+        prefix_hit_rate=round(outcome.prefix_hits / outcome.prefix_queries, 4) if outcome.prefix_queries else 0.0,
     )

@@ -21,6 +21,7 @@ COLUMNS = (
     ("slot_swaps", "swaps/1k", "{:.1f}"),
     ("imbalance", "imbalance", "{:.2f}"),
     ("placement_churn", "churn", "{:d}"),
+    ("prefix_hit_rate", "prefix hits", "{:.1%}"),
 )
 
 

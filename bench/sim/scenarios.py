@@ -69,12 +69,21 @@ def _mmpp(rng: np.random.Generator, s: Shape, lengths: Lengths) -> Requests:
                                            mean_low_s=20.0, mean_high_s=8.0, lengths=lengths))
 
 
+def _chat(rng: np.random.Generator, s: Shape, lengths: Lengths) -> Requests:
+    return workloads.chat(rng, s.requests, s.adapters, s.zipf_s, s.rps * CHAT_LOAD, workloads.Chat(), lengths)
+
+
+CHAT_LOAD = 0.5
+"""Chat prompts are long (a system prompt and a growing history): at the same request rate as the other
+scenarios every strategy that prefills them whole would saturate; at half of it the cache decides."""
+
 SCENARIOS: dict[str, Builder] = {
     "zipf": _zipf,
     "flash-crowd": _flash_crowd,
     "popularity-shift": _popularity_shift,
     "diurnal": _diurnal,
     "mmpp": _mmpp,
+    "chat": _chat,
 }
 
 

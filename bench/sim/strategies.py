@@ -37,6 +37,7 @@ from router.core.events import (
 from router.core.fleetstate import FleetState
 from router.core.names import Target
 from router.core.picking import power_of_two
+from router.core.prefix import PrefixRules
 from router.core.reconcile_plan import idle_grace_s, plan_round
 from router.core.records import AdapterRecord, WorkerRecord
 from router.core.retrybudget import RetryBudget
@@ -239,7 +240,7 @@ class LoraRouter(_Placed):
         self.desired: plan.DesiredIndex | None = None
         """The placement indexed once for the many plan rounds against it."""
         params = fleet.params
-        self.state = FleetState()
+        self.state = FleetState(prefix=PrefixRules(index_blocks=params.kv_blocks, block_tokens=params.block_tokens))
         self.state.apply(MembershipChanged({w.id: WorkerRecord(
             id=w.id, url=f"http://{w.id}.sim:80", base_models=(BASE,), slots=w.slots, max_loras=params.max_loras,
             max_num_seqs=params.max_num_seqs) for w in self.pool}))
@@ -311,17 +312,22 @@ class LoraRouter(_Placed):
 
     def route(self, rid: int, adapter: int) -> None:
         self.arrivals[adapter] += 1
-        decision = routing.decide(self.targets[adapter], self.state, routing.FIRST, self.budget, self.rng)
+        prompt = self.fleet.prompt(rid)
+        decision = routing.decide(self.targets[adapter], self.state, routing.FIRST, self.budget, self.rng, prompt)
         match decision:
             case routing.Forward(worker=worker):
-                self.state.apply(RequestBegun(worker, self.fleet.names[adapter]))
+                self.state.apply(RequestBegun(worker, self.fleet.names[adapter], prompt))
                 self.fleet.submit(self.index[worker], rid)
             case routing.LoadThen(worker=worker):
-                self.state.apply(RequestBegun(worker, self.fleet.names[adapter]))
+                self.state.apply(RequestBegun(worker, self.fleet.names[adapter], prompt))
                 self.fleet.wait(self.index[worker], rid, adapter)
             case routing.Reject(message=message):
                 raise RuntimeError(f"the simulated router refused a request: {message}")
 
+
+# The prefix-cache baselines subclass the classes above: imported as a module once those exist, whichever
+# of the two modules is imported first, and looked up only when a factory runs.
+from bench.sim import cache_baselines  # noqa: E402
 
 Factory = Callable[[SimFleet, int, ControlTiming, ReplicaConfig], Strategy]
 
@@ -333,4 +339,7 @@ STRATEGIES: dict[str, Factory] = {
     "consistent-hash": lambda f, s, c, r: ConsistentHash(f, s, 1),
     "dynamo-hrw": lambda f, s, c, r: DynamoHrw(f, s, c),
     "lora-router": lambda f, s, c, r: LoraRouter(f, s, c, r),
+    "cache-aware": lambda f, s, c, r: cache_baselines.CacheAware(f, s),
+    "llm-d": lambda f, s, c, r: cache_baselines.LlmD(f, s),
+    "session-hash": lambda f, s, c, r: cache_baselines.SessionHash(f, s),
 }

@@ -16,6 +16,7 @@ import msgspec
 
 from allocator.model import Placement
 from router.core.health import HealthRules
+from router.core.prefix import PrefixRules
 from router.core.records import AdapterRecord, WorkerRecord
 
 
@@ -46,9 +47,10 @@ class PlacementChanged(msgspec.Struct, frozen=True):
 
 
 class RulesChanged(msgspec.Struct, frozen=True):
-    """A reloaded config's health rules."""
+    """A reloaded config's health and prefix rules."""
 
     rules: HealthRules
+    prefix: PrefixRules = PrefixRules()
 
 
 class AdaptersListed(msgspec.Struct, frozen=True):
@@ -120,6 +122,8 @@ class RequestBegun(msgspec.Struct, frozen=True):
 
     worker: str
     adapter: str | None
+    prompt: tuple[int, ...] = ()
+    """Its prompt's blocks (router.core.prefix): the worker will have them cached."""
 
 
 class RequestEnded(msgspec.Struct, frozen=True):

@@ -39,16 +39,17 @@ from router.core.events import (
     Unreachable,
 )
 from router.core.health import HealthRules, should_eject
+from router.core.prefix import PrefixIndex, PrefixRules
 from router.core.records import AdapterRecord, WorkerRecord
 
 
 class WorkerState:
     """One worker as this router sees it. Read anywhere; written by `FleetState` alone."""
 
-    __slots__ = ("adapter_inflight", "consecutive_5xx", "draining", "healthy", "holds", "inflight", "probe_at",
-                 "record")
+    __slots__ = ("adapter_inflight", "consecutive_5xx", "draining", "healthy", "holds", "inflight", "prefix",
+                 "probe_at", "record")
 
-    def __init__(self, record: WorkerRecord) -> None:
+    def __init__(self, record: WorkerRecord, prefix_blocks: int) -> None:
         self.record = record
         self.healthy = True
         self.consecutive_5xx = 0
@@ -62,6 +63,8 @@ class WorkerState:
         """Adapters the worker listed in /v1/models (or confirmed by a load)."""
         self.draining: set[str] = set()
         """Held adapters that get no new requests because the placement dropped them here."""
+        self.prefix = PrefixIndex(prefix_blocks)
+        """The prompt blocks this router sent here lately: what the worker likely has cached."""
 
     @property
     def id(self) -> str:
@@ -96,13 +99,14 @@ CHANGED = Effect(changed=True)
 
 
 class FleetState:
-    def __init__(self, rules: HealthRules | None = None) -> None:
+    def __init__(self, rules: HealthRules | None = None, prefix: PrefixRules | None = None) -> None:
         self.workers: dict[str, WorkerState] = {}
         self.catalog: dict[str, AdapterRecord] = {}
         self.placement = Placement()
         self.placement_known = False
         """A placement arrived (even an empty one): until then the router is not ready."""
         self.rules = rules or HealthRules()
+        self.prefix_rules = prefix or PrefixRules()
         self.membership_revision = 0
         self._holders: dict[str, set[str]] = {}
         self._bases: frozenset[str] = frozenset()
@@ -147,6 +151,7 @@ class FleetState:
                 return CHANGED
             case RulesChanged():
                 self.rules = event.rules
+                self._prefix_changed(event.prefix)
         return NOTHING
 
     # -- what the routing policy and the edges read ----------------------------------------
@@ -205,11 +210,12 @@ class FleetState:
         for wid, record in records.items():
             view = self.workers.get(wid)
             if view is None:
-                self.workers[wid] = WorkerState(record)
+                self.workers[wid] = WorkerState(record, self.prefix_rules.index_blocks)
                 continue
             if view.record.instance != record.instance:
                 restarted.append(wid)
                 self._forget_holdings(view)
+                view.prefix.clear()  # a new process: an empty KV cache
                 self._restore(view)
             view.record = record
         self._bases = frozenset(b for v in self.workers.values() for b in v.record.base_models)
@@ -318,6 +324,13 @@ class FleetState:
         view.healthy = True
         view.consecutive_5xx = 0
 
+    def _prefix_changed(self, rules: PrefixRules) -> None:
+        self.prefix_rules = rules
+        for view in self.workers.values():
+            view.prefix.capacity = rules.index_blocks
+            if not rules.index_blocks:
+                view.prefix.clear()
+
     # -- requests -------------------------------------------------------------------------------
     def _begun(self, event: RequestBegun) -> Effect:
         view = self.workers.get(event.worker)
@@ -327,6 +340,8 @@ class FleetState:
             if adapter is not None:
                 counts = view.adapter_inflight
                 counts[adapter] = counts.get(adapter, 0) + 1
+            if event.prompt and self.prefix_rules.index_blocks:
+                view.prefix.record(event.prompt)
         return NOTHING
 
     def _ended(self, event: RequestEnded) -> Effect:

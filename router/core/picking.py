@@ -12,6 +12,11 @@ adapter, which the router keeps anyway, bound what the batch holds and so tell
 whether a request can join at once; `pick_with_room` uses them, and the caller
 decides what to do when no holder has room (load the adapter on a worker that
 has). A limit that is not known (None) is not checked.
+
+Among holders with room, a request whose prompt a worker likely has cached
+(router.core.prefix) goes there unless the requests already in flight there
+cost more than the prefill it saves (`pick_cached`): a conversation stays on
+its worker while that worker has room, and moves when it has none.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import Protocol, TypeVar
+
+from router.core.prefix import PrefixIndex, PrefixRules
 
 
 class Busy(Protocol):
@@ -44,8 +51,16 @@ class Slotted(Busy, Protocol):
         ...
 
 
+class Cached(Slotted, Protocol):
+    @property
+    def prefix(self) -> PrefixIndex:
+        """The blocks this router sent the worker lately (router.core.prefix)."""
+        ...
+
+
 B = TypeVar("B", bound=Busy)
 S = TypeVar("S", bound=Slotted)
+C = TypeVar("C", bound=Cached)
 
 
 def power_of_two(candidates: Sequence[B], rng: random.Random) -> B:
@@ -75,6 +90,27 @@ def pick_with_room(candidates: Sequence[S], adapter: Hashable, rng: random.Rando
     """Power of two among the candidates with room for `adapter`; None when none has room."""
     roomy = [c for c in candidates if has_room(c, adapter)]
     return power_of_two(roomy, rng) if roomy else None
+
+
+def pick_cached(candidates: Sequence[C], adapter: Hashable, prompt: Sequence[int], rules: PrefixRules,
+                rng: random.Random) -> tuple[C, int] | None:
+    """Among the candidates with room for `adapter`, the one where the prompt's likely cached prefix saves
+    the most against the requests in flight there (each worth `rules.tokens_per_request` cached tokens),
+    equals by power of two; with the blocks it likely has cached. A prompt cached nowhere goes by power of
+    two alone, as `pick_with_room` does. None when no candidate has room."""
+    roomy = [c for c in candidates if has_room(c, adapter)]
+    if not roomy:
+        return None
+    matched = [c.prefix.matched(prompt) for c in roomy]
+    if len(roomy) == 1 or not any(matched):
+        chosen = power_of_two(roomy, rng)
+        return chosen, matched[roomy.index(chosen)]
+    worth = rules.block_tokens / rules.tokens_per_request
+    scores = [m * worth - c.inflight for m, c in zip(matched, roomy, strict=True)]
+    best = max(scores)
+    top = [i for i, score in enumerate(scores) if score == best]
+    i = top[0] if len(top) == 1 else roomy.index(power_of_two([roomy[i] for i in top], rng))
+    return roomy[i], matched[i]
 
 
 def first_with_room(ranked: Iterable[S], adapter: Hashable) -> S | None:

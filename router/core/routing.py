@@ -14,7 +14,9 @@ The policy, in order:
   refused it) or no worker could take it. Concurrent first requests agree (the
   first one's request counts the adapter in flight there), and so do routers
   with the same view of the batches.
-- A holder whose batch takes the request at once (router.core.picking).
+- A holder whose batch takes the request at once (router.core.picking), the
+  one that likely has the prompt's prefix cached unless it is busier than
+  the prefill saved is worth (router.core.prefix).
 - None has room: the adapter's best-ranked worker with room (overflow): Forward
   when it holds the adapter, LoadThen when not. Every router ranks alike, so
   overflow loads of one adapter coalesce on one worker.
@@ -29,13 +31,14 @@ The policy, in order:
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from enum import Enum
 
 import msgspec
 
 from router.core.fleetstate import FleetState, WorkerState
 from router.core.names import Target
-from router.core.picking import first_with_room, pick_with_room, power_of_two
+from router.core.picking import first_with_room, pick_cached, pick_with_room, power_of_two
 from router.core.records import AdapterFailure, AdapterRecord, adapter_path, cache_status, is_remote
 from router.core.retrybudget import RetryBudget
 
@@ -48,6 +51,8 @@ class Via(Enum):
     BASE = "base"
     ROOM = "room"
     """A holder whose batch has room."""
+    CACHED = "cached"
+    """A holder whose batch has room and that likely has the prompt's prefix cached (router.core.prefix)."""
     OVERFLOW_HOLDER = "holder"
     """The best-ranked worker with room, already a holder (outside the replica set)."""
     OVERFLOW_LOADED = "loaded"
@@ -140,7 +145,8 @@ FIRST = Attempts()
 
 
 def decide(target: Target, state: FleetState, tried: Attempts, budget: RetryBudget,
-           rng: random.Random) -> Decision:
+           rng: random.Random, prompt: Sequence[int] = ()) -> Decision:
+    """`prompt`: the request's prompt blocks (router.core.prefix.prompt_blocks), () when not known."""
     adapter = target.adapter
     if adapter is None:
         return _base(target, state, tried, budget, rng)
@@ -156,9 +162,15 @@ def decide(target: Target, state: FleetState, tried: Attempts, budget: RetryBudg
     if retry and not budget.may_spend():
         return Reject(Refusal.BUDGET, f"No worker answered for model '{target.model}' (retry budget exhausted).")
     last = tried.forwards + 1 >= MAX_FORWARDS
-    chosen = pick_with_room(holders, adapter, rng)
-    if chosen is not None:
-        return Forward(chosen.record.id, Via.ROOM, last, retry)
+    rules = state.prefix_rules
+    if prompt and rules.index_blocks:
+        cached = pick_cached(holders, adapter, prompt, rules, rng)
+        if cached is not None:
+            return Forward(cached[0].record.id, Via.CACHED if cached[1] else Via.ROOM, last, retry)
+    else:
+        chosen = pick_with_room(holders, adapter, rng)
+        if chosen is not None:
+            return Forward(chosen.record.id, Via.ROOM, last, retry)
     if not tried.overflow_done:
         ranked = [v for v in state.ranked(adapter) if v.record.id not in failed and adapter not in v.draining]
         spare = first_with_room(ranked, adapter)

@@ -21,8 +21,8 @@ def test_python_load_generator_counts_answers_and_errors(start_workers: Callable
                                                          adapter_dirs: Callable[..., Path]) -> None:
     worker = start_workers(1, extra_args=("--speed", "0", "--lora-modules", f"{ADAPTER}={adapter_dirs(ADAPTER)}"))[0]
     url = base_url(worker) + PATH
-    for stream in (False, True):
-        ok = asyncio.run(drive(url, request_body(stream), 4, 0.5))
+    for mode in ("plain", "stream", "long"):
+        ok = asyncio.run(drive(url, request_body(mode), 4, 0.5))
         assert ok.requests > 0 and ok.errors == 0
         assert ok.p50_ms <= ok.p99_ms
         assert abs(ok.rps * ok.seconds - ok.requests) < 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -29,7 +30,7 @@ import import_graph
 
 
 def _refuse(target: Target, state: FleetState, tried: Attempts, budget: RetryBudget,
-            rng: random.Random) -> Decision:
+            rng: random.Random, prompt: Sequence[int] = ()) -> Decision:
     return Reject(Refusal.NO_WORKER, "the patched policy says no")
 
 

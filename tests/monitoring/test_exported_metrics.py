@@ -18,7 +18,8 @@ from router.localfleet import base_url
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "helm" / "lora-router" / "files"
-NOT_COUNTED_HERE = {"lora_router_cold_starts_total", "lora_router_overflows_total", "lora_router_retries_total"}
+NOT_COUNTED_HERE = {"lora_router_cold_starts_total", "lora_router_overflows_total", "lora_router_retries_total",
+                    "lora_router_prefix_picks_total"}
 """Counters this run never increments; a single process exports them at zero, shared files do not."""
 TARGET_LABELS = {"namespace", "job", "instance", "pod"}
 """Added by Prometheus when it scrapes, never by the router."""
