@@ -17,8 +17,10 @@ import msgspec
 import numpy as np
 
 from bench.sim import report
+from bench.sim.bound import Bound
+from bench.sim.bound import compute as compute_bound
 from bench.sim.fleet import Outcome
-from bench.sim.metrics import RunMetrics
+from bench.sim.metrics import RunMetrics, against
 from bench.sim.scenarios import SCENARIOS, Setup, Shape, names, run_strategy
 from bench.sim.strategies import STRATEGIES
 from bench.workloads import Lengths, Requests, TraceError, read_trace
@@ -104,6 +106,8 @@ class _Run(msgspec.Struct, frozen=True, kw_only=True):
 
     label: str
     requests: int
+    bound: Bound
+    """The workload's clairvoyant lower bound that every strategy's ratios divide by."""
     doc: dict[str, object]
     results: dict[str, RunMetrics]
     outcomes: dict[str, Outcome]
@@ -118,10 +122,13 @@ def _one(label: str, requests: Requests, adapter_names: list[str], args: argpars
     setup = Setup(workers=args.workers, max_loras=args.max_loras, ttft_slo_ms=args.ttft_slo_ms,
                   tick_s=args.tick_s, reconcile_s=args.reconcile_s)
     results, outcomes, walls = _compare(requests, adapter_names, strategies, setup, args.seed)
+    floor = compute_bound(requests, args.workers, setup.params())
+    results = {name: against(m, outcomes[name], floor) for name, m in results.items()}
     wall = sum(walls.values())
     settings = {"workers": args.workers, "adapters": len(adapter_names), "max_loras": args.max_loras,
-                "requests": len(requests), "seed": args.seed, "ttft_slo_ms": args.ttft_slo_ms}
-    return _Run(label=label, requests=len(requests), doc=report.document(label, results, settings),
+                "requests": len(requests), "seed": args.seed, "ttft_slo_ms": args.ttft_slo_ms,
+                "bound": msgspec.to_builtins(floor)}
+    return _Run(label=label, requests=len(requests), bound=floor, doc=report.document(label, results, settings),
                 results=results, outcomes=outcomes,
                 speeds={name: len(requests) / w if w > 0 else 0.0 for name, w in walls.items()},
                 overall=len(requests) * len(strategies) / wall if wall > 0 else 0.0)
@@ -130,7 +137,8 @@ def _one(label: str, requests: Requests, adapter_names: list[str], args: argpars
 def _text(r: _Run, args: argparse.Namespace) -> str:
     total = r.requests * len(r.results)
     return (f"{r.label}: {r.requests} requests, {args.workers} workers, {r.doc['adapters']} adapters, "
-            f"max_loras {args.max_loras}, seed {args.seed}\n{report.table(r.results, r.speeds)}\n"
+            f"max_loras {args.max_loras}, seed {args.seed}\n{report.bound_line(r.bound)}\n"
+            f"{report.table(r.results, r.speeds)}\n"
             f"simulated {total} requests in {total / r.overall if r.overall else 0.0:.1f} s wall: "
             f"{r.overall:,.0f} requests/s")
 
@@ -180,7 +188,8 @@ def _section(r: _Run, image: Path) -> str:
     doc = r.doc
     return (f"### {r.label}\n\n{r.requests} requests, {doc['workers']} workers, "
             f"{doc['adapters']} adapters, max_loras {doc['max_loras']}, seed {doc['seed']}, "
-            f"TTFT SLO {doc['ttft_slo_ms']:.0f} ms.\n\n{report.markdown(r.results, r.speeds)}\n\n"
+            f"TTFT SLO {doc['ttft_slo_ms']:.0f} ms; {report.bound_line(r.bound)}.\n\n"
+            f"{report.markdown(r.results, r.speeds)}\n\n"
             f"Simulator speed over the {len(r.speeds)} strategies: {r.overall:,.0f} simulated requests "
             f"per wall-clock second.\n\n![{r.label}]({image})\n\n")
 

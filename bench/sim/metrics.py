@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from bench.sim.bound import Bound
 from bench.sim.fleet import Outcome
 
 
@@ -33,6 +34,12 @@ class RunMetrics(msgspec.Struct, kw_only=True):
     ttft_slo_ms: float
     prefix_hit_rate: float = 0.0
     """Share of prompt tokens found in the workers' prefix caches (vLLM's prefix_cache hits / queries)."""
+    prefilled_tokens: int = 0
+    """Prompt tokens prefilled: looked up in the prefix caches and not found (queries - hits)."""
+    reads_over_bound: float = 0.0
+    """Adapter reads from disk over the workload's clairvoyant lower bound (bench.sim.bound); 0: not compared."""
+    prefill_over_bound: float = 0.0
+    """Prefilled tokens over the workload's clairvoyant lower bound; 0: not compared."""
 
 
 def _ms(values: np.ndarray, q: float) -> float:
@@ -59,4 +66,16 @@ def compute(outcome: Outcome, ttft_slo_ms: float, churn: int) -> RunMetrics:
         placement_churn=churn,
         ttft_slo_ms=ttft_slo_ms,
         prefix_hit_rate=round(outcome.prefix_hits / outcome.prefix_queries, 4) if outcome.prefix_queries else 0.0,
+        prefilled_tokens=outcome.prefix_queries - outcome.prefix_hits,
     )
+
+
+def against(metrics: RunMetrics, outcome: Outcome, bound: Bound) -> RunMetrics:
+    """`metrics` with the run's adapter reads and prefilled tokens over the workload's bound, one division
+    for every strategy (a bound of 0 leaves nothing to save: the ratio is 1)."""
+    return msgspec.structs.replace(metrics, reads_over_bound=_over(outcome.adapter_loads, bound.adapter_reads),
+                                   prefill_over_bound=_over(metrics.prefilled_tokens, bound.prefilled_tokens))
+
+
+def _over(actual: int, bound: int) -> float:
+    return round(actual / bound, 4) if bound else 1.0

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from bench.sim.bound import Bound
 from bench.sim.fleet import Outcome
 from bench.sim.metrics import RunMetrics
 
@@ -22,12 +23,20 @@ COLUMNS = (
     ("imbalance", "imbalance", "{:.2f}"),
     ("placement_churn", "churn", "{:d}"),
     ("prefix_hit_rate", "prefix hits", "{:.1%}"),
+    ("reads_over_bound", "reads/bound", "{:.2f}"),
+    ("prefill_over_bound", "prefill/bound", "{:.2f}"),
 )
 
 
 def document(scenario: str, results: Mapping[str, RunMetrics], extra: Mapping[str, object]) -> dict[str, object]:
     """The JSON document: `{"scenario", "results": {strategy: metrics}}` plus the run's settings."""
     return {"scenario": scenario, **extra, "results": {s: msgspec.to_builtins(m) for s, m in results.items()}}
+
+
+def bound_line(bound: Bound) -> str:
+    """What the reads/bound and prefill/bound columns divide by."""
+    return (f"clairvoyant lower bound (bench/sim/bound.py): {bound.adapter_reads:,} adapter reads, "
+            f"{bound.prefilled_tokens:,} prefilled tokens")
 
 
 SPEED = "sim req/s"
