@@ -171,9 +171,11 @@ class PrefixConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Prompt blocks of 256 characters remembered per worker, least recently used forgotten first: 2,048 is
     about 128k tokens, a worker's KV cache. Memory: about 120 bytes a block once a worker's index is full
     (240 KiB per worker at the default; 235 MiB for 1,000 workers). 0 turns prefix-aware picking off."""
-    tokens_per_request: Annotated[float, msgspec.Meta(gt=0)] = 512.0
+    tokens_per_request: Annotated[float, msgspec.Meta(gt=0)] = 64.0
     """Cached prompt tokens (about 4 characters each) worth as much as one more request in flight at a worker:
-    higher keeps conversations on their worker longer, lower spreads them sooner."""
+    lower keeps conversations on their worker longer, higher spreads them sooner. A running request slows a
+    vLLM step far less than prefilling a block does, so a long history is worth several requests in flight;
+    in the simulator's chat scenario 64 kept the most prompt tokens cached (docs/benchmarks.md)."""
 
     def rules(self) -> PrefixRules:
         """What router.core.prefix and the picking read."""

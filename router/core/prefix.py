@@ -101,5 +101,5 @@ class PrefixRules(msgspec.Struct, frozen=True, kw_only=True):
     off."""
     block_tokens: int = BLOCK_CHARS // 4
     """Tokens one block stands for (about four characters a token)."""
-    tokens_per_request: float = 512.0
+    tokens_per_request: float = 64.0
     """Cached prompt tokens worth as much as one more request in flight at a worker."""

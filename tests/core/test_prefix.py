@@ -83,7 +83,9 @@ def holders(n: int, *, max_seqs: int = 64) -> FleetState:
 
 def route(state: FleetState, prompt: tuple[int, ...], seed: int = 0) -> str:
     decision = decide(A, state, FIRST, RetryBudget(0.2), random.Random(seed), prompt)
-    assert isinstance(decision, Forward) and decision.via is Via.ROOM
+    assert isinstance(decision, Forward)
+    matched = state.workers[decision.worker].prefix.matched(prompt)
+    assert decision.via is (Via.CACHED if matched else Via.ROOM)
     state.apply(RequestBegun(decision.worker, "a", prompt))
     return decision.worker
 
@@ -92,6 +94,9 @@ def test_a_conversation_stays_on_its_worker_while_load_elsewhere_is_close() -> N
     state = holders(4)
     turns = [prompt_blocks("a", p) for p in conversation(8)]
     first = route(state, turns[0])  # its request stays in flight: one more there than anywhere else
+    worth = len(turns[0]) * state.prefix_rules.block_tokens / state.prefix_rules.tokens_per_request
+    for _ in range(int(worth) - 2):  # in flight there: nearly as many as its first turn's blocks are worth
+        state.apply(RequestBegun(first, "a"))
     for seed, prompt in enumerate(turns[1:], start=1):
         assert route(state, prompt, seed) == first
         state.apply(RequestEnded(first, "a"))  # the turn's answer came; the user thinks, then asks again
