@@ -25,15 +25,6 @@ CHARS_PER_TOKEN = 4
 `averageCharactersPerToken`)."""
 
 
-def _session(fleet: SimFleet, rid: int) -> int:
-    """The request's conversation, -1 for none (the fleet keeps it per request while it runs)."""
-    return fleet._session[rid] if fleet._session else -1
-
-
-def _prompt_tokens(fleet: SimFleet, rid: int) -> int:
-    return fleet._prompt[rid]
-
-
 def own_blocks(rid: int, first: int, last: int) -> tuple[int, ...]:
     """Blocks `first .. last-1` of text only request `rid` has: negative, so that no prompt block
     (bench.workloads.prompt_blocks, never negative) and no other request's own block is equal."""
@@ -44,9 +35,9 @@ def own_blocks(rid: int, first: int, last: int) -> tuple[int, ...]:
 def _text_blocks(fleet: SimFleet, rid: int) -> tuple[int, ...]:
     """The request's full blocks: its prompt's shared ones, or, outside a session, blocks of its own."""
     blocks = fleet.prompt(rid)
-    if blocks or _session(fleet, rid) >= 0:
+    if blocks or fleet.session(rid) >= 0:
         return blocks
-    return own_blocks(rid, 0, _prompt_tokens(fleet, rid) // fleet.params.block_tokens)
+    return own_blocks(rid, 0, fleet.prompt_tokens(rid) // fleet.params.block_tokens)
 
 
 def _bits(mask: int) -> list[int]:
@@ -133,7 +124,7 @@ class CacheAware(Strategy):
             w = min(self.fleet.workers, key=lambda ws: ws.inflight).index
         else:
             matched, tenant = self.match(blocks)
-            tokens = _prompt_tokens(self.fleet, rid)
+            tokens = self.fleet.prompt_tokens(rid)
             rate = matched * self.block_tokens / tokens if tokens else 0.0
             w = tenant if rate > self.cache_threshold else self.smallest()
         self.insert(w, blocks)
@@ -220,7 +211,7 @@ class LlmD(Strategy):
     def hashes(self, rid: int) -> tuple[int, ...]:
         """The request's block hashes as the index computes them: none below one block, at most the
         limit, a partial last block of its own."""
-        tokens = _prompt_tokens(self.fleet, rid)
+        tokens = self.fleet.prompt_tokens(rid)
         full = tokens // self.block_tokens
         if not full:
             return ()
@@ -235,10 +226,10 @@ class LlmD(Strategy):
         key = (ws.served, sum(ws.running.values()))
         seen, usage = self._usage[ws.index]
         if seen != key:
-            sent, first, finish = self.sent[ws.index], self.fleet._first, self.fleet._finish
-            for rid in [rid for rid in sent if not math.isnan(finish[rid])]:
+            sent, fleet = self.sent[ws.index], self.fleet
+            for rid in [rid for rid in sent if not math.isnan(fleet.finished_at(rid))]:
                 del sent[rid]
-            usage = min(1.0, sum(blocks for rid, blocks in sent.items() if not math.isnan(first[rid]))
+            usage = min(1.0, sum(blocks for rid, blocks in sent.items() if not math.isnan(fleet.first_token_at(rid)))
                         / self.capacity)
             self._usage[ws.index] = (key, usage)
         return usage
@@ -269,7 +260,7 @@ class LlmD(Strategy):
         best = max(scores)
         w = self.rng.choice([p for p, s in enumerate(scores) if s == best])
         self.add(w, hashes)
-        self.sent[w][rid] = -(-_prompt_tokens(self.fleet, rid) // self.block_tokens)
+        self.sent[w][rid] = -(-self.fleet.prompt_tokens(rid) // self.block_tokens)
         self.fleet.submit(w, rid)
 
     def add(self, w: int, hashes: tuple[int, ...]) -> None:
@@ -311,5 +302,5 @@ class SessionHash(_Ranked):
         return w
 
     def route(self, rid: int, adapter: int) -> None:
-        session = _session(self.fleet, rid)
+        session = self.fleet.session(rid)
         self.fleet.submit(self.first_for_session(session) if session >= 0 else self.first_hrw(adapter), rid)

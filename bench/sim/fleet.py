@@ -154,11 +154,26 @@ class SimFleet:
         """Call `action(now)` once at `when_s`."""
         self._push(when_s, _TIMER, (None, action))
 
+    def session(self, rid: int) -> int:
+        """The request's conversation, -1 for none."""
+        return self._session[rid] if self._session else -1
+
+    def prompt_tokens(self, rid: int) -> int:
+        return self._prompt[rid]
+
+    def first_token_at(self, rid: int) -> float:
+        """Virtual time of the request's first token; NaN until then."""
+        return self._first[rid]
+
+    def finished_at(self, rid: int) -> float:
+        """Virtual time the request finished; NaN until then."""
+        return self._finish[rid]
+
     def prompt(self, rid: int) -> tuple[int, ...]:
         """The request's prompt blocks (bench.workloads.prompt_blocks): () outside a chat session."""
         blocks = self._prompts.get(rid)
         if blocks is None:
-            session = self._session[rid] if self._session else -1
+            session = self.session(rid)
             blocks = self._prompts[rid] = prompt_blocks(self._adapter[rid], session, self._system[rid] if
                                                         self._system else 0, self._prompt[rid],
                                                         self.params.block_tokens) if session >= 0 else ()
