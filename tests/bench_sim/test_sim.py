@@ -98,7 +98,7 @@ def test_docs_block_is_replaced_not_appended(tmp_path: Path) -> None:
     text = md.read_text()
     assert text.count("<!-- sim:begin") == 1 and text.count("<!-- sim:end -->") == 1
     assert "## Proxy overhead\n\nkept" in text
-    for scenario in ("zipf", "flash-crowd", "popularity-shift", "diurnal"):
+    for scenario in ("zipf", "flash-crowd", "popularity-shift", "diurnal", "chat"):
         assert (tmp_path / "img" / f"sim-{scenario}.png").stat().st_size > 1000
         assert f"### {scenario}" in text and f"(img/sim-{scenario}.png)" in text
 
