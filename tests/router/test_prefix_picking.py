@@ -4,6 +4,7 @@ that has its history cached, and the router counts those picks."""
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 
@@ -64,3 +65,41 @@ async def test_a_conversation_stays_on_the_holder_that_has_its_history(
     else:
         assert len(set(served)) > 1, served
         assert picks == {}
+
+
+def test_odd_prompt_shapes_are_answered_as_the_worker_answers_them(
+        start_workers: Callable, start_router: Callable, adapter_dirs: Callable, poll_until: Callable) -> None:
+    """The router reads the prompt's text for its index, never judges it: a `messages` of a shape it cannot
+    read goes to the worker, whose answer the client gets, as when it asked the worker itself."""
+    root = adapter_dirs("support").parent
+    (worker,) = start_workers(1)
+    config = {"security": {"allowed_path_prefixes": [str(root)]}, "control": {"tick_s": 0.5, "reconcile_s": 1.0},
+              "adapters": [{"name": "support", "source": str(root / "support"), "base_model": BASE}]}
+    router = start_router(config, workers=[base_url(worker)])
+    poll_until(lambda: any(a["holders"] for a in _get_json(router.url + "/v1/loras")["data"]), 30,
+               what="a holder")
+    long_text = SYSTEM * 2
+    bodies = [
+        {"model": "support", "max_tokens": 2, "messages": "hello"},
+        {"model": "support", "max_tokens": 2, "messages": [{"role": "user", "content": 7}]},
+        {"model": "support", "max_tokens": 2, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": long_text}, {"type": "image_url"}]}]},
+        {"model": "support", "max_tokens": 2, "messages": [{"role": "assistant", "content": None,
+                                                           "tool_calls": []}, {"role": "user", "content": long_text}]},
+    ]
+
+    def ask(base: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    for body in bodies:
+        direct, via = ask(base_url(worker), body), ask(router.url, body)
+        assert via[0] == direct[0], (body, via, direct)
+        if direct[0] != 200:
+            assert via[1] == direct[1]
+    assert _prefix_picks(router.url).get("uncached", 0) + _prefix_picks(router.url).get("cached", 0) == 2
