@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import uvloop
 
-from bench.live.compare import compare, ratio_markdown, ratio_table, simulate
+from bench.live.compare import compare, ratio_markdown, ratio_table, simulable, simulate
 from bench.live.fleet import FleetShape
 from bench.live.run import RunFacts, run_live
 from bench.live.strategies import STRATEGIES
@@ -105,17 +105,23 @@ def run(args: argparse.Namespace) -> int:
     for s, f in facts.items():
         print(f"  {s}: {f.answered} answered, {f.failed} failed, replay {f.wall_s} s wall, setup {f.setup_s} s, "
               f"machine CPU {f.cpu_busy:.0%} busy, worst send lag {f.send_lag_ms} ms")
-    if args.compare_sim and live:
+    comparable = {s: m for s, m in live.items() if simulable(STRATEGIES[s].sim, facts[s].route_map)}
+    if args.compare_sim and len(comparable) < len(live):
+        uncompared = [f"{s}: the simulator has no strategy {STRATEGIES[s].sim!r}" for s in live if s not in comparable]
+        for note in uncompared:
+            print(f"lora-bench live: not compared: {note}", file=sys.stderr)
+        settings["not_compared"] = uncompared
+    if args.compare_sim and comparable:
         setup = Setup(workers=args.workers, max_loras=args.max_loras, ttft_slo_ms=args.ttft_slo_ms)
         sim = {s: simulate(STRATEGIES[s].sim, requests, adapter_names, setup, args.seed, facts[s].route_map)
-               for s in live}
-        comparison = compare(live, sim)
+               for s in comparable}
+        comparison = compare(comparable, sim)
         print(f"\nsimulated, same requests (strategy: live name; simulator's counterpart in the JSON)\n{table(sim)}")
         print(f"\nratio to the best baseline on each column (live / sim)\n"
               f"{(ratio_markdown if args.markdown else ratio_table)(comparison)}")
         settings["sim"] = {s: msgspec.to_builtins(m) for s, m in sim.items()}
         settings["sim_strategies"] = {s: STRATEGIES[s].sim + (" (the front door's probed map)" if facts[s].route_map
-                                                             else "") for s in live}
+                                                             else "") for s in comparable}
         settings["comparison"] = msgspec.to_builtins(comparison)
     if args.json is not None:
         args.json.write_text(json.dumps(report.document(args.scenario, live, settings), indent=2) + "\n")

@@ -14,7 +14,7 @@ import numpy as np
 from bench.sim.fleet import SimFleet
 from bench.sim.metrics import RunMetrics, compute
 from bench.sim.scenarios import Setup, run_strategy
-from bench.sim.strategies import Strategy
+from bench.sim.strategies import STRATEGIES, Strategy
 from bench.workloads import Requests
 from router.core.picking import pick_with_room, power_of_two
 
@@ -46,6 +46,11 @@ class FixedMap(Strategy):
 
     def pick(self, adapter: int) -> int:
         return self.route_map[adapter]
+
+
+def simulable(strategy: str, route_map: list[int] | None = None) -> bool:
+    """Whether `simulate` knows the strategy (a simulator strategy may not exist yet for a live one)."""
+    return strategy == Spread.name or route_map is not None or strategy in STRATEGIES
 
 
 def simulate(strategy: str, requests: Requests, names: list[str], setup: Setup, seed: int,

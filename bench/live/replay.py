@@ -4,6 +4,7 @@ The workers run the performance model at `speed` (every cost multiplied by it), 
 virtual time t is sent at t x speed of wall time and every measured time is divided by speed again:
 the figures come back in the simulator's units. Open loop: a slow answer never delays the next send,
 as with real clients. TTFT is the first SSE data chunk (the first token), end-to-end the `[DONE]`.
+The bodies (bodies.py: completions, or chat turns for the chat scenario) are made before the first send.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import aiohttp
 import msgspec
 import numpy as np
 
+from bench.live.bodies import bodies
 from bench.workloads import Requests
 
 SESSION_HEADER = "X-Session-ID"
@@ -34,12 +36,6 @@ class Replayed(msgspec.Struct, kw_only=True):
     """The worker that served it, where the router says (lora-router's header)."""
     send_lag_s: float
     """Worst lateness of a send against its schedule, wall seconds: the client keeping up or not."""
-
-
-def body(adapter: str, prompt_tokens: int, output_tokens: int) -> bytes:
-    """A streamed completion whose prompt the worker counts as `prompt_tokens` (it counts words)."""
-    return msgspec.json.encode({"model": adapter, "prompt": " ".join(["w"] * max(1, prompt_tokens)),
-                                "max_tokens": int(output_tokens), "ignore_eos": True, "stream": True})
 
 
 class _Run:
@@ -85,24 +81,23 @@ async def replay(requests: Requests, names: list[str], bases: list[str], speed: 
     Bounded: each request by `request_timeout_s` of wall time, the sends by the stream's length.
     """
     n = len(requests)
+    path, payloads = bodies(requests, names)
     loop = asyncio.get_running_loop()
     run = _Run(n, speed, loop.time() + 0.2)
-    urls = itertools.cycle([b + "/v1/completions" for b in bases])
+    urls = itertools.cycle([b + path for b in bases])
     timeout = aiohttp.ClientTimeout(total=request_timeout_s)
     lag = 0.0
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks: list[asyncio.Task[None]] = []
-        for rid, (at, a, p, o) in enumerate(zip(requests.time.tolist(), requests.adapter.tolist(),
-                                                requests.prompt_tokens.tolist(), requests.output_tokens.tolist(),
-                                                strict=True)):
+        for rid, (at, a) in enumerate(zip(requests.time.tolist(), requests.adapter.tolist(), strict=True)):
             due = run.t0 + at * speed
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
                 lag = max(lag, -delay)
-            tasks.append(asyncio.create_task(run.one(session, next(urls), rid, names[a], body(names[a], p, o))))
+            tasks.append(asyncio.create_task(run.one(session, next(urls), rid, names[a], payloads[rid])))
         await asyncio.gather(*tasks)
     return Replayed(sent=run.sent, first_token=run.first, finish=run.finish, status=run.status,
                     workers=run.workers, send_lag_s=round(lag, 4))

@@ -47,7 +47,8 @@ def outcome(r: Replayed, w: counters.WorkerCounters) -> Outcome:
     return Outcome(arrival=r.sent, first_token=r.first_token, finish=r.finish,
                    worker=np.full(r.sent.shape, -1, dtype=np.int32), busy_s=w.busy_s,
                    served=np.zeros(w.busy_s.shape, dtype=np.int64), slot_swaps=w.slot_swaps,
-                   adapter_loads=w.adapter_loads, placement_loads=0, placement_unloads=0, load_times=np.zeros(0))
+                   adapter_loads=w.adapter_loads, placement_loads=0, placement_unloads=0, load_times=np.zeros(0),
+                   prefix_queries=w.prefix_queries, prefix_hits=w.prefix_hits)
 
 
 def _cpu_times() -> tuple[int, int]:

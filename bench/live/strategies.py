@@ -9,6 +9,9 @@
 - `vllm-router-rr`, `vllm-router-ch`: vllm-router (round robin; consistent hash on X-Session-ID, sent as
   the adapter name) in front of workers that hold every adapter, loaded beforehand with vLLM's call.
   The simulator replays consistent hash with vllm-router's own adapter -> worker map (ringprobe.py).
+- `vllm-router-ca`: vllm-router's cache_aware policy (its defaults: a per-model radix tree of the
+  prompts' text it sent to each worker, the longest match wins unless the load is unbalanced) in front
+  of the same everything-preloaded workers; `cache-aware` in the simulator.
 
 The router's clocks and rates are scaled with the workers' speed, so its control loop runs at the same
 pace in virtual time as the simulator's (2 s tick, per-replica req/s, cooldowns, estimator decay).
@@ -86,4 +89,6 @@ STRATEGIES: dict[str, LiveStrategy] = {s.name: s for s in (
                  missing=_no_vllm_router),
     LiveStrategy(name="vllm-router-ch", sim="consistent-hash", deploy=_vllm_router("consistent_hash"),
                  missing=_no_vllm_router, probe_ring=True),
+    LiveStrategy(name="vllm-router-ca", sim="cache-aware", deploy=_vllm_router("cache_aware"),
+                 missing=_no_vllm_router),
 )}

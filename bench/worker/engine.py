@@ -1,4 +1,10 @@
-"""Drives bench.perfmodel.EngineModel in real time: each step sleeps for the duration the model gives."""
+"""Drives bench.perfmodel.EngineModel in real time: each step sleeps for the duration the model gives.
+
+The engine's prefix cache needs each prompt's KV blocks; `prompt_blocks` makes them from the prompt's
+text as vLLM's block hashes do: a block per `block_tokens` tokens (words, as the worker counts them),
+each hash chained on the one before and the chain seeded with the served model's name (vLLM keys the
+hash of a LoRA request by its adapter), so equal text under another adapter shares nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+
+import xxhash
 
 from bench.perfmodel import EngineModel, PerfParams, Sequence
 
@@ -33,12 +42,14 @@ class LiveEngine:
                 if queue is not None:
                     queue.put_nowait(rid in finished)
 
-    async def generate(self, adapter: str | None, prompt_tokens: int, output_tokens: int) -> AsyncIterator[int]:
-        """Yield token indices 0..output_tokens-1 as the engine emits them."""
+    async def generate(self, adapter: str | None, prompt_tokens: int, output_tokens: int,
+                       blocks: tuple[int, ...] = ()) -> AsyncIterator[int]:
+        """Yield token indices 0..output_tokens-1 as the engine emits them. `blocks`: the prompt's
+        (`prompt_blocks`), for the prefix cache."""
         rid = next(self._ids)
         queue: asyncio.Queue[bool] = asyncio.Queue()
         self._queues[rid] = queue
-        self.model.submit(Sequence(rid, adapter, prompt_tokens, output_tokens, time.monotonic()))
+        self.model.submit(Sequence(rid, adapter, prompt_tokens, output_tokens, time.monotonic(), blocks))
         self._wake.set()
         try:
             index = 0
@@ -51,3 +62,16 @@ class LiveEngine:
         finally:
             del self._queues[rid]
             self.model.cancel(rid)
+
+
+def prompt_blocks(model: str, words: Seq[str], block_tokens: int, prompt_tokens: int) -> tuple[int, ...]:
+    """The full blocks of a rendered prompt (`words`), as chained hashes seeded with `model`: block k's
+    hash depends on the model and on every word up to the end of block k. At most `prompt_tokens` words
+    are cut into blocks (a chat rendering has a few role words more than the worker counts)."""
+    full = min(len(words), prompt_tokens) // block_tokens
+    state = xxhash.xxh64_intdigest(model.encode())
+    blocks = []
+    for k in range(full):
+        state = xxhash.xxh64_intdigest(" ".join(words[k * block_tokens:(k + 1) * block_tokens]).encode(), seed=state)
+        blocks.append(state)
+    return tuple(blocks)

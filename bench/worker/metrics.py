@@ -1,5 +1,12 @@
-"""The worker's /metrics text: the three vLLM series a router reads, in vLLM's names and label sets, and
-the simulator's own counters (slot swaps, disk reads, busy time) that `lora-bench live` reads back."""
+"""The worker's /metrics text: the vLLM series a router reads (requests running and waiting, the LoRA
+info, the prefix cache's queried and hit tokens), in vLLM's names, HELP texts and label sets, and the
+simulator's own counters (slot swaps, disk reads, busy time) that `lora-bench live` reads back.
+
+vLLM V1 defines its series in vllm/v1/metrics/loggers.py (PrometheusStatLogger): labels model_name and
+engine on the engine's series (a real vLLM's /metrics writes them engine first, as here), present from
+start-up at 0; prometheus_client exposes the Counter named vllm:prefix_cache_queries as
+vllm:prefix_cache_queries_total, with that name on its HELP and TYPE lines too.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +44,12 @@ class WorkerMetrics:
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
             "# TYPE vllm:num_requests_waiting gauge",
             f"vllm:num_requests_waiting{{{labels}}} {float(len(engine.waiting))}",
+            "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.",
+            "# TYPE vllm:prefix_cache_queries_total counter",
+            f"vllm:prefix_cache_queries_total{{{labels}}} {float(engine.prefix_queries)}",
+            "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.",
+            "# TYPE vllm:prefix_cache_hits_total counter",
+            f"vllm:prefix_cache_hits_total{{{labels}}} {float(engine.prefix_hits)}",
         ]
         lines += _counter("lora_sim_slot_swaps_total", "GPU LoRA slot swaps (host -> GPU); simulator only.",
                           engine.slot_swaps)

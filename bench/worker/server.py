@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bench.perfmodel import PerfParams
 from bench.worker import textgen
-from bench.worker.engine import LiveEngine
+from bench.worker.engine import LiveEngine, prompt_blocks
 from bench.worker.metrics import WorkerMetrics
 from bench.worker.registry import AdapterRegistry, RegistryError
 
@@ -71,6 +71,9 @@ class GenerateRequest(msgspec.Struct):
     add_generation_prompt: bool | None = None
     continue_final_message: bool = False
 
+
+ENGINE_TASK = web.AppKey("engine_task", asyncio.Task[None])
+"""The engine's loop, kept on the app so that it is not collected while it runs."""
 
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </v1/models>; rel=preload\r\n\r\n"
 """An interim answer before the real one (fault injection): HTTP/1.1 lets a server send any number."""
@@ -141,7 +144,7 @@ class SimulatedWorker:
         return app
 
     async def _start_engine(self, app: web.Application) -> None:
-        app["engine_task"] = asyncio.get_running_loop().create_task(self.engine.run())
+        app[ENGINE_TASK] = asyncio.get_running_loop().create_task(self.engine.run())
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -248,7 +251,9 @@ class SimulatedWorker:
         prompt = _prompt_text(req, chat)
         n_prompt = textgen.prompt_tokens(prompt)
         max_tokens = self._max_tokens(req, n_prompt)
-        state = textgen.context(req.model, _context_words(req, chat))
+        rendered = _context_words(req, chat)
+        state = textgen.context(req.model, rendered)
+        blocks = prompt_blocks(req.model, rendered, self.params.block_tokens, n_prompt)
         n_out = max_tokens if req.ignore_eos else textgen.natural_length(state, max_tokens)
         finish = "length" if n_out >= max_tokens else "stop"
         usage: dict[str, object] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out,
@@ -256,7 +261,7 @@ class SimulatedWorker:
         # vLLM names the completion after the caller's X-Request-Id when there is one.
         ident = ("chatcmpl-" if chat else "cmpl-") + request.headers.get("X-Request-Id", uuid.uuid4().hex)
         created = int(time.time())
-        words = self._words(self.engine.generate(adapter, n_prompt, n_out), state)
+        words = self._words(self.engine.generate(adapter, n_prompt, n_out, blocks), state)
         self.metrics.served_once = True
         if self.options.early_hints:
             await request.writer.write(EARLY_HINTS)
@@ -336,7 +341,9 @@ class SimulatedWorker:
 
 def _context_words(req: GenerateRequest, chat: bool) -> list[str]:
     """What the model reads, as a chat template renders it: each message opened by its role, then the
-    assistant's turn opened (add_generation_prompt, the default) unless the final message is continued."""
+    assistant's turn opened (add_generation_prompt, the default) unless the final message is continued.
+    A conversation's next turn (its messages, the answer, a new message) extends this rendering, so its
+    prefix-cache blocks (`prompt_blocks`) start with the previous turn's."""
     if not chat:
         return _prompt_text(req, chat).split()
     words = []
@@ -358,13 +365,15 @@ def _prompt_text(req: GenerateRequest, chat: bool) -> str:
 
 async def _sse_events(words: AsyncIterator[str], chat: bool, model: str, ident: str, created: int,
                       finish: str, n_out: int, usage: dict[str, object] | None) -> AsyncIterator[bytes]:
+    """vLLM's stream; a chat's opening role chunk goes with the first token, as vLLM sends it on the engine's
+    first output (after prefill), so a client's first data chunk marks the first token either way."""
     obj = "chat.completion.chunk" if chat else "text_completion"
-    if chat:
-        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                 "finish_reason": None}
-        yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [first]})
     i = 0
     async for word in words:
+        if chat and i == 0:
+            first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None}
+            yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [first]})
         piece = " " + word
         last = i == n_out - 1
         i += 1

@@ -12,8 +12,11 @@ import pytest
 from bench import cli
 from bench.live import strategies
 from bench.live.compare import RATIO_COLUMNS, compare
+from bench.live.fleet import FleetShape, LiveFleet
 from bench.proxybench.targets import vllm_router_binary
 from bench.sim.metrics import RunMetrics
+from discovery.ports import free_port
+from router import localfleet
 
 REQUESTS = 300
 SMALL = ["--scenario", "zipf", "--requests", str(REQUESTS), "--speed", "0.25", "--compare-sim"]
@@ -83,3 +86,35 @@ def test_ratios_are_to_the_best_baseline_and_pairs_tolerate_ties() -> None:
     tied = compare({"lora-router": _metrics(e2e_p99_ms=100.0), "a": _metrics(e2e_p99_ms=104.0)},
                    {"lora-router": _metrics(e2e_p99_ms=200.0), "a": _metrics(e2e_p99_ms=100.0)})
     assert tied.pairs["e2e_p99_ms"] == {"agree": 1, "of": 1, "differ": []}, "within 5 % is a tie, not a flip"
+
+
+@pytest.mark.slow
+def test_the_chat_scenario_sends_conversations_and_counts_the_workers_prefix_hits(tmp_path: Path) -> None:
+    """Chat turns over HTTP: the workers cut the messages' text into prefix-cache blocks themselves, and
+    with vllm-router's round robin (decisions the simulator makes alike) they find as much as the simulator's
+    block ids say; cache_aware runs too (compared once the simulator has its counterpart)."""
+    chosen = "vllm-router-rr,vllm-router-ca" if vllm_router_binary() is not None else "lora-router-spread"
+    out = tmp_path / "chat.json"
+    assert cli.main(["live", "--scenario", "chat", "--requests", "200", "--speed", "0.25", "--compare-sim",
+                     "--strategies", chosen, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    for name in chosen.split(","):
+        assert doc["runs"][name]["statuses"] == {"200": 200}
+        assert doc["results"][name]["prefix_hit_rate"] > 0.3, "system prompts and histories are found again"
+    if "vllm-router-rr" in doc.get("sim", {}):
+        live, sim = doc["results"]["vllm-router-rr"], doc["sim"]["vllm-router-rr"]
+        assert live["prefix_hit_rate"] == pytest.approx(sim["prefix_hit_rate"], abs=0.05)
+
+
+def test_workers_given_one_port_twice_are_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`free_port` may hand out a port twice; the worker that lost the bind is replaced by a fresh one."""
+    taken = free_port()
+    ports = iter([taken, taken])
+    monkeypatch.setattr(localfleet, "free_port", lambda: next(ports, None) or free_port())
+    fleet = LiveFleet(tmp_path, FleetShape(workers=3, max_loras=1, speed=0.01), ["a0"])
+    try:
+        urls = fleet.start_workers()
+        assert len(set(urls)) == 3 and f"http://127.0.0.1:{taken}" in urls
+        assert len(fleet.local.workers) == 3 and all(w.proc.alive() for w in fleet.local.workers)
+    finally:
+        fleet.stop()

@@ -7,6 +7,7 @@ against real vLLM: every difference is a bug in the simulator.
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from pathlib import Path
 
@@ -333,3 +334,48 @@ def test_a_restart_forgets_runtime_adapters_but_keeps_startup_ones(backend, star
     w.proc.kill()
     w.proc.start(timeout_s=300 if backend.slow else 30)
     assert w.held() == {"startup-lora"}
+
+
+PREFIX_SERIES = {"vllm:prefix_cache_queries_total": "Prefix cache queries, in terms of number of queried tokens.",
+                 "vllm:prefix_cache_hits_total": "Prefix cache hits, in terms of number of cached tokens."}
+"""vLLM V1's prefix-cache counters (vllm/v1/metrics/loggers.py), as prometheus_client writes them."""
+SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "su", "do", "fa")
+"""Two of them make a word both backends read as one token (the tiny model's vocabulary has them all)."""
+
+
+def _prefix_counters(worker) -> tuple[float, float]:
+    text = worker.call("GET", "/metrics", key=False)[2].decode()
+    values = []
+    for series in PREFIX_SERIES:
+        line = next(line for line in text.splitlines() if line.startswith(series + "{"))
+        values.append(float(line.rsplit(" ", 1)[1]))
+    return values[0], values[1]
+
+
+def _chat_counted(worker, model: str, messages: list[dict]) -> tuple[float, float]:
+    """(queried, hit) prompt tokens one chat request added to the worker's counters."""
+    before = _prefix_counters(worker)
+    body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0}
+    assert worker.call("POST", "/v1/chat/completions", body)[0] == 200
+    after = _prefix_counters(worker)
+    return after[0] - before[0], after[1] - before[1]
+
+
+def test_metrics_carry_the_prefix_cache_counters(worker, two_adapters) -> None:
+    """A repeated prompt is found in the prefix cache, the same text under another adapter is not: vLLM
+    keys a LoRA request's blocks by its adapter."""
+    text = worker.call("GET", "/metrics", key=False)[2].decode()
+    for series, help_ in PREFIX_SERIES.items():
+        assert f"# HELP {series} {help_}\n# TYPE {series} counter\n" in text
+        line = next(line for line in text.splitlines() if line.startswith(series + "{"))
+        assert f'model_name="{worker.backend.model}"' in line and 'engine="0"' in line
+    rng = random.Random(uuid.uuid4().int)
+    # 150 words: more than one full block of any size vLLM uses (16; 128 on CPU), under the context (256)
+    words = [rng.choice(SYLLABLES) + rng.choice(SYLLABLES) for _ in range(150)]
+    messages = [{"role": "system", "content": " ".join(words[:100])},
+                {"role": "user", "content": " ".join(words[100:])}]
+    queried, hit = _chat_counted(worker, two_adapters[0], messages)
+    assert queried >= 150 and hit == 0, "text never seen before"
+    queried, hit = _chat_counted(worker, two_adapters[0], messages)
+    assert queried >= 150 and queried / 2 <= hit < queried, "found again, all but the last partial block"
+    assert _chat_counted(worker, two_adapters[1], messages)[1] == 0, "another adapter's blocks are its own"
