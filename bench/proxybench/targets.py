@@ -85,6 +85,7 @@ class Targets:
         self.fleet = LocalFleet(root)
         self.started: dict[str, Target] = {}
         self.notes: list[str] = []
+        self.etcd_started = False
 
     def start(self, wanted: list[str]) -> None:
         (adapter,) = self.fleet.make_adapters([ADAPTER])
@@ -118,10 +119,13 @@ class Targets:
         self._serving(name, base, proc.pid)
 
     def _lora_router(self, name: str, url: str, adapter: Path) -> None:
-        """`lora-router`, or with prefix-cache-aware picking off (`lora-router-noprefix`): its cost alone."""
-        etcd = self.fleet.start_etcd()
-        if etcd.proc is not None:
-            pin_running(etcd.proc.pid, self.cores.load)
+        """`lora-router`, or with prefix-cache-aware picking off (`lora-router-noprefix`): its cost alone.
+        Both share one etcd, as several routers do."""
+        if not self.etcd_started:
+            etcd = self.fleet.start_etcd()
+            self.etcd_started = True
+            if etcd.proc is not None:
+                pin_running(etcd.proc.pid, self.cores.load)
         config = self.fleet.write_config({
             "security": {"allowed_path_prefixes": [str(adapter.parent)]},
             "prefix": {"index_blocks": 0 if name == "lora-router-noprefix" else 2048},
