@@ -36,10 +36,11 @@ class RunMetrics(msgspec.Struct, kw_only=True):
     """Share of prompt tokens found in the workers' prefix caches (vLLM's prefix_cache hits / queries)."""
     prefilled_tokens: int = 0
     """Prompt tokens prefilled: looked up in the prefix caches and not found (queries - hits)."""
-    reads_over_bound: float = 0.0
-    """Adapter reads from disk over the workload's clairvoyant lower bound (bench.sim.bound); 0: not compared."""
-    prefill_over_bound: float = 0.0
-    """Prefilled tokens over the workload's clairvoyant lower bound; 0: not compared."""
+    reads_over_bound: float | None = None
+    """Adapter reads from disk over the workload's clairvoyant lower bound (bench.sim.bound); None: not
+    compared (a live run)."""
+    prefill_over_bound: float | None = None
+    """Prefilled tokens over the workload's clairvoyant lower bound; None: not compared."""
 
 
 def _ms(values: np.ndarray, q: float) -> float:

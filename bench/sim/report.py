@@ -45,7 +45,8 @@ RunMetrics and the JSON, which must not change from one run of a seed to the nex
 
 
 def _cells(m: RunMetrics) -> list[str]:
-    return [fmt.format(getattr(m, key)) for key, _, fmt in COLUMNS]
+    """A figure not measured in this run (None) shows as a dash."""
+    return ["–" if (value := getattr(m, key)) is None else fmt.format(value) for key, _, fmt in COLUMNS]
 
 
 def _rows(results: Mapping[str, RunMetrics], speeds: Mapping[str, float] | None) -> list[list[str]]:
