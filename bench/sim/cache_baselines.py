@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Literal
 
 from allocator import hrw
 from bench.sim.fleet import SimFleet, SimWorker
@@ -50,17 +51,19 @@ def _bits(mask: int) -> list[int]:
 
 
 class CacheAware(Strategy):
-    """`cache_aware` of sglang-router and of vllm-router (vllm-project/router, derived from it).
+    """`cache_aware` of vllm-router (vllm-project/router) and, with `low_match="smallest-tree"`, of
+    sglang-router, from which it derives.
 
-    Per request, in this order (sgl-project/sglang sgl-router/src/policies/cache_aware.rs, `select_worker`):
-    if the fleet is imbalanced — max load - min load > `balance_abs_threshold` AND max load >
-    min load x `balance_rel_threshold`, load being the router's in-flight count per worker — the least
-    loaded worker (first on ties); otherwise the worker with the longest prefix match in the shared
-    approximate radix tree if matched / input characters > `cache_threshold`, else the tenant with
-    the smallest tree. Either way the request's text is then inserted under the chosen worker.
-    vllm-router's current src/policies/cache_aware.rs (`select_worker_with_headers`) sends a low match
-    to the least loaded worker instead; sglang's smallest tree, kept here, is the policy as designed
-    ("most available cache capacity").
+    Per request, in this order (sgl-project/sglang sgl-router/src/policies/cache_aware.rs, `select_worker`;
+    vllm-project/router src/policies/cache_aware.rs, `select_worker_with_headers`): if the fleet is
+    imbalanced — max load - min load > `balance_abs_threshold` AND max load > min load x
+    `balance_rel_threshold`, load being the router's in-flight count per worker — the least loaded worker
+    (first on ties); otherwise the worker with the longest prefix match in the shared approximate radix
+    tree if matched / input characters > `cache_threshold`; else vllm-router's least loaded worker, or
+    sglang-router's tenant with the smallest tree ("most available cache capacity"). Either way the
+    request's text is then inserted under the chosen worker. vllm-router's rule is the default: it is the
+    one `lora-bench live` runs against (`vllm-router-ca`), and with it the simulated and the live tails
+    agree (docs/benchmarks.md); sglang's is `cache-aware-sglang`.
 
     Defaults are the launchers', the same in vllm-project/router src/main.rs (`CliArgs`) and
     sgl-project/sglang sgl-router/py_src/sglang_router/router_args.py (`RouterArgs`): cache_threshold
@@ -82,8 +85,10 @@ class CacheAware(Strategy):
 
     def __init__(self, fleet: SimFleet, seed: int, cache_threshold: float = 0.3, balance_abs_threshold: int = 64,
                  balance_rel_threshold: float = 1.5, eviction_interval_s: float = 120.0,
-                 max_tree_size: int = 1 << 26) -> None:
+                 max_tree_size: int = 1 << 26, low_match: Literal["least-loaded", "smallest-tree"] = "least-loaded",
+                 ) -> None:
         super().__init__(fleet, seed)
+        self.low_match = low_match
         self.cache_threshold = cache_threshold
         self.balance_abs_threshold = balance_abs_threshold
         self.balance_rel_threshold = balance_rel_threshold
@@ -126,7 +131,12 @@ class CacheAware(Strategy):
             matched, tenant = self.match(blocks)
             tokens = self.fleet.prompt_tokens(rid)
             rate = matched * self.block_tokens / tokens if tokens else 0.0
-            w = tenant if rate > self.cache_threshold else self.smallest()
+            if rate > self.cache_threshold:
+                w = tenant
+            elif self.low_match == "smallest-tree":
+                w = self.smallest()
+            else:
+                w = min(self.fleet.workers, key=lambda ws: ws.inflight).index
         self.insert(w, blocks)
         self.fleet.submit(w, rid)
 

@@ -340,6 +340,7 @@ STRATEGIES: dict[str, Factory] = {
     "dynamo-hrw": lambda f, s, c, r: DynamoHrw(f, s, c),
     "lora-router": lambda f, s, c, r: LoraRouter(f, s, c, r),
     "cache-aware": lambda f, s, c, r: cache_baselines.CacheAware(f, s),
+    "cache-aware-sglang": lambda f, s, c, r: cache_baselines.CacheAware(f, s, low_match="smallest-tree"),
     "llm-d": lambda f, s, c, r: cache_baselines.LlmD(f, s),
     "session-hash": lambda f, s, c, r: cache_baselines.SessionHash(f, s),
 }

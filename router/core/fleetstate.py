@@ -49,7 +49,8 @@ class WorkerState:
     __slots__ = ("adapter_inflight", "consecutive_5xx", "draining", "healthy", "holds", "inflight", "prefix",
                  "probe_at", "record")
 
-    def __init__(self, record: WorkerRecord, prefix_blocks: int) -> None:
+    def __init__(self, record: WorkerRecord, prefix_blocks: int = 0) -> None:
+        """`prefix_blocks`: the size of its prefix index (`FleetState` passes its rules'; 0 keeps none)."""
         self.record = record
         self.healthy = True
         self.consecutive_5xx = 0

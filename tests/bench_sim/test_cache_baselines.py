@@ -44,16 +44,30 @@ def test_cache_aware_takes_the_shortest_queue_once_imbalanced() -> None:
     assert outcome.worker.tolist() == [0, 0, 0, 1, 2, 3]
 
 
-def test_cache_aware_low_match_goes_to_the_smallest_tree() -> None:
+def test_cache_aware_sglang_low_match_goes_to_the_smallest_tree() -> None:
     """Prompts without a session are text of their own: no match, so each goes to the worker whose tree
     is smallest (the first on ties), whose tree then grows by the prompt's 10 blocks."""
     rows = Requests(np.arange(8, dtype=np.float64) * 10.0, np.zeros(8, dtype=np.int32),
                     np.full(8, 160, dtype=np.int32), np.full(8, 4, dtype=np.int32))
     fleet = SimFleet(4, names(1), PerfParams())
-    policy = CacheAware(fleet, 0)
+    policy = CacheAware(fleet, 0, low_match="smallest-tree")
     outcome = fleet.run(rows, policy.route)
     assert outcome.worker.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert [len(t) for t in policy.trees] == [20] * 4
+
+
+def test_cache_aware_vllm_router_low_match_goes_to_the_least_loaded() -> None:
+    """vllm-router's rule: no match goes to the worker with the fewest requests in flight (the first on
+    ties), whatever its tree holds. Requests 10 s apart find every worker idle: all go to the first."""
+    rows = Requests(np.arange(4, dtype=np.float64) * 10.0, np.zeros(4, dtype=np.int32),
+                    np.full(4, 160, dtype=np.int32), np.full(4, 4, dtype=np.int32))
+    fleet = SimFleet(4, names(1), PerfParams())
+    policy = CacheAware(fleet, 0)
+    assert fleet.run(rows, policy.route).worker.tolist() == [0, 0, 0, 0]
+    busy = Requests(np.zeros(4), np.zeros(4, dtype=np.int32), np.full(4, 160, dtype=np.int32),
+                    np.full(4, 400, dtype=np.int32))
+    fleet = SimFleet(4, names(1), PerfParams())
+    assert fleet.run(busy, CacheAware(fleet, 0).route).worker.tolist() == [0, 1, 2, 3]
 
 
 def test_cache_aware_names_the_longest_match_and_evicts_tails_first() -> None:
