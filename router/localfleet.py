@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Self
 
 from discovery.embedded import EmbeddedEtcd
-from discovery.ports import free_port
+from discovery.ports import free_port, free_ports
 from discovery.records import worker_id_for
 from router.procs import ManagedProcess, python_cli
 
@@ -156,8 +156,10 @@ class LocalFleet:
                       env: Mapping[str, str] | None = None, wrap: Wrap | None = None,
                       timeout_s: float = START_TIMEOUT_S) -> list[LocalWorker]:
         """One simulated worker per entry of `args` (its flags), started in parallel until healthy."""
-        workers = [LocalWorker(len(self.workers) + i, free_port(), model=model, args=tuple(flags),
-                               env=dict(env or {}), wrap=wrap) for i, flags in enumerate(args)]
+        ports = free_ports(len(args))
+        workers = [LocalWorker(len(self.workers) + i, port, model=model, args=tuple(flags),
+                               env=dict(env or {}), wrap=wrap) for i, (flags, port) in enumerate(zip(args, ports,
+                                                                                                    strict=True))]
         for worker in workers:
             worker.proc = self._worker_proc(worker)
         self.workers.extend(workers)
@@ -197,8 +199,7 @@ class LocalFleet:
         """`lora-router serve` processes on this fleet's etcd, started in parallel until /ready (or, with
         `ready=False`, until they answer /health); `static_workers` are passed as `--worker` URLs."""
         routers = []
-        for router_id in router_ids:
-            port = free_port()
+        for router_id, port in zip(router_ids, free_ports(len(router_ids)), strict=True):
             argv = python_cli("router", "serve", "--config", str(config_path), "--port", str(port),
                               "--etcd", self.etcd_endpoint, "--router-id", router_id, *extra_args)
             for url in static_workers:

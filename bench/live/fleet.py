@@ -20,11 +20,10 @@ from pathlib import Path
 import msgspec
 
 from discovery.ports import free_port
-from router.localfleet import BASE_MODEL, LocalFleet, LocalWorker
+from router.localfleet import BASE_MODEL, LocalFleet
 from router.procs import ManagedProcess
 from router.waiting import wait_until
 
-PORT_CLASH_TRIES = 3
 MAX_MODEL_LEN = 65536
 """The workers' context: the simulator has no limit, and a chat session's prompts grow past vLLM's usual 4k."""
 
@@ -81,10 +80,6 @@ def _held_by(listing: object, holders: int) -> bool:
     return all(len(a["holders"]) >= holders for a in listing["data"])
 
 
-def _at_most_one_alive(workers: list[LocalWorker]) -> bool:
-    return sum(w.proc.alive() for w in workers) <= 1
-
-
 class LiveFleet:
     def __init__(self, root: Path, shape: FleetShape, names: list[str]) -> None:
         self.root, self.shape, self.names = root, shape, names
@@ -97,35 +92,8 @@ class LiveFleet:
         s = self.shape
         args = ("--max-loras", str(s.max_loras), "--max-cpu-loras", str(s.host_slots), "--speed", str(s.speed),
                 "--max-model-len", str(MAX_MODEL_LEN))
-        started = self.local.start_workers([args] * s.workers)
-        for _ in range(PORT_CLASH_TRIES):
-            clashed = self._clashed(started)
-            if not clashed:
-                break
-            for w in clashed:
-                started.remove(w)
-                self.local.workers.remove(w)
-            started += self.local.start_workers([args] * len(clashed))
-        else:
-            raise FleetNotReady(f"workers kept being given ports already taken, {PORT_CLASH_TRIES} times")
-        self.workers = [w.url for w in started]
+        self.workers = [w.url for w in self.local.start_workers([args] * s.workers)]
         return self.workers
-
-    @staticmethod
-    def _clashed(workers: list[LocalWorker]) -> list[LocalWorker]:
-        """Workers that were given a port another one got too (`free_port` may hand out one port twice):
-        one of them serves it, the others exit on the failed bind (waited for: the health check that
-        started them passed on the one that serves). Those others, to be replaced."""
-        by_port: dict[int, list[LocalWorker]] = {}
-        for w in workers:
-            by_port.setdefault(w.port, []).append(w)
-        clashed = []
-        for same in by_port.values():
-            if len(same) > 1:
-                _wait(partial(_at_most_one_alive, same), f"all but one of the workers on port {same[0].port} to exit")
-                serving = next((w for w in same if w.proc.alive()), same[0])
-                clashed += [w for w in same if w is not serving]
-        return clashed
 
     def preload(self) -> None:
         """Every adapter registered on every worker through vLLM's own call, for routers that load nothing.

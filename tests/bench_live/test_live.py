@@ -12,11 +12,8 @@ import pytest
 from bench import cli
 from bench.live import strategies
 from bench.live.compare import RATIO_COLUMNS, compare
-from bench.live.fleet import FleetShape, LiveFleet
 from bench.proxybench.targets import vllm_router_binary
 from bench.sim.metrics import RunMetrics
-from discovery.ports import free_port
-from router import localfleet
 
 REQUESTS = 300
 SMALL = ["--scenario", "zipf", "--requests", str(REQUESTS), "--speed", "0.25", "--compare-sim"]
@@ -104,17 +101,3 @@ def test_the_chat_scenario_sends_conversations_and_counts_the_workers_prefix_hit
     if "vllm-router-rr" in doc.get("sim", {}):
         live, sim = doc["results"]["vllm-router-rr"], doc["sim"]["vllm-router-rr"]
         assert live["prefix_hit_rate"] == pytest.approx(sim["prefix_hit_rate"], abs=0.05)
-
-
-def test_workers_given_one_port_twice_are_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`free_port` may hand out a port twice; the worker that lost the bind is replaced by a fresh one."""
-    taken = free_port()
-    ports = iter([taken, taken])
-    monkeypatch.setattr(localfleet, "free_port", lambda: next(ports, None) or free_port())
-    fleet = LiveFleet(tmp_path, FleetShape(workers=3, max_loras=1, speed=0.01), ["a0"])
-    try:
-        urls = fleet.start_workers()
-        assert len(set(urls)) == 3 and f"http://127.0.0.1:{taken}" in urls
-        assert len(fleet.local.workers) == 3 and all(w.proc.alive() for w in fleet.local.workers)
-    finally:
-        fleet.stop()
