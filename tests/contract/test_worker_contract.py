@@ -216,7 +216,10 @@ def test_a_greedy_completion_continues_token_for_token_from_its_text(worker, two
     """What request migration relies on: the prompt plus the first k tokens' text, asked with k fewer
     tokens, gives the rest of the answer."""
     body = {"model": two_adapters[0], "prompt": "hello world", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
-    pieces = _stream_pieces(worker, "/v1/completions", body)
+    for _ in range(5):  # a busy vLLM may put two tokens in one chunk (a busy machine); idle, one each
+        pieces = _stream_pieces(worker, "/v1/completions", body)
+        if len(pieces) == 6:
+            break
     assert len(pieces) == 6, "one token per chunk when idle"
     for k in (1, 4):
         rest = _stream_pieces(worker, "/v1/completions",
