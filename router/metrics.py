@@ -144,6 +144,8 @@ class RouterMetrics:
                                     "Requests with a prompt of a block or more, by whether they went to a holder "
                                     "this router believes has the prompt's beginning cached.", ["outcome"],
                                     registry=r)
+        self.prefix_pick = Children(self.prefix_picks)
+        """By outcome (cached, uncached): counted on every request with a prompt."""
         self.retries = Counter("lora_router_retries", "Requests retried on another worker, by reason.",
                                ["reason"], registry=r)
         self.migrations = Counter("lora_router_migrations",

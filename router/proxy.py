@@ -288,7 +288,7 @@ async def _forward(request: ClientRequest, answer: Answer, px: Proxy, target: Ta
             if decision.via in (Via.OVERFLOW_HOLDER, Via.QUEUED):
                 px.metrics.overflows.labels(decision.via.value).inc()
             if prompt and not decision.retry:
-                px.metrics.prefix_picks.labels("cached" if decision.via is Via.CACHED else "uncached").inc()
+                px.metrics.prefix_pick("cached" if decision.via is Via.CACHED else "uncached").inc()
             return await _attempt(request, answer, px, target, decision.worker, job, headers, started,
                                   decision.last_chance)
         except _Retry as retry:
