@@ -234,12 +234,15 @@ async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
     stop = asyncio.Event()
 
     served_while_down = 0
+    back = asyncio.Event()
+    """Set once the victim answers its health check again: until then it serves nothing, even while its new
+    process runs (the process alone was too short a window to count on)."""
 
     async def keep_asking() -> None:
         nonlocal served_while_down
         while not stop.is_set():
             for name in dual:
-                victim_down = not victim.alive()
+                victim_down = not back.is_set()
                 reply = await greedy(fleet.router.url, name, tiny_model.probe_prompt)
                 if reply.status != 200 or reply.json()["choices"][0]["text"] != expected[name]:
                     failures.append(f"{name}: {reply.status} {reply.text[:200]}")
@@ -249,6 +252,7 @@ async def test_a_killed_worker_is_reloaded_and_shared_adapters_never_fail(
     asker = asyncio.create_task(keep_asking())
     try:
         await asyncio.to_thread(victim.start, 180.0)
+        back.set()
         for name in dual:
             await until(lambda n=name: _on_all(fleet, n), SETTLE_S,
                         f"{name} re-loaded on the restarted worker")
