@@ -11,6 +11,7 @@ single member on one machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from discovery.ports import free_port, port_free
+from discovery.ports import free_port, free_ports, port_free
 from router.waiting import NotWithin, wait_until
 
 
@@ -30,6 +31,10 @@ class EtcdBinaryNotFound(RuntimeError):
 
 class EtcdStartFailed(RuntimeError):
     """The embedded etcd did not become healthy in time."""
+
+
+class PortTaken(EtcdStartFailed):
+    """A port chosen for etcd was bound by someone else before etcd could bind it."""
 
 
 def find_etcd_binary() -> str:
@@ -60,11 +65,15 @@ class EmbeddedEtcd:
     def __init__(self, data_dir: str | Path, client_port: int | None = None, peer_port: int | None = None,
                  name: str = "lora-router", host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
-        self.client_port = client_port or free_port()
-        self.peer_port = peer_port or free_port()
+        chosen = free_ports(2)
+        self.client_port = client_port or chosen[0]
+        self.peer_port = peer_port or chosen[1]
+        # Ports chosen here may be taken by anyone between choosing and etcd's bind: a first start may choose again.
+        self._may_choose_again = client_port is None
         self.name = name
         self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     @property
     def endpoint(self) -> str:
@@ -97,7 +106,26 @@ class EmbeddedEtcd:
         return self.data_dir.parent / f"{self.name}-etcd.log"
 
     def start(self, timeout_s: float = 15.0) -> None:
+        """Starts etcd and waits until it is healthy.
+
+        Until its first healthy start, an etcd whose ports were chosen here and were taken meanwhile (etcd exits
+        with "address already in use") starts again on fresh ones; once clients know the endpoint it is kept.
+        """
+        for _ in range(3 if self._may_choose_again else 1):
+            try:
+                self._start_once(timeout_s)
+            except PortTaken:
+                chosen = free_ports(2)
+                self.client_port, self.peer_port = chosen
+                continue
+            self._may_choose_again = False
+            return
+        self._start_once(timeout_s)
+
+    def _start_once(self, timeout_s: float) -> None:
         if not port_free(self.host, self.client_port):
+            if self._may_choose_again:
+                raise PortTaken(f"port {self.client_port} was taken after it was chosen")
             raise EtcdStartFailed(f"port {self.client_port} is in use (another etcd, or another serve on "
                                   "this machine?): choose another --embedded-etcd-port")
         if not port_free("127.0.0.1", self.peer_port):
@@ -106,6 +134,7 @@ class EmbeddedEtcd:
             self.peer_port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            self._log_start = log.tell()
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.wait_healthy(timeout_s)
@@ -120,17 +149,34 @@ class EmbeddedEtcd:
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
+            if self._may_choose_again and "address already in use" in self._log_text(self._log_start):
+                raise PortTaken(self._last_log_line())
             raise EtcdStartFailed(f"etcd exited with {self.proc.returncode}: {self._last_log_line()}; "
                                   f"see {self.log_path}")
         with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
             return r.status == 200 and b'"health":"true"' in r.read()
 
-    def _last_log_line(self) -> str:
+    def _log_text(self, start: int = 0) -> str:
+        """The log from byte `start` on: it is appended to by every start on this data dir."""
         try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            with open(self.log_path, "rb") as log:
+                log.seek(start)
+                return log.read().decode(errors="replace")
         except OSError:
-            return "no log"
-        return lines[-1][-300:] if lines else "empty log"
+            return ""
+
+    def _last_log_line(self) -> str:
+        """etcd logs JSON whose line ends in a Go stack trace: its message and error say what went wrong."""
+        lines = self._log_text().strip().splitlines()
+        if not lines:
+            return "empty log"
+        try:
+            entry = json.loads(lines[-1])
+        except ValueError:
+            return lines[-1][-300:]
+        if not isinstance(entry, dict):
+            return lines[-1][-300:]
+        return "; ".join(str(entry[k]) for k in ("msg", "error") if k in entry) or lines[-1][-300:]
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

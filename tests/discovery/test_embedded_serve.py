@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from discovery.ports import free_port
+from discovery.ports import free_port, free_ports
 from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
@@ -52,7 +52,7 @@ def test_a_registrar_keeps_its_worker_registered_across_a_serve_restart_with_emb
     config = {"security": {"allowed_path_prefixes": [str(root)]}, "control": {"tick_s": 0.3, "reconcile_s": 0.5},
               "adapters": [{"name": "kept", "source": str(root / "kept"), "base_model": "sim-base"}]}
     (tmp_path / "router.yaml").write_text(json.dumps(config))
-    etcd_port, port = free_port(), free_port()
+    etcd_port, port = free_ports(2)
     router = f"http://127.0.0.1:{port}"
     argv = python_cli("router", "serve", "--config", str(tmp_path / "router.yaml"), "--port", str(port),
                       "--state-dir", str(tmp_path / "state"), "--embedded-etcd-port", str(etcd_port),

@@ -19,7 +19,7 @@ from disco_helpers import until
 from discovery.embedded import EmbeddedEtcd, find_etcd_binary
 from discovery.errors import EtcdAuthFailed, EtcdUnavailable
 from discovery.etcd import EtcdClient, TlsConfig
-from discovery.ports import free_port
+from discovery.ports import free_port, free_ports
 from router.localfleet import base_url
 from router.procs import ManagedProcess, python_cli
 
@@ -80,7 +80,7 @@ def _certs(d: Path) -> None:
 def _tls_etcd(d: Path) -> tuple[ManagedProcess, str]:
     """A started etcd that serves only TLS clients presenting a certificate signed by the test CA."""
     _certs(d)
-    port, peer = free_port(), free_port()
+    port, peer = free_ports(2)
     url = f"https://127.0.0.1:{port}"
     argv = [find_etcd_binary(), "--name", "tls", "--data-dir", str(d / "data"),
             "--listen-client-urls", url, "--advertise-client-urls", url,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from s3_helpers import S3, adapter_config, adapter_files, tarball
 
-from discovery.ports import free_port
+from discovery.ports import free_port, free_ports
 from router.core.records import entry_name
 from router.localfleet import base_url, sim_worker
 from router.procs import ManagedProcess
@@ -67,7 +67,7 @@ def test_s3_adapter_is_fetched_beside_the_worker_and_served_then_reused_after_a_
     worker = start_workers(1, extra_args=("--speed", "0.01"))[0]
     url = base_url(worker)
     cache = tmp_path / "cache"
-    first_port, second_port = free_port(), free_port()
+    first_port, second_port = free_ports(2)
     registrar = start_registrar(url, cache, "--allow-source", "s3://adapters/", "--metrics-port", str(first_port),
                                 "--metrics-host", "127.0.0.1")
     router = start_router(_config([{"name": "a1", "source": source}]), ready=False)
