@@ -26,7 +26,7 @@ import msgspec
 
 from discovery.errors import EtcdAuthFailed, EtcdUnavailable
 from discovery.lease import Lease
-from discovery.watch import KeyValue, PrefixState, WatchEvent, watch_prefix
+from discovery.watch import KeyValue, PrefixChange, PrefixState, WatchEvent, watch_changes, watch_prefix
 
 __all__ = [
     "Compare",
@@ -313,6 +313,11 @@ class EtcdClient:
         if that history was compacted, a full re-list (resync=True) comes first.
         """
         return watch_prefix(self, key_prefix, resume)
+
+    def watch_changes(self, key_prefix: str, after: int | None = None) -> AsyncIterator[PrefixChange]:
+        """A listing of `key_prefix`, then each event, across restarts (a re-list after compaction);
+        with `after`, the events after that revision instead of a first listing."""
+        return watch_changes(self, key_prefix, after)
 
     async def close(self) -> None:
         self.closed = True

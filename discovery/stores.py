@@ -1,10 +1,10 @@
 """The fleet's shared state in etcd: adapter catalog, placement table, per-router demand.
 
 - The catalog (adapters/{name}) is durable: adapters stay known across every restart.
-- The placement (one document, `placement`) is written only by the leader, each
-  write one transaction that also checks the leader key is still this leader's
-  (fence) and that the document is the one this writer last saw; so a deposed
-  leader, or a leader racing a stale view, is refused by etcd itself.
+- The placement (a header and one key per replica set, under `placement/`) is written only by the
+  leader, each write transactions that also check the leader key is still this leader's (fence) and
+  that the header is the one this writer last saw; so a deposed leader, or a leader racing a stale
+  view, is refused by etcd itself.
 - Demand (load/{router_id}) is leased per router: a dead router's demand
   disappears with its lease instead of inflating the sums for ever.
 Malformed values are skipped with one warning each, never raised into a watcher.
@@ -18,18 +18,21 @@ from collections.abc import AsyncIterator, Mapping
 
 import msgspec
 
-from allocator.model import Demand, Placement
+from allocator.model import Demand, Placement, ReplicaSet
 from discovery.election import Fence, LeaderElection
 from discovery.errors import FencingFailed, MalformedRecord, NotLeader
-from discovery.etcd import Compare, EtcdClient, KeyValue, Put
+from discovery.etcd import Compare, Delete, EtcdClient, KeyValue, Put, WatchEvent
 from discovery.lease import Lease
 from discovery.records import decode, encode
-from router.core.records import AdapterFailure, AdapterRecord, DemandReport
+from router.core.records import AdapterFailure, AdapterRecord, DemandReport, PlacementHeader
 
 log = logging.getLogger(__name__)
 
 ADAPTERS = "adapters/"
 PLACEMENT = "placement"
+"""The prefix of the placement's keys, and the single document an older version wrote there."""
+EPOCH = "placement/epoch"
+SETS = "placement/sets/"
 LOAD = "load/"
 
 
@@ -104,23 +107,41 @@ def _unmarked(record: AdapterRecord) -> AdapterRecord:
 
 
 class PlacementStore:
-    """The one placement document; `write()` is the leader's fenced compare-and-swap."""
+    """The placement, one key per replica set; `write()` is the leader's fenced compare-and-swap of what changed.
 
-    def __init__(self, client: EtcdClient) -> None:
+    Layout (docs/design.md): `placement/epoch` holds the header, `placement/sets/{adapter}` each replica set.
+    Why per adapter: a worker joining 10,000 others moves about 1/10,000 of the assignments, and only those
+    keys are written and sent to every router's watch, where one document of 100,000 sets (several MB, past
+    etcd's request limit) was rewritten and re-read whole. An epoch's changes go in transactions of at most
+    `ops_per_txn` puts and deletes (etcd refuses more than `--max-txn-ops`, 128 by default) and
+    `bytes_per_txn` bytes (under `--max-request-bytes`, 1.5 MiB); every one is fenced by the leader key and
+    by the header's revision as this writer last saw it, and writes the header, the last with `complete`.
+    A placement written by an older version as the single document `placement` is read as it is and
+    rewritten in this layout by the next write, which deletes it.
+    """
+
+    def __init__(self, client: EtcdClient, ops_per_txn: int = 100, bytes_per_txn: int = 512 * 1024) -> None:
         self._client = client
         self._warned: set[tuple[str, int]] = set()
+        self._ops_per_txn = ops_per_txn
+        self._bytes_per_txn = bytes_per_txn
         self.seen_revision: int | None = None
-        """Mod revision of the placement this writer last read, watched or wrote (0: absent)."""
-
-    def _take(self, kv: KeyValue | None) -> Placement | None:
-        self.seen_revision = 0 if kv is None else kv.mod_revision
-        if kv is None:
-            return None
-        placement = _decoded(kv, Placement, self._warned)
-        return placement if isinstance(placement, Placement) else None
+        """Mod revision of the header this writer last read or wrote (0: absent); None before the first read."""
+        self._written: dict[str, ReplicaSet] = {}
+        """The replica sets in etcd as of `seen_revision`: what the next write is a change from."""
+        self.legacy = False
+        """The placement in etcd is the single document of an older version: the next write migrates it."""
 
     async def read(self) -> Placement | None:
-        return self._take(await self._client.get(PLACEMENT))
+        """What etcd holds now (complete or not: a leader that died mid-epoch leaves a mix of two, each set
+        whole); None when there is no placement yet."""
+        _, kvs = await self._client.range(PLACEMENT)
+        view = _PlacementView(self._warned)
+        view.load(kvs)
+        self.seen_revision = kvs[EPOCH].mod_revision if EPOCH in kvs else 0
+        self._written = dict(view.sets)
+        self.legacy = view.legacy is not None
+        return view.placement(complete_only=False)
 
     async def write(self, placement: Placement, election: LeaderElection) -> int:
         """Write as the current leader; the new revision, or NotLeader / FencingFailed."""
@@ -130,25 +151,130 @@ class PlacementStore:
         return await self.write_fenced(placement, fence)
 
     async def write_fenced(self, placement: Placement, fence: Fence) -> int:
-        """One transaction: leader key still `fence`'s AND placement unchanged since last seen -> put."""
+        """The sets that differ from what this writer last saw, in fenced transactions; the last revision.
+
+        A refused transaction (leadership moved, or someone else wrote the placement since) re-reads and
+        raises FencingFailed: what earlier transactions of this epoch wrote stays, each set whole, and the
+        header says the epoch is incomplete until a leader completes one.
+        """
         if self.seen_revision is None:
             await self.read()
         assert self.seen_revision is not None
-        result = await self._client.txn([*fence.compares(), Compare(PLACEMENT, "mod", self.seen_revision)],
-                                        [Put(PLACEMENT, encode(placement))])
-        if not result.succeeded:
-            await self.read()
-            raise FencingFailed(f"placement epoch {placement.epoch} refused: {fence.candidate_id} no longer holds "
-                                f"leadership {fence.create_revision}, or the placement changed since it was read")
-        self.seen_revision = result.revision
-        return result.revision
+        ops: list[Put | Delete] = [Put(SETS + name, encode(rs)) for name, rs in placement.replica_sets.items()
+                                   if self._written.get(name) != rs]
+        ops += [Delete(SETS + name) for name in self._written.keys() - placement.replica_sets.keys()]
+        if self.legacy:
+            ops.append(Delete(PLACEMENT))
+        batches = _batches(ops, self._ops_per_txn, self._bytes_per_txn) or [[]]
+        for i, batch in enumerate(batches):
+            header = PlacementHeader(epoch=placement.epoch, computed_at=placement.computed_at,
+                                     complete=i == len(batches) - 1)
+            result = await self._client.txn([*fence.compares(), Compare(EPOCH, "mod", self.seen_revision)],
+                                            [*batch, Put(EPOCH, encode(header))])
+            if not result.succeeded:
+                await self.read()
+                raise FencingFailed(f"placement epoch {placement.epoch} refused: {fence.candidate_id} no longer "
+                                    f"holds leadership {fence.create_revision}, or the placement changed since "
+                                    "it was read")
+            self.seen_revision = result.revision
+            for op in batch:
+                name = op.key.removeprefix(SETS)
+                if isinstance(op, Put) and op.key.startswith(SETS):
+                    self._written[name] = placement.replica_sets[name]
+                elif op.key.startswith(SETS):
+                    self._written.pop(name, None)
+        self.legacy = False
+        return self.seen_revision
 
     async def watch(self) -> AsyncIterator[Placement]:
-        """Each placement written (malformed ones skipped); nothing until the first one exists."""
-        async for state in self._client.watch_prefix(PLACEMENT):
-            placement = self._take(state.kvs.get(PLACEMENT))
-            if placement is not None and (state.resync or any(e.key == PLACEMENT for e in state.events)):
+        """Each complete placement (malformed sets skipped); nothing until the first one exists.
+
+        Applied change by change from the watch: a join that moves ten sets costs ten decodes, not a
+        re-read of every set.
+        """
+        view = _PlacementView(self._warned)
+        async for change in self._client.watch_changes(PLACEMENT):
+            if change.listing is not None:
+                view.load(change.listing)
+            else:
+                assert change.event is not None
+                if not view.apply(change.event):
+                    continue
+            self.legacy = view.header is None and view.legacy is not None
+            placement = view.placement(complete_only=True)
+            if placement is not None:
                 yield placement
+
+
+def _batches(ops: list[Put | Delete], max_ops: int, max_bytes: int) -> list[list[Put | Delete]]:
+    """`ops` cut into runs of at most `max_ops` operations and about `max_bytes` bytes each."""
+    out: list[list[Put | Delete]] = []
+    size = 0
+    for op in ops:
+        weight = len(op.key) + (len(op.value) if isinstance(op, Put) else 0)
+        if not out or len(out[-1]) >= max_ops or (out[-1] and size + weight > max_bytes):
+            out.append([])
+            size = 0
+        out[-1].append(op)
+        size += weight
+    return out
+
+
+class _PlacementView:
+    """A reader's copy of the placement keys, decoded once per change."""
+
+    def __init__(self, warned: set[tuple[str, int]]) -> None:
+        self._warned = warned
+        self.sets: dict[str, ReplicaSet] = {}
+        self.header: PlacementHeader | None = None
+        self.legacy: Placement | None = None
+        self._revision = 0
+        """Mod revision of the header (or of the legacy document) that `placement` last gave."""
+        self._given = -1
+
+    def load(self, kvs: Mapping[str, KeyValue]) -> None:
+        self.sets, self.header, self.legacy, self._revision, self._given = {}, None, None, 0, -1
+        for kv in kvs.values():
+            self._put(kv)
+
+    def apply(self, event: WatchEvent) -> bool:
+        """Whether the event may complete an epoch (only a write of the header, or of a legacy document, can)."""
+        if event.kv is not None:
+            self._put(event.kv)
+        elif event.key.startswith(SETS):
+            self.sets.pop(event.key.removeprefix(SETS), None)
+        elif event.key == PLACEMENT:
+            self.legacy = None
+        return event.key in (EPOCH, PLACEMENT)
+
+    def _put(self, kv: KeyValue) -> None:
+        if kv.key.startswith(SETS):
+            replica_set = _decoded(kv, ReplicaSet, self._warned)
+            if isinstance(replica_set, ReplicaSet):
+                self.sets[kv.key.removeprefix(SETS)] = replica_set
+            else:
+                self.sets.pop(kv.key.removeprefix(SETS), None)
+        elif kv.key == EPOCH:
+            header = _decoded(kv, PlacementHeader, self._warned)
+            if isinstance(header, PlacementHeader):
+                self.header, self._revision = header, kv.mod_revision
+        elif kv.key == PLACEMENT and self.header is None:
+            legacy = _decoded(kv, Placement, self._warned)
+            if isinstance(legacy, Placement):
+                self.legacy, self._revision = legacy, kv.mod_revision
+
+    def placement(self, complete_only: bool) -> Placement | None:
+        """The placement the keys hold. With `complete_only`: None while an epoch is being written, and for
+        a header revision already given (a header is written again only with new content)."""
+        header = self.header
+        if complete_only and (self._given == self._revision or (header is not None and not header.complete)):
+            return None
+        self._given = self._revision
+        if header is None:
+            return self.legacy
+        sets = dict(self.sets)
+        return Placement(epoch=header.epoch, computed_at=header.computed_at, replica_sets=sets,
+                         unplaced=tuple(sorted(n for n, rs in sets.items() if len(rs.workers) < rs.replicas)))
 
 
 class DemandStore:

@@ -8,6 +8,9 @@ dropped (no duplicates after a resume); one transaction's events share a
 revision and all arrive in one response, so they are applied one by one. If etcd compacted the revisions the
 watcher missed, the prefix is listed again and the new state is yielded with
 `resync=True`: the consumer must treat it as a full snapshot, not a delta.
+
+Two forms: `watch_changes` yields the listing and then each event (what a consumer of a large prefix keeps
+its own view with), `watch_prefix` folds them into a copy of the whole prefix after each (small prefixes).
 """
 
 from __future__ import annotations
@@ -61,50 +64,73 @@ class PrefixState(msgspec.Struct, frozen=True):
     """True for a full listing (the first state, or a re-list after compaction)."""
 
 
-async def watch_prefix(client: EtcdClient, key_prefix: str,
-                       resume: PrefixState | None = None) -> AsyncIterator[PrefixState]:
-    state = resume
+class PrefixChange(msgspec.Struct, frozen=True):
+    """One step of a prefix: a full `listing` (the first, or a re-list after compaction), or one event.
+
+    Why not the whole state each time: a prefix of 100,000 keys (the placement, the catalog) would be
+    copied on every event; a consumer that keeps its own decoded view applies the event instead.
+    """
+
+    revision: int
+    event: WatchEvent | None = None
+    listing: dict[str, KeyValue] | None = None
+    """Every key as of `revision`; it replaces whatever the consumer knew."""
+
+
+async def watch_changes(client: EtcdClient, key_prefix: str, after: int | None = None) -> AsyncIterator[PrefixChange]:
+    """A listing (unless `after` is given: events after that revision), then every event, across outages."""
+    revision = after
     outage = False
     while not client.closed:
         try:
-            if state is None:
+            if revision is None:
                 revision, kvs = await client.range(key_prefix)
-                state = PrefixState(key_prefix, revision, kvs, resync=True)
-                yield state
-            watch = await client.raw_watch(key_prefix, state.revision + 1)
+                yield PrefixChange(revision, listing=kvs)
+            watch = await client.raw_watch(key_prefix, revision + 1)
             if outage:
-                log.info("watch %s: resumed after revision %d", key_prefix, state.revision)
+                log.info("watch %s: resumed after revision %d", key_prefix, revision)
                 outage = False
-            async for applied in _follow(client, state, watch):
-                state = applied
-                yield state
+            async for event in _follow(client, revision, watch):
+                revision = event.revision
+                yield PrefixChange(revision, event=event)
         except Compacted as exc:
             log.warning("watch %s: history compacted (%s) while away: re-listing", key_prefix, exc)
-            state = None
+            revision = None
         except EtcdUnavailable as exc:
             if not outage:
-                log.warning("watch %s: etcd unavailable, resuming after revision %s: %s", key_prefix,
-                            state.revision if state else None, exc)
+                log.warning("watch %s: etcd unavailable, resuming after revision %s: %s", key_prefix, revision, exc)
             outage = True
             await asyncio.sleep(RETRY_S)
 
 
-async def _follow(client: EtcdClient, state: PrefixState,
-                  watch: aetcd.rtypes.Watch) -> AsyncIterator[PrefixState]:
-    """Apply events after `state.revision` until the stream breaks (raised) or the client closes (returns)."""
-    kvs = dict(state.kvs)
-    revision = state.revision
+async def watch_prefix(client: EtcdClient, key_prefix: str,
+                       resume: PrefixState | None = None) -> AsyncIterator[PrefixState]:
+    """`watch_changes` folded into whole states (a copy each): for small prefixes (workers, the leader key)."""
+    kvs = dict(resume.kvs) if resume is not None else {}
+    async for change in watch_changes(client, key_prefix, resume.revision if resume is not None else None):
+        if change.listing is not None:
+            kvs = dict(change.listing)
+            yield PrefixState(key_prefix, change.revision, dict(kvs), resync=True)
+            continue
+        event = change.event
+        assert event is not None
+        if event.kv is not None:
+            kvs[event.key] = event.kv
+        else:
+            kvs.pop(event.key, None)
+        yield PrefixState(key_prefix, change.revision, dict(kvs), (event,))
+
+
+async def _follow(client: EtcdClient, after: int, watch: aetcd.rtypes.Watch) -> AsyncIterator[WatchEvent]:
+    """Events after revision `after` until the stream breaks (raised) or the client closes (returns)."""
+    revision = after
     try:
         async for raw in _events(watch):
             event = client.event(raw)
-            if event.revision <= state.revision or event.revision < revision:
+            if event.revision <= after or event.revision < revision:
                 continue  # already applied; several events may share one (transaction's) revision
-            if event.kv is not None:
-                kvs[event.key] = event.kv
-            else:
-                kvs.pop(event.key, None)
             revision = event.revision
-            yield PrefixState(state.key_prefix, revision, dict(kvs), (event,))
+            yield event
     finally:
         if not client.closed:
             await asyncio.shield(_cancel(watch))

@@ -14,9 +14,9 @@ report. The leader sums every router's report, runs the allocator over the
 catalog and the membership with the previous placement (for stickiness and the
 scale-down cooldown, whose clock is wall time because the next leader may be
 another host), and writes the result only when its assignments or replica counts
-changed: the written document carries no demand (see `durable`), so an idle or
-steady fleet costs etcd no placement writes. After a config reload the leader
-also writes the config's new or changed `adapters:` entries. A write refused
+changed, and then only the replica sets that changed (discovery.stores.PlacementStore): what is
+written carries no demand (see `durable`), so an idle or steady fleet costs etcd no placement writes.
+After a config reload the leader also writes the config's new or changed `adapters:` entries. A write refused
 because leadership was lost is logged and waits for the next tick; so is an
 etcd that does not answer: a tick never stops the loop.
 """
@@ -52,7 +52,7 @@ def durable(placement: Placement) -> Placement:
     """The placement as written: assignments and sizes without the demand that sized them.
 
     Demand moves on every tick (an idle adapter's estimate decays for minutes) and already lives in
-    the leased load reports; carried in the durable document, it made every tick a write.
+    the leased load reports; carried in the durable record, it made every tick a write.
     """
     return msgspec.structs.replace(placement, replica_sets={
         name: msgspec.structs.replace(rs, demand_rps=0.0) for name, rs in placement.replica_sets.items()})
@@ -161,8 +161,8 @@ class ControlLoop:
         adapters = [Adapter(name=r.name, base_model=r.base_model, rank=r.rank) for r in state.catalog.values()]
         placement = self._planner.place(workers, adapters, sum_demand(reports), loaded.config.placement,
                                         previous if previous.epoch else None, now)
-        if previous.epoch and same_assignment(previous, placement):
-            return
+        if previous.epoch and same_assignment(previous, placement) and not self._placement_store.legacy:
+            return  # (an older version's single document is rewritten in today's layout even so)
         placement = durable(placement)
         try:
             await self._placement_store.write(placement, self._election)

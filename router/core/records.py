@@ -125,3 +125,16 @@ def adapter_path(source: str) -> str:
     if parts.scheme == "hf":
         return (parts.netloc + parts.path).partition("@")[0]
     return source
+
+
+class PlacementHeader(msgspec.Struct, frozen=True, kw_only=True):
+    """The placement's header (key placement/epoch); each replica set has its own key, placement/sets/{name}.
+
+    The leader writes an epoch's changed sets in as many transactions as etcd's limits need, each also
+    writing this header; `complete` is set by the epoch's last one. Readers take an epoch only once it is
+    complete, so none acts on a half-written one.
+    """
+
+    epoch: int
+    computed_at: float = 0.0
+    complete: bool = True

@@ -1,8 +1,8 @@
-"""The placement document is written when assignments change, never because demand decayed (issue 14, item 10).
+"""The placement is written when assignments change, never because demand decayed (issue 14, item 10).
 
 Real etcd, a real router process and simulated workers: traffic gives an adapter demand, the router goes
-idle while that demand fades tick after tick, and the document's revision in etcd must stay put; adding an
-adapter must still write it.
+idle while that demand fades tick after tick, and the placement header's revision in etcd must stay put;
+adding an adapter must still write it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import aiohttp
 import msgspec
 from control_helpers import WORKER_ARGS, get_json, router_config, until
 
-from allocator.model import Placement
+from allocator.model import ReplicaSet
 from discovery.embedded import EmbeddedEtcd
 from discovery.etcd import EtcdClient, KeyValue
-from discovery.stores import PLACEMENT
+from discovery.stores import EPOCH, SETS
 from router.localfleet import base_url
 
 STEADY = {"defaults": {"per_replica_rps": 1000.0, "per_replica_concurrent": None}}
@@ -25,7 +25,7 @@ STEADY = {"defaults": {"per_replica_rps": 1000.0, "per_replica_concurrent": None
 
 
 async def _placement(client: EtcdClient) -> KeyValue | None:
-    return await client.get(PLACEMENT)
+    return await client.get(EPOCH)
 
 
 async def _ticks(http: aiohttp.ClientSession, router: str) -> int:
@@ -72,8 +72,9 @@ async def test_idle_router_leaves_the_placement_alone_and_a_change_still_writes_
             kv = await _placement(client)
             if kv is None or kv.mod_revision == before.mod_revision:
                 return None
-            placement = msgspec.json.decode(kv.value, type=Placement)
-            return placement.replica_sets if "a2" in placement.replica_sets else None
+            _, kvs = await client.range(SETS)
+            replica_sets = {k: msgspec.json.decode(v.value, type=ReplicaSet) for k, v in kvs.items()}
+            return replica_sets if SETS + "a2" in replica_sets else None
         replica_sets = await until(rewritten, 15, "a placement that places the new adapter")
         assert all(rs.demand_rps == 0.0 for rs in replica_sets.values()), "demand written into the placement"
     finally:
