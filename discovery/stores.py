@@ -97,9 +97,22 @@ class CatalogStore:
         return _adapters(kvs, self._warned)
 
     async def watch(self) -> AsyncIterator[dict[str, AdapterRecord]]:
-        """The whole catalog after each change."""
-        async for state in self._client.watch_prefix(ADAPTERS):
-            yield _adapters(state.kvs, self._warned)
+        """The whole catalog after each change (a copy each time), each change decoded once: a fleet of
+        100,000 adapters costs a dict copy per admin write, not 100,000 decodes."""
+        catalog: dict[str, AdapterRecord] = {}
+        async for change in self._client.watch_changes(ADAPTERS):
+            if change.listing is not None:
+                catalog = _adapters(change.listing, self._warned)
+            else:
+                event = change.event
+                assert event is not None
+                name = event.key.removeprefix(ADAPTERS)
+                record = None if event.kv is None else _adapters({event.key: event.kv}, self._warned).get(name)
+                if record is None:
+                    catalog.pop(name, None)
+                else:
+                    catalog[name] = record
+            yield dict(catalog)
 
 
 def _unmarked(record: AdapterRecord) -> AdapterRecord:
