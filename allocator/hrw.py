@@ -111,23 +111,43 @@ def worker_lanes(worker_keys: np.ndarray) -> np.ndarray:
                        count=len(worker_keys))
 
 
-def _vrotl(x: np.ndarray, r: int) -> np.ndarray:
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+def rotate(x: np.ndarray) -> np.ndarray:
+    """x rotated left by 27 bits, the rotation XXH64 applies to (state ^ lane): it distributes
+    over XOR, rotl(s ^ l) == rotl(s) ^ rotl(l), so `mix` takes both sides already rotated and
+    never rotates the adapters x workers matrix."""
+    return (x << np.uint64(27)) | (x >> np.uint64(37))
+
+
+def mix(rotated_states: np.ndarray, rotated_lanes: np.ndarray, out: np.ndarray,
+        scratch: np.ndarray) -> np.ndarray:
+    """pair_hashes(states, lanes) short of its last step, into `out`, from the rotated inputs.
+
+    In place, with `scratch` (same shape) for the shifts: a temporary per step would cost
+    more than the arithmetic. The last step, `finish`, leaves the top 32 bits as they are,
+    so `h >= t` for a `t` whose low 32 bits are zero has the same answer before and after
+    it: a screen by threshold finishes only the pairs it keeps.
+    """
+    np.bitwise_xor(rotated_states[:, None], rotated_lanes[None, :], out=out)
+    out *= np.uint64(_P1)  # array arithmetic wraps modulo 2**64 without a warning
+    out += np.uint64(_P4)
+    for shift, prime in ((33, _P2), (29, _P3)):
+        np.right_shift(out, np.uint64(shift), out=scratch)
+        out ^= scratch
+        out *= np.uint64(prime)
+    return out
+
+
+def finish(mixed: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """XXH64's last step, in place: turns `mix`'s output into the pair hashes."""
+    mixed ^= np.right_shift(mixed, np.uint64(32), out=scratch)
+    return mixed
 
 
 def pair_hashes(states: np.ndarray, lanes: np.ndarray) -> np.ndarray:
     """XXH64 of every (adapter, worker) pair: shape (len(states), len(lanes))."""
-    with np.errstate(over="ignore"):
-        h = states[:, None] ^ lanes[None, :]
-        h = _vrotl(h, 27)
-        h *= np.uint64(_P1)
-        h += np.uint64(_P4)
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(_P2)
-        h ^= h >> np.uint64(29)
-        h *= np.uint64(_P3)
-        h ^= h >> np.uint64(32)
-    return h
+    h = np.empty((len(states), len(lanes)), dtype=np.uint64)
+    scratch = np.empty_like(h)
+    return finish(mix(rotate(states), rotate(lanes), h, scratch), scratch)
 
 
 def scores_from_hashes(hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ indices are internal, decisions compare (score, worker id) only.
 from __future__ import annotations
 
 import bisect
+import math
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -21,9 +22,18 @@ import numpy as np
 from allocator import hrw
 from allocator.model import Adapter, Worker
 
-CHUNK = 256
-"""Adapters scored per numpy block: keeps the temporaries to a few MB."""
+CHUNK = 1 << 18
+"""(Adapter, candidate) pairs hashed per numpy block: the block and its scratch stay in cache."""
+BATCH = 256
+"""Adapters whose screened candidates are ranked together: spreads numpy's cost per call."""
 SCREEN_MARGIN = 8
+SCREEN_SIGMAS = 4.0
+"""The hash screen's threshold lets a row expect k + SCREEN_SIGMAS * sqrt(k) survivors, k =
+depth + SCREEN_MARGIN: about 3 rows in 10,000 then fall short of k and need a threshold of their own."""
+_HIGH_32 = ((1 << 32) - 1) << 32
+UNIFORM_WEIGHTS = (2.0**-960, 2.0**960)
+"""Equal weights in this range screen by hash: their scores are normal floats, never inf or
+flushed to zero, so they follow the hashes."""
 
 
 def _identity(w: Worker | None) -> tuple[str, str, float, int] | None:
@@ -34,13 +44,15 @@ def _identity(w: Worker | None) -> tuple[str, str, float, int] | None:
 class _Class:
     """The candidate workers shared by adapters of one base model and LoRA rank."""
 
-    __slots__ = ("id_order", "idx", "lanes", "members", "weights")
+    __slots__ = ("id_order", "idx", "lanes", "members", "uniform", "weights")
 
     def __init__(self, idx: list[int], lanes: np.ndarray, weights: np.ndarray, ids: list[str]) -> None:
         self.idx = np.array(idx, dtype=np.int64)
         self.members = frozenset(idx)
         self.lanes = lanes[self.idx] if idx else np.empty(0, dtype=np.uint64)
         self.weights = weights[self.idx] if idx else np.empty(0, dtype=np.float64)
+        low, high = UNIFORM_WEIGHTS
+        self.uniform = bool(idx) and low < self.weights[0] < high and bool(np.all(self.weights == self.weights[0]))
         by_id = sorted(range(len(idx)), key=lambda i: ids[idx[i]])
         self.id_order = np.empty(len(idx), dtype=np.int64)
         self.id_order[by_id] = np.arange(len(idx))
@@ -197,34 +209,27 @@ class Rankings:
         for group in by_class.values():
             cls = self._class(group[0])
             n = len(cls.idx)
-            for start in range(0, len(group), CHUNK):
-                block = group[start:start + CHUNK]
-                if n == 0:
-                    for a in block:
-                        self._rows[a.name] = _Row([], [], True)
-                    continue
-                states = np.array([self._states[a.name] for a in block], dtype=np.uint64)
-                self._compute_block(block, hrw.pair_hashes(states, cls.lanes), cls)
-
-    def _compute_block(self, block: list[Adapter], hashes: np.ndarray, cls: _Class) -> None:
-        """Screen with the platform's fast log, then rank the survivors by exact scores.
-
-        The exact top `depth` lies inside the screened top `depth + SCREEN_MARGIN`
-        unless more than SCREEN_MARGIN scores sit within a few ulps of the
-        boundary, which does not happen; the kept rows hold exact scores only.
-        """
-        n = len(cls.idx)
-        k = min(self.depth + SCREEN_MARGIN, n)
-        if k < n:
-            screened = hrw.screen_scores(hashes, cls.weights)
-            cols = np.argpartition(-screened, k - 1, axis=1)[:, :k]
-        else:
-            cols = np.broadcast_to(np.arange(n), (len(block), n))
-        exact = hrw.scores_from_hashes(np.take_along_axis(hashes, cols, axis=1), cls.weights[cols])
-        keep = min(self.depth, n)
-        for r, a in enumerate(block):
-            ranked = hrw.order(exact[r], cls.id_order[cols[r]])[:keep]
-            self._rows[a.name] = _Row(cls.idx[cols[r][ranked]].tolist(), exact[r][ranked].tolist(), keep == n)
+            if n == 0:
+                for a in group:
+                    self._rows[a.name] = _Row([], [], True)
+                continue
+            states = hrw.rotate(np.array([self._states[a.name] for a in group], dtype=np.uint64))
+            lanes = hrw.rotate(cls.lanes)
+            step = max(1, min(BATCH, CHUNK // n))
+            mixed = np.empty((step, n), dtype=np.uint64)
+            scratch = np.empty_like(mixed)
+            for start in range(0, len(group), BATCH):
+                batch = group[start:start + BATCH]
+                screened = []
+                for at in range(0, len(batch), step):
+                    m = min(step, len(batch) - at)
+                    hrw.mix(states[start + at:start + at + m], lanes, mixed[:m], scratch[:m])
+                    rows, cols, hashes = _screen(mixed[:m], scratch[:m], cls, self.depth)
+                    screened.append((rows + at, cols, hashes))
+                rows, cols, hashes = (np.concatenate(part) for part in zip(*screened, strict=True))
+                cols, scores = _rank(rows, cols, hashes, cls, len(batch), self.depth)
+                for a, i, sc in zip(batch, cls.idx[cols].tolist(), scores.tolist(), strict=True):
+                    self._rows[a.name] = _Row(i, sc, n <= self.depth)
 
     @property
     def rows(self) -> Mapping[str, _Row]:
@@ -242,6 +247,78 @@ class Rankings:
             ranked = hrw.order(scores, cls.id_order)
             row = self._full[adapter] = _Row(cls.idx[ranked].tolist(), scores[ranked].tolist(), True)
         return row.idx
+
+
+def _screen(mixed: np.ndarray, scratch: np.ndarray, cls: _Class, depth: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, hashes) of the candidates each row keeps for exact scoring: at least
+    `depth + SCREEN_MARGIN`, or all. `mixed` is `hrw.mix`'s output (overwritten, with `scratch`).
+
+    The exact top `depth` lies inside them unless more than SCREEN_MARGIN scores sit within
+    a few ulps of the boundary, which does not happen.
+    """
+    k = min(depth + SCREEN_MARGIN, mixed.shape[1])
+    if cls.uniform:
+        rows, cols = _screen_by_hash(mixed, k)
+        return rows, cols, hrw.finish(mixed[rows, cols])
+    hashes = hrw.finish(mixed, scratch)
+    rows, cols = _screen_by_score(hashes, cls.weights, k)
+    return rows, cols, hashes[rows, cols]
+
+
+def _rank(rows: np.ndarray, cols: np.ndarray, hashes: np.ndarray, cls: _Class, r: int, depth: int
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Each of the r rows' exact top min(depth, n) among its screened candidates (`rows`
+    ascending), by score then worker id, as (columns into `cls`, exact scores), best first."""
+    keep = min(depth, len(cls.idx))
+    exact = hrw.scores_from_hashes(hashes, cls.weights[cols])
+    # One 2-D sort of the survivors, padded to a rectangle with +inf (a row with padding has
+    # more than `keep` real entries), instead of a sort per row.
+    counts = np.bincount(rows, minlength=r)
+    starts = np.cumsum(counts) - counts
+    neg = np.full((r, counts.max()), np.inf)
+    neg[rows, np.arange(len(rows)) - starts[rows]] = -exact
+    ranked = np.argsort(neg, axis=1)[:, :keep + 1]
+    kept = starts[:, None] + ranked[:, :keep]
+    top = np.take_along_axis(neg, ranked, axis=1)
+    for i in np.flatnonzero(~np.all(top[:, 1:] > top[:, :-1], axis=1)):
+        # Equal (or NaN) scores in the top: the worker id decides, as in `hrw.order`.
+        own = slice(starts[i], starts[i] + counts[i])
+        kept[i] = starts[i] + hrw.order(exact[own], cls.id_order[cols[own]])[:keep]
+    return cols[kept], exact[kept]
+
+
+def _screen_by_hash(mixed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the pairs whose hash reaches a threshold: at least k per row.
+
+    Why it holds the screen's guarantee: with equal weights, scores follow h >> 12 (to within
+    the ulps SCREEN_MARGIN allows for), and a threshold's low 32 bits are zero, so a row
+    keeps its top k or more by h >> 12, ties included. Why a threshold: hashes are uniform,
+    so one compare per pair (on `mix`'s output, see there) replaces partitioning every row;
+    the few rows it leaves short of k take their k-th hash, low bits cleared, as their own.
+    """
+    r, n = mixed.shape
+    expected = k + SCREEN_SIGMAS * math.sqrt(k)
+    if expected >= n:
+        return np.repeat(np.arange(r), n), np.tile(np.arange(n), r)
+    passed = mixed >= np.uint64(int(2.0**64 * (1.0 - expected / n)) & _HIGH_32)
+    rows, cols = np.divmod(np.flatnonzero(passed), n)  # 2-D nonzero is many times slower
+    short = np.flatnonzero(np.bincount(rows, minlength=r) < k)
+    for i in short:
+        passed[i] = mixed[i] >= np.partition(mixed[i], n - k)[n - k] & np.uint64(_HIGH_32)
+    if len(short):
+        rows, cols = np.divmod(np.flatnonzero(passed), n)
+    return rows, cols
+
+
+def _screen_by_score(hashes: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of each row's top k by `hrw.screen_scores` (the platform's fast log)."""
+    r, n = hashes.shape
+    if k < n:
+        cols = np.argpartition(-hrw.screen_scores(hashes, weights), k - 1, axis=1)[:, :k].ravel()
+    else:
+        cols = np.tile(np.arange(n), r)
+    return np.repeat(np.arange(r), k), cols
 
 
 def _remove(row: _Row, dropped: set[int]) -> None:

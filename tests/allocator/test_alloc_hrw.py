@@ -45,6 +45,17 @@ def test_numpy_path_is_bit_exact_with_xxhash(adapters: list[str], workers: list[
             assert scores[i, j] == hrw.score(a, wid, float(w[j]))
 
 
+def test_mix_leaves_only_the_low_32_bits_to_finish() -> None:
+    """The bulk screen compares `mix`'s output with thresholds whose low 32 bits are zero."""
+    rng = np.random.default_rng(5)
+    states, lanes = (rng.integers(0, 2**64, size, dtype=np.uint64, endpoint=False) for size in (7, 50))
+    mixed = hrw.mix(hrw.rotate(states), hrw.rotate(lanes), np.empty((7, 50), np.uint64), np.empty((7, 50), np.uint64))
+    hashes = hrw.pair_hashes(states, lanes)
+    assert np.array_equal(mixed >> np.uint64(32), hashes >> np.uint64(32))
+    assert np.array_equal(hrw.finish(mixed.copy()), hashes)
+    assert np.array_equal(hrw.finish(hashes.copy()), mixed)  # the last step undoes itself
+
+
 def test_u_is_strictly_inside_zero_one_at_the_extremes() -> None:
     hashes = np.array([[0, 2**64 - 1]], dtype=np.uint64)
     scores = hrw.scores_from_hashes(hashes, np.ones(2))

@@ -6,10 +6,11 @@ import math
 import random
 
 import numpy as np
+import pytest
 
-from allocator import hrw
+from allocator import hrw, rankings
 from allocator.model import Adapter, Worker
-from allocator.rankings import Rankings
+from allocator.rankings import Rankings, _Class, _rank, _screen
 
 
 def test_own_log_is_within_a_few_ulps_of_libm() -> None:
@@ -60,3 +61,75 @@ def test_mass_departures_rebuild_and_stay_exact() -> None:
     rankings.sync(then, adapters)
     assert len(rankings.ids) == len(then)  # departed workers were compacted away
     _check(rankings, then, adapters)
+
+
+def _tied_hashes(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """Random pair hashes with ties at the top of every row: whole columns repeated (equal
+    hashes) and each row's best hashes copied with other low 12 bits (equal u, so equal scores)."""
+    h = rng.integers(0, 2**64, (rows, n), dtype=np.uint64, endpoint=False)
+    h[:, n - 20:] = h[:, :20]
+    for r in range(rows):
+        best = np.argsort(h[r])[::-1][:12]
+        low = rng.integers(0, 1 << 12, 6, dtype=np.uint64)
+        h[r, best[6:]] = (h[r, best[:6]] & np.uint64(~0xFFF & (2**64 - 1))) | low
+    return h
+
+
+def _screened_top(hashes: np.ndarray, cls: _Class, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    mixed = hrw.finish(hashes.copy())  # the last step undoes itself: this is what `hrw.mix` gives
+    rows, cols, kept = _screen(mixed, np.empty_like(mixed), cls, depth)
+    return _rank(rows, cols, kept, cls, len(hashes), depth)
+
+
+def _brute_top(hashes: np.ndarray, cls: _Class, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    exact = hrw.scores_from_hashes(hashes, cls.weights)
+    cols = np.array([hrw.order(row, cls.id_order)[:depth] for row in exact])
+    return cols, np.take_along_axis(exact, cols, axis=1)
+
+
+@pytest.mark.parametrize("sigmas", [rankings.SCREEN_SIGMAS, -3.0])  # -3: most rows fall short of the threshold
+@pytest.mark.parametrize("depth", [1, 5, 32, 400])
+def test_hash_screen_agrees_with_score_screen_and_brute_force(monkeypatch: pytest.MonkeyPatch, depth: int,
+                                                             sigmas: float) -> None:
+    monkeypatch.setattr(rankings, "SCREEN_SIGMAS", sigmas)
+    rng = np.random.default_rng(depth)
+    n = 300
+    ids = [f"w{i}" for i in rng.permutation(n)]
+    for weights in (np.full(n, 1.5), rng.choice([0.5, 1.0, 3.0], n)):
+        weights[n - 20:] = weights[:20]  # repeated columns tie exactly
+        hashes = _tied_hashes(rng, 40, n)
+        cls = _Class(list(range(n)), np.zeros(n, dtype=np.uint64), weights, ids)
+        expected = _brute_top(hashes, cls, depth)
+        for uniform in ([True, False] if cls.uniform else [False]):
+            cls.uniform = uniform
+            cols, scores = _screened_top(hashes, cls, depth)
+            assert np.array_equal(cols, expected[0]) and np.array_equal(scores, expected[1])
+
+
+def test_only_equal_sane_weights_screen_by_hash() -> None:
+    def uniform(weights: list[float]) -> bool:
+        n = len(weights)
+        ids = [str(i) for i in range(n)]
+        return _Class(list(range(n)), np.zeros(n, dtype=np.uint64), np.array(weights), ids).uniform
+    assert uniform([2.0, 2.0]) and uniform([1e-9, 1e-9])
+    assert not uniform([1.0, 2.0]) and not uniform([]) and not uniform([0.0, 0.0]) and not uniform([math.inf])
+
+
+def test_equal_and_mixed_weight_classes_stay_exact_through_joins_and_leaves() -> None:
+    """Classes large enough for the screens to drop candidates: equal weights (by hash), mixed (by score)."""
+    rng = random.Random(11)
+    pool = [Worker(id=f"u{i}", base_model="u", weight=2.0) for i in range(260)]
+    pool += [Worker(id=f"m{i}", base_model="m", weight=rng.choice([0.5, 1.0, 3.0])) for i in range(260)]
+    adapters = [Adapter(name=f"a{i}", base_model=rng.choice(["u", "m"])) for i in range(150)]
+    rankings_ = Rankings(depth=6)
+    workers = pool[::2]
+    for step in range(6):
+        rankings_.sync(workers, adapters)
+        for a in adapters[::11]:
+            rankings_.full(a.name)
+        _check(rankings_, workers, adapters)
+        if step % 2:
+            workers = rng.sample(workers, len(workers) - rng.randint(1, 5))
+        else:
+            present = {w.id for w in workers}
+            workers = workers + rng.sample([w for w in pool if w.id not in present], rng.randint(1, 5))
