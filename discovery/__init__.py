@@ -15,6 +15,8 @@ etcd layer — discovery.etcd
     client.watch_prefix(key_prefix, resume: PrefixState | None = None) -> AsyncIterator[PrefixState]
         (full list first, then each change; resumes at revision + 1 after etcd restarts;
          re-lists with resync=True after compaction)
+    client.watch_changes(key_prefix, after=None) -> AsyncIterator[PrefixChange(revision, event, listing)]
+        (the same, without a copy of the whole prefix per event: for large prefixes)
     await client.close()
 
 registry — discovery.registry / discovery.records
@@ -33,9 +35,10 @@ election and stores — discovery.election / discovery.stores
     election.is_leader, election.leader_id, election.fence (Fence | None), election.changed (asyncio.Event),
     election.add_listener(fn); await election.resign()
     CatalogStore(client): put(record), get(name), delete(name) -> bool, list() -> dict, watch() -> dicts
-    PlacementStore(client): read() -> Placement | None, write(placement, election) -> revision
-        (one txn fenced by the leader key and the last-seen placement revision; NotLeader / FencingFailed),
-        write_fenced(placement, fence), watch() -> AsyncIterator[Placement]
+    PlacementStore(client, ops_per_txn=100, bytes_per_txn=512 KiB): read() -> Placement | None,
+        write(placement, election) -> revision (the changed sets in txns fenced by the leader key and the
+        last-seen header revision; NotLeader / FencingFailed), write_fenced(placement, fence),
+        watch() -> AsyncIterator[Placement] (complete epochs only), legacy (an older single document is there)
     DemandStore(client, ttl=10): publish(router_id, adapters: {name: Demand}, at=None) (leased per router),
         read_all() -> {router_id: DemandReport}, close(); sum_demand(reports) -> {name: Demand} (pure)
 
@@ -48,7 +51,9 @@ errors — discovery.errors: DiscoveryError > EtcdUnavailable, EtcdAuthFailed, L
 etcd key layout under the prefix (default /lora-router):
     workers/{worker_id}   leased WorkerRecord JSON, written by the registrar
     adapters/{name}       durable AdapterRecord JSON (the catalog)
-    placement             the one Placement JSON, written by the leader in a fenced transaction
+    placement/epoch       PlacementHeader JSON (epoch, computed_at, complete), written by the leader
+    placement/sets/{name} one ReplicaSet JSON per adapter, written by the leader in fenced transactions
+    placement             the single Placement document of older versions (read, then deleted)
     load/{router_id}      leased DemandReport JSON, one per router
     leader                election key: the leader's candidate id, under its lease
 """
