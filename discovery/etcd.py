@@ -52,6 +52,14 @@ FAST_RECONNECT = {
 }
 """Without these a restarted etcd is noticed only after 1-4.5 s of gRPC backoff."""
 
+CHANNEL_OPTIONS = {**FAST_RECONNECT, "grpc.max_receive_message_length": 64 * 2**20}
+"""gRPC refuses replies over 4 MiB by default; listings are paged (`RANGE_PAGE`), but one page of large worker
+records (each lists its cache entries) may still pass that."""
+
+RANGE_PAGE = 1000
+"""Keys per range request. A listing of 100,000 catalog entries (19 MB) in one reply is past any sane message
+limit; pages read at the first page's revision are one consistent snapshot."""
+
 
 AUTH_REFUSALS = re.compile(r"authentication failed|user name is empty|permission denied")
 STALE_TOKEN = "invalid auth token"
@@ -191,7 +199,7 @@ class EtcdClient:
         target, https = self._targets[self._index]
         tls = self._tls if self._tls is not None else (TlsConfig() if https else None)
         return _Channel(target, tls.credentials() if tls else None, username=self._user, password=self._password,
-                        timeout=self._timeout_s, options=FAST_RECONNECT)
+                        timeout=self._timeout_s, options=CHANNEL_OPTIONS)
 
     def full_key(self, key: str) -> bytes:
         return f"{self.prefix}/{key}".encode()
@@ -242,9 +250,27 @@ class EtcdClient:
         return None if got is None else self._kv(got)
 
     async def range(self, key_prefix: str) -> tuple[int, dict[str, KeyValue]]:
-        """Every key under `key_prefix` and the revision the read was taken at."""
-        got = await self.call(lambda c: c.get_prefix(self.full_key(key_prefix), sort_order="ascend"))
-        return got.header.revision, {kv.key: kv for kv in (self._kv(raw) for raw in got.kvs)}
+        """Every key under `key_prefix` and the revision the read was taken at, read `RANGE_PAGE` keys at a time."""
+        start = self.full_key(key_prefix)
+        end = aetcd.utils.prefix_range_end(start)
+        revision = 0
+        kvs: dict[str, KeyValue] = {}
+        while True:
+            async def page(c: aetcd.Client, start: bytes = start, revision: int = revision) -> aetcd.rpc.RangeResponse:
+                await c.connect()
+                request = aetcd.rpc.RangeRequest(key=start, range_end=end, limit=RANGE_PAGE, revision=revision,
+                                                 sort_order=aetcd.rpc.RangeRequest.ASCEND,
+                                                 sort_target=aetcd.rpc.RangeRequest.KEY)
+                return await c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata)
+
+            reply = await self.call(page)
+            revision = revision or reply.header.revision
+            for raw in reply.kvs:
+                kv = self._kv(raw)
+                kvs[kv.key] = kv
+            if not reply.more or not reply.kvs:
+                return revision, kvs
+            start = reply.kvs[-1].key + b"\x00"
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write one key; returns the revision of the write."""

@@ -33,6 +33,23 @@ async def test_keys_live_under_the_prefix_and_txn_compares(etcd: EmbeddedEtcd, c
         await other.close()
 
 
+async def test_a_listing_larger_than_a_grpc_message_is_read_whole_at_one_revision(clients: MakeClient) -> None:
+    """100,000 catalog entries are ~19 MB; one reply of that size was refused by gRPC (4 MiB) and a router
+    never finished starting. 2,500 keys of 2 KB (5 MB) here."""
+    client, writer = await clients(), await clients()
+    value = b"x" * 2000
+    for start in range(0, 2500, 100):
+        await client.txn([], [Put(f"big/{i:05d}", value) for i in range(start, start + 100)])
+    await client.put("big-sibling", b"not under big/")
+    revision, listed = await client.range("big/")
+    assert len(listed) == 2500 and sorted(listed) == [f"big/{i:05d}" for i in range(2500)]
+    assert all(kv.value == value for kv in listed.values())
+    await writer.put("big/00000", b"changed")
+    await writer.put("big/99999", b"new")
+    later, relisted = await client.range("big/")
+    assert later > revision and relisted["big/00000"].value == b"changed" and len(relisted) == 2501
+
+
 async def test_unreachable_etcd_is_etcd_unavailable(etcd: EmbeddedEtcd, clients: MakeClient) -> None:
     client = await clients()
     etcd.kill()
