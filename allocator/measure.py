@@ -21,6 +21,16 @@ def moved(before: Placement, after: Placement) -> int:
     return len(assignments(after) - assignments(before))
 
 
+def fair_share(placement: Placement, workers: Sequence[Worker], weight: float = 1.0) -> float:
+    """Assignments a worker of `weight` would hold if the placement's were spread evenly by weight.
+
+    Churn is read against it: a join's (placement and workers after the join) is what the newcomer
+    should receive; a leave's (before it) is what the leaving worker held on average.
+    """
+    total_weight = sum(w.weight for w in workers)
+    return len(assignments(placement)) * weight / total_weight if total_weight else 0.0
+
+
 def expected_loads(placement: Placement, workers: Iterable[Worker]) -> dict[str, float]:
     """Each worker's expected rps: every adapter's demand split evenly over its workers."""
     loads = {w.id: 0.0 for w in workers}

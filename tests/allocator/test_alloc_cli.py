@@ -60,17 +60,27 @@ def test_plan_refuses_negative_sizes() -> None:
 
 def test_allocator_benchmark_prints_figures_for_every_strategy() -> None:
     done = run_cli("bench.commands.allocator", "allocator", "--workers", "60", "--adapters", "600",
-                   "--repeats", "1", "--ticks", "12", "--json")
+                   "--repeats", "1", "--ticks", "12", "--seeds", "2", "--json")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     speed = figures["speed"]
     assert speed["adapters"] == 600 and speed["replicas_placed"] >= 600
     assert speed["full_s_median"] > 0 and speed["join_s_median"] > 0 and speed["peak_rss_mb"] > 0
+    assert speed["join_churn_per_fair"] > 0 and speed["join_imbalance"] <= 1.25 + 1e-9
+    sticky = figures["sticky"]
+    assert sticky["seeds"] == 2 and sticky["workers"] == 32 and sticky["adapters"] == 1000
+    for event in ("join", "leave"):
+        row = sticky[event]
+        assert 0 < row["churn_per_fair_mean"] <= row["churn_per_fair_max"]
+        assert row["imbalance_max"] <= 1 + sticky["epsilon"] + 1e-9
+        assert row["fresh_imbalance_max"] <= 1 + sticky["epsilon"] + 1e-9
+    assert sticky["leave"]["churn_per_held_mean"] > 0
     strategies = figures["comparison"]["strategies"]
     assert set(strategies) == {"allocator (sticky)", "allocator (no sticky)", "dynamo-style relative",
                                "ring + bounded loads", "random"}
     ours = strategies["allocator (sticky)"]
     assert ours["overflow_max"] == 0 and ours["moves_join"] > 0
     table = run_cli("bench.commands.allocator", "allocator", "--workers", "30", "--adapters", "100",
-                    "--repeats", "1", "--ticks", "11")
+                    "--repeats", "1", "--ticks", "11", "--seeds", "1")
     assert table.returncode == 0 and "dynamo-style relative" in table.stdout and "peak RSS" in table.stdout
+    assert "sticky re-plans" in table.stdout and "join (33)" in table.stdout and "leave (31)" in table.stdout
