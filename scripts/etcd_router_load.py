@@ -3,7 +3,10 @@
 etcd_steady_state.py measures registrations and demand reports with stand-in routers; this one runs the
 real thing: an embedded etcd, simulated workers with their registrars, R `lora-router serve` processes
 and a steady stream of completions spread over A adapters. After the fleet settles it reads etcd's own
-/metrics and the placement document's version twice, `--window` seconds apart, and prints the rates.
+/metrics twice, `--window` seconds apart, and meanwhile watches every key of the fleet, so each write is
+put down to its writer by its key: each router's demand report, the leader's placement, the registrars'
+worker records, the catalog. At the end it reads etcd's database size (compaction on: the embedded etcd
+keeps an hour of history).
 Usage: .venv/bin/python scripts/etcd_router_load.py [--routers 2 --workers 3 --adapters 10 --rps 20]
 """
 
@@ -19,16 +22,35 @@ from pathlib import Path
 import aiohttp
 from etcd_steady_state import scrape
 
+from bench.commands.scale import etcd_db_mb as db_mb
 from discovery.etcd import EtcdClient
 from discovery.stores import PLACEMENT
 from router.localfleet import LocalFleet
 
 
-async def _placement_version(endpoint: str) -> int:
+def writer(key: str) -> str:
+    """Who writes a key of the fleet (docs/design.md, etcd key layout)."""
+    if key.startswith("load/"):
+        return "demand report of " + key.removeprefix("load/")
+    if key.startswith(PLACEMENT):
+        return "placement (the leader)"
+    return {"workers": "worker records (registrars)", "adapters": "catalog", "leader": "election"}.get(
+        key.partition("/")[0], "other")
+
+
+async def _tap(endpoint: str, writes: dict[str, list[int]], stop: asyncio.Event) -> None:
+    """Count each writer's puts and bytes (key + value) until `stop`."""
     client = await EtcdClient.connect([endpoint])
     try:
-        kv = await client.get(PLACEMENT)
-        return 0 if kv is None else kv.version
+        changes = client.watch_changes("", after=await client.revision())
+        async for change in changes:
+            if stop.is_set():
+                break
+            event = change.event
+            if event is not None and event.kv is not None:
+                count = writes.setdefault(writer(event.key), [0, 0])
+                count[0] += 1
+                count[1] += len(event.key) + len(event.kv.value)
     finally:
         await client.close()
 
@@ -62,18 +84,26 @@ async def measure(endpoint: str, routers: list[str], adapters: list[str], rps: f
     stop = asyncio.Event()
     traffic = asyncio.create_task(_traffic(routers, adapters, rps, stop))
     await asyncio.sleep(settle_s)
-    before, version0, t0 = scrape(endpoint), await _placement_version(endpoint), time.monotonic()
+    writes: dict[str, list[int]] = {}
+    tapped = asyncio.Event()
+    tap = asyncio.create_task(_tap(endpoint, writes, tapped))
+    before, t0 = scrape(endpoint), time.monotonic()
     await asyncio.sleep(window_s)
-    after, version1, t1 = scrape(endpoint), await _placement_version(endpoint), time.monotonic()
+    after, t1 = scrape(endpoint), time.monotonic()
+    tapped.set()
+    tap.cancel()
     stop.set()
     answered = await traffic
+    await asyncio.gather(tap, return_exceptions=True)
     rate = {k: (after[k] - before[k]) / (t1 - t0) for k in before}
     print(f"steady workload: {len(routers)} routers, {len(adapters)} adapters, {rps:g} req/s "
           f"({answered} answered 200), window {t1 - t0:.1f}s")
     print(f"  etcd writes/s (raft proposals)  {rate['raft proposals committed']:8.2f}")
-    print(f"  placement writes/s              {(version1 - version0) / (t1 - t0):8.2f}")
     print(f"  client bytes/s received by etcd {rate['client bytes received']:8.0f}")
     print(f"  client bytes/s sent by etcd     {rate['client bytes sent']:8.0f}")
+    print(f"  etcd database                   {db_mb(endpoint):8.2f} MB")
+    for name, (puts, size) in sorted(writes.items()):
+        print(f"  {name:<38} {puts / (t1 - t0):7.2f} puts/s {size / (t1 - t0):9.0f} B/s")
 
 
 def main() -> None:
