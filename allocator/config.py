@@ -109,7 +109,9 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     default_slots: Annotated[int, Meta(ge=1)] = 8
     """Slot capacity for a worker that does not announce one."""
     sticky: bool = True
-    """Keep a current holder while it stays in the adapter's top replicas + sticky_k (or lower, while fewer better workers could take it) and within (1 + epsilon) x the mean; new assignments leave room for one more worker, so a join moves about its fair share."""
+    """Keep a current holder while it stays in the adapter's top replicas + sticky_k (or lower, while fewer
+    better workers could take it) and within (1 + epsilon) x the mean; new assignments leave room for one more
+    worker, so a join moves about its fair share."""
     sticky_k: Count = 2
     """How many ranks past its replica count a current holder may fall and keep the adapter (with `sticky`)."""
     rise_tau_s: NonNegative = 0.0
