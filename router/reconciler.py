@@ -20,7 +20,9 @@ harm. An agent does its worker's calls one at a time (a slow or dead worker
 delays nobody else; loads never race on one worker), at most
 `control.worker_ops_per_s` of them, and lists the worker's /v1/models every
 `control.reconcile_s` and at once when its instance changes (a restart loses
-every runtime-loaded adapter). A failed load is retried with jittered
+every runtime-loaded adapter); a worker that does not answer is listed again
+with backoff, up to `control.retry_max_s` apart (a fleet of 10,000 workers
+that cannot be reached was 2,000 failing calls a second from every router). A failed load is retried with jittered
 exponential backoff: up to `control.retry_max_s` apart when the worker did not
 answer, up to `control.failed_retry_max_s` when it refused the adapter (its
 files may appear later). A load counts once the listing shows it; an
@@ -254,8 +256,14 @@ class Reconciler:
         self.passes += 1
         now = self._clock()
         if now >= book.list_at:
-            book.list_at = now + self._live.config.control.reconcile_s
-            await self._list(agent, view)
+            control = self._live.config.control
+            book.list_at = now + control.reconcile_s
+            if await self._list(agent, view) is None:
+                book.list_failures += 1
+                book.list_at = now + max(control.reconcile_s, backoff_delay(
+                    book.list_failures, control.reconcile_s, control.retry_max_s, self._rng))
+            else:
+                book.list_failures = 0
             if not self._current(agent, view, book):
                 return
         desired = self._desired(agent.worker_id)

@@ -142,7 +142,7 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
 class WorkerBook:
     """What the reconciler remembers about one worker instance; a restarted worker gets a fresh book."""
 
-    __slots__ = ("draining_since", "failed_for", "failures", "list_at", "next_op_at", "retry_at")
+    __slots__ = ("draining_since", "failed_for", "failures", "list_at", "list_failures", "next_op_at", "retry_at")
 
     def __init__(self) -> None:
         self.failures: dict[str, Failure] = {}
@@ -152,6 +152,8 @@ class WorkerBook:
         self.draining_since: dict[str, float] = {}
         self.next_op_at = 0.0
         self.list_at = 0.0
+        self.list_failures = 0
+        """Listings in a row the worker did not answer: the next one waits longer."""
 
     def may_try(self, adapter: str, now: float, key: tuple[str, str]) -> bool:
         """False while a backoff runs; a permanent failure for another source or config is forgotten.

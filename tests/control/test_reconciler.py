@@ -266,3 +266,28 @@ async def test_loads_on_one_worker_are_rate_limited(
 
 async def _holds_all(http: aiohttp.ClientSession, url: str, names: set[str]) -> bool:
     return names <= await held(http, url)
+
+
+async def test_a_worker_that_does_not_answer_is_listed_again_with_backoff(harness: Callable) -> None:
+    """10,000 unreachable workers were 2,000 failing listings a second from every router (every
+    `reconcile_s`), enough to starve its event loop; a worker that does not answer is now asked less often."""
+    attempts: list[float] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await harness([f"http://127.0.0.1:{port}"], control={"reconcile_s": 0.1, "retry_max_s": 5.0})
+        await until(lambda: _at_least(attempts, 11), 30, "six listings of the worker that does not answer")
+    finally:
+        server.close()
+    listings = [t for i, t in enumerate(attempts) if i == 0 or t - attempts[i - 1] > 0.05]  # one try may connect twice
+    # every 0.1 s, 5 more listings take 0.5 s; with backoff (x2 each time, jitter 0.5-1.5) at least 1.6 s
+    assert len(listings) >= 6 and listings[5] - listings[0] > 1.2, [round(t - attempts[0], 2) for t in attempts]
+
+
+async def _at_least(items: list[float], n: int) -> bool:
+    return len(items) >= n
