@@ -150,6 +150,8 @@ class ControlLoop:
             self._etcd_failed("reading demand", exc)
             return
         loaded, state = self._live.loaded, self._state
+        if not (state.catalog_known and state.membership_known):
+            return
         if self._catalog is not None and loaded.version != self._declared_version:
             self._declared_version = loaded.version
             try:

@@ -106,6 +106,11 @@ class FleetState:
         self.placement = Placement()
         self.placement_known = False
         """A placement arrived (even an empty one): until then the router is not ready."""
+        self.catalog_known = False
+        self.membership_known = False
+        """The catalog's and the membership's first listing arrived: until both have, a placement computed
+        here would be computed from nothing (at 100,000 adapters the first listing takes seconds), and
+        written it would drop every replica set."""
         self.rules = rules or HealthRules()
         self.prefix_rules = prefix or PrefixRules()
         self.membership_revision = 0
@@ -142,6 +147,7 @@ class FleetState:
                 return self._membership(event)
             case CatalogChanged():
                 self.catalog = dict(event.adapters)
+                self.catalog_known = True
             case AdapterWritten():
                 self.catalog[event.record.name] = event.record
             case AdapterDeleted():
@@ -202,6 +208,7 @@ class FleetState:
 
     # -- membership ------------------------------------------------------
     def _membership(self, event: MembershipChanged) -> Effect:
+        self.membership_known = True
         records = event.workers
         added = tuple(wid for wid in records if wid not in self.workers)
         removed = tuple(wid for wid in self.workers if wid not in records)

@@ -35,11 +35,13 @@ WORKERS = {f"w{i}": WorkerRecord(id=f"w{i}", url=f"http://127.0.0.1:{9 + i}", ba
 class Router:
     """One router's control plane: its state, stores, election and control loop, with the watchers it needs."""
 
-    def __init__(self, name: str, config: LoadedConfig, catalog: dict[str, AdapterRecord], client: EtcdClient) -> None:
+    def __init__(self, name: str, config: LoadedConfig, catalog: dict[str, AdapterRecord] | None,
+                 client: EtcdClient) -> None:
         self.name = name
         self.live = LiveConfig(config)
         self.state = FleetState()
-        self.state.apply(CatalogChanged(catalog))
+        if catalog is not None:
+            self.state.apply(CatalogChanged(catalog))
         self.demand = DemandCounter()
         self.client = client
         self.placements = PlacementStore(client)
@@ -157,6 +159,26 @@ async def test_one_leader_places_with_demand_summed_over_routers(routers: Callab
             await a.stop()
     await until(lambda: _at(first, "hot", 1), 15, "back to one replica after the cooldown")
     assert follower.control.placements_written == 0, "only the leader writes the placement"
+
+
+async def test_a_leader_places_nothing_before_its_catalog_has_been_listed(etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """At 100,000 adapters the catalog's first listing takes seconds; a leader that placed meanwhile wrote
+    an empty placement, and every router began unloading every adapter."""
+    config = load_config(_write_config(tmp_path / "router.yaml"))
+    router = Router("r0", config, None, await EtcdClient.connect([etcd.endpoint])).start()
+    try:
+        await until(lambda: _leads(router), 10, "leadership")
+        ticks = router.control.ticks
+        await until(lambda: _ticked(router, ticks + 3), 10, "three control ticks as leader")
+        assert await _stored(router) is None, "a placement computed from a catalog not listed yet"
+        router.state.apply(CatalogChanged({"hot": AdapterRecord(name="hot", source="/adapters/hot", base_model=BASE)}))
+        await until(lambda: _replicas(router, "hot"), 10, "a placement once the catalog is known")
+    finally:
+        await router.crash()
+
+
+async def _ticked(router: Router, n: int) -> bool:
+    return router.control.ticks >= n
 
 
 async def _at(router: Router, name: str, n: int) -> bool:
