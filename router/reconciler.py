@@ -60,13 +60,17 @@ from router.core.reconcile_plan import (
 )
 from router.core.records import AdapterRecord
 from router.live import LiveConfig
-from router.metrics import RouterMetrics
+from router.metrics import OVERFLOW, RouterMetrics
 from router.workers import AdapterRejected, WorkerCallFailed, WorkerClient
 
 log = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.05
 NO_WORK = WorkerWork()
+
+
+LISTINGS_PER_S = 200.0
+"""At most this many periodic /v1/models listings a second per router (see `Reconciler._list_period`)."""
 
 
 class _Agent:
@@ -257,7 +261,7 @@ class Reconciler:
         now = self._clock()
         if now >= book.list_at:
             control = self._live.config.control
-            book.list_at = now + control.reconcile_s
+            book.list_at = now + self._list_period(control.reconcile_s)
             if await self._list(agent, view) is None:
                 book.list_failures += 1
                 book.list_at = now + max(control.reconcile_s, backoff_delay(
@@ -298,6 +302,15 @@ class Reconciler:
             if not self._current(agent, view, book):
                 return
         await self._finish_drains(agent, view, book)
+
+    def _list_period(self, reconcile_s: float) -> float:
+        """Seconds between two listings of one worker: `reconcile_s`, stretched so that this router lists at
+        most `LISTINGS_PER_S` workers a second (10,000 workers every 5 s were 2,000 calls a second from each
+        router, its whole CPU). Loads, restarts and lost adapters are seen at once all the same: a load is
+        confirmed by its own listing, and a new instance id lists the worker at once."""
+        stretched = len(self._agents) / LISTINGS_PER_S
+        # jittered, so that the listings of a fleet started at once spread instead of coming back together
+        return reconcile_s if stretched <= reconcile_s else stretched * (0.5 + self._rng.random())
 
     def _key(self, record: AdapterRecord) -> tuple[str, str]:
         return record.source, self._live.loaded.version
@@ -413,19 +426,21 @@ class Reconciler:
         state, metrics = self._state, self._metrics
         now = self._clock()
         unmet: dict[tuple[str, str], float] = {}
-        labels = {metrics.adapter(name) for name in state.placement.replica_sets}
+        labels: set[str] = set()
+        for name, replica_set in state.placement.replica_sets.items():
+            holders = state.holders(name)
+            label = metrics.adapter(name)
+            if label != OVERFLOW:  # past the label cap one series would show some adapter's value, at 2 calls each
+                labels.add(label)
+                metrics.replicas_desired.labels(label).set(len(replica_set.workers))
+                metrics.replicas_holding.labels(label).set(len(holders))
+            for worker in replica_set.workers:
+                if worker not in holders and worker in state.workers:
+                    unmet[(worker, name)] = self._unmet_since.get((worker, name), now)
         for label in self._labels - labels:
             metrics.forget(metrics.replicas_desired, label)
             metrics.forget(metrics.replicas_holding, label)
         self._labels = labels
-        for name, replica_set in state.placement.replica_sets.items():
-            label = metrics.adapter(name)
-            metrics.replicas_desired.labels(label).set(len(replica_set.workers))
-            holders = state.holders(name)
-            metrics.replicas_holding.labels(label).set(len(holders))
-            for worker in replica_set.workers:
-                if worker not in holders and worker in state.workers:
-                    unmet[(worker, name)] = self._unmet_since.get((worker, name), now)
         self._unmet_since = unmet
         metrics.reconcile_lag.set(now - min(unmet.values(), default=now))
         failed_names = [r.name for r in state.catalog.values() if r.failed is not None]
