@@ -261,11 +261,12 @@ class Reconciler:
         now = self._clock()
         if now >= book.list_at:
             control = self._live.config.control
-            book.list_at = now + self._list_period(control.reconcile_s)
+            period = self._list_period(control.reconcile_s)
+            book.list_at = now + period
             if await self._list(agent, view) is None:
                 book.list_failures += 1
-                book.list_at = now + max(control.reconcile_s, backoff_delay(
-                    book.list_failures, control.reconcile_s, control.retry_max_s, self._rng))
+                book.list_at = now + max(period, backoff_delay(book.list_failures, control.reconcile_s,
+                                                               control.retry_max_s, self._rng))
             else:
                 book.list_failures = 0
             if not self._current(agent, view, book):
