@@ -69,12 +69,14 @@ DRAIN_POLL_S = 0.05
 NO_WORK = WorkerWork()
 
 
+_NONE: frozenset[str] = frozenset()
+
 LISTINGS_PER_S = 200.0
 """At most this many periodic /v1/models listings a second per router (see `Reconciler._list_period`)."""
 
 
 class _Agent:
-    __slots__ = ("book", "instance", "list_error", "loaded_from", "loading", "task", "wake", "worker_id")
+    __slots__ = ("book", "desired", "instance", "list_error", "loaded_from", "loading", "task", "wake", "worker_id")
 
     def __init__(self, worker_id: str, instance: str) -> None:
         self.worker_id = worker_id
@@ -86,6 +88,8 @@ class _Agent:
         self.loading: set[str] = set()
         self.loaded_from: dict[str, str] = {}
         """adapter -> the source it was loaded from, so a catalog change re-loads it in place."""
+        self.desired: frozenset[str] | None = None
+        """The adapters the placement wanted here as of this agent's last pass (None: no pass yet)."""
 
     def restart(self, instance: str) -> None:
         self.instance = instance
@@ -120,6 +124,8 @@ class Reconciler:
         self._work: dict[str, WorkerWork] = {}
         """The latest plan round's work per worker: a level each agent pass reads, not a queue it drains."""
         self._index: DesiredIndex | None = None
+        self._woken_for: tuple[int, str] | None = None
+        """(catalog version, config version) as of the last round that woke every agent."""
         """The placement indexed once for the many plan rounds against it (one after every finished load)."""
         self._unmet_since: dict[tuple[str, str], float] = {}
         self._idle_since: dict[tuple[str, str], float] = {}
@@ -184,8 +190,18 @@ class Reconciler:
                           idle_grace_s(control.tick_s, control.reconcile_s),
                           placement_stale=self._placement_stale())
         self._work = work
-        for agent in self._agents.values():
-            agent.wake.set()
+        self._wake_agents(work)
+
+    def _wake_agents(self, work: Mapping[str, WorkerWork]) -> None:
+        """Wake the agents a round gives something to do: work of their own, a changed desired set (a drain
+        to cancel), or, after a catalog or config change, a source to re-check. Why not all: at 10,000
+        workers a round that woke every agent cost 10,000 passes, most of them finding nothing."""
+        everyone = (self._state.catalog_version, self._live.loaded.version) != self._woken_for
+        self._woken_for = (self._state.catalog_version, self._live.loaded.version)
+        on = self._placement_index().on
+        for worker_id, agent in self._agents.items():
+            if everyone or worker_id in work or on.get(worker_id, _NONE) != agent.desired:
+                agent.wake.set()
 
     def _placement_index(self) -> DesiredIndex:
         placement = self._state.placement
@@ -271,7 +287,7 @@ class Reconciler:
                 book.list_failures = 0
             if not self._current(agent, view, book):
                 return
-        desired = self._desired(agent.worker_id)
+        desired = agent.desired = self._desired(agent.worker_id)
         for name in sorted(desired & view.draining):
             state.apply(DrainCancelled(agent.worker_id, name))
             book.draining_since.pop(name, None)

@@ -106,6 +106,8 @@ class FleetState:
         self.placement = Placement()
         self.placement_known = False
         """A placement arrived (even an empty one): until then the router is not ready."""
+        self.catalog_version = 0
+        """Counts catalog changes: a reconciler re-checks every worker's sources only when it moved."""
         self.catalog_known = False
         self.membership_known = False
         """The catalog's and the membership's first listing arrived: until both have, a placement computed
@@ -148,10 +150,13 @@ class FleetState:
             case CatalogChanged():
                 self.catalog = dict(event.adapters)
                 self.catalog_known = True
+                self.catalog_version += 1
             case AdapterWritten():
                 self.catalog[event.record.name] = event.record
+                self.catalog_version += 1
             case AdapterDeleted():
                 self.catalog.pop(event.name, None)
+                self.catalog_version += 1
             case PlacementChanged():
                 self.placement = event.placement
                 self.placement_known = True
