@@ -54,6 +54,6 @@ etcd key layout under the prefix (default /lora-router):
     placement/epoch       PlacementHeader JSON (epoch, computed_at, complete), written by the leader
     placement/sets/{name} one ReplicaSet JSON per adapter, written by the leader in fenced transactions
     placement             the single Placement document of older versions (read, then deleted)
-    load/{router_id}      leased DemandReport JSON, one per router
+    load/{router_id}[/k]  leased DemandReport JSON per router, cut into chunks of 2,000 adapters
     leader                election key: the leader's candidate id, under its lease
 """

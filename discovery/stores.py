@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 import msgspec
+import xxhash
 
 from allocator.model import Demand, Placement, ReplicaSet
 from discovery.election import Fence, LeaderElection
@@ -291,29 +292,59 @@ class _PlacementView:
 
 
 class DemandStore:
-    """Per-router demand reports under one lease per router (created on the first publish)."""
+    """Per-router demand reports under one lease per router (created on the first publish).
+
+    A report is cut into chunks of at most `CHUNK_ADAPTERS` adapters, by a hash of the name: the first
+    under `load/{router_id}`, the others under `load/{router_id}/{k}`. Why: one router seeing traffic for
+    100,000 adapters reports ~4 MB, past etcd's 1.5 MiB request limit, and every publish failed. Estimates
+    go out rounded to three significant digits, and a chunk whose rounded estimates did not change since
+    this router last wrote it is not written again (an idle fleet's decayed estimates stop changing).
+    """
 
     def __init__(self, client: EtcdClient, ttl: int = 10) -> None:
         self._client = client
         self._ttl = ttl
         self._lease: Lease | None = None
         self._warned: set[tuple[str, int]] = set()
+        self._written: dict[str, dict[str, Demand]] = {}
+        """key -> the rounded estimates last written there (under the current lease)."""
 
     async def publish(self, router_id: str, adapters: Mapping[str, Demand], at: float | None = None) -> None:
         """Replace this router's report; it vanishes `ttl` seconds after this router stops refreshing."""
         if self._lease is None:
             self._lease = await self._client.lease(self._ttl).start()
-        report = DemandReport(router_id=router_id, at=time.time() if at is None else at, adapters=dict(adapters))
-        await self._lease.put(LOAD + router_id, encode(report))
+            self._written = {}
+        lease = self._lease
+        when = time.time() if at is None else at
+        chunks = _chunks({name: Demand(rps=_rounded(d.rps), inflight=_rounded(d.inflight))
+                          for name, d in adapters.items()})
+        keys = [LOAD + router_id + (f"/{k}" if k else "") for k in range(len(chunks))]
+        for key, chunk in zip(keys, chunks, strict=True):
+            if self._written.get(key) != chunk or key not in lease.owned:
+                await lease.put(key, encode(DemandReport(router_id=router_id, at=when, adapters=chunk)))
+                self._written[key] = chunk
+        for key in [k for k in self._written if k not in keys]:
+            await lease.release(key)
+            del self._written[key]
 
     async def read_all(self) -> dict[str, DemandReport]:
-        """Every live router's report, by router id."""
+        """Every live router's report, by router id (its chunks put back together)."""
         _, kvs = await self._client.range(LOAD)
         reports: dict[str, DemandReport] = {}
         for key in sorted(kvs):
             report = _decoded(kvs[key], DemandReport, self._warned)
-            if isinstance(report, DemandReport) and key == LOAD + report.router_id:
+            if not isinstance(report, DemandReport):
+                continue
+            own = LOAD + report.router_id
+            chunk = key.removeprefix(own + "/")
+            if key != own and not (key.startswith(own + "/") and chunk.isdigit()):
+                continue  # another router's key, or not a report
+            have = reports.get(report.router_id)
+            if have is None:
                 reports[report.router_id] = report
+            else:
+                reports[report.router_id] = DemandReport(router_id=have.router_id, at=max(have.at, report.at),
+                                                         adapters={**have.adapters, **report.adapters})
         return reports
 
     async def close(self) -> None:
@@ -321,6 +352,26 @@ class DemandStore:
         if self._lease is not None:
             lease, self._lease = self._lease, None
             await lease.revoke()
+
+
+CHUNK_ADAPTERS = 2000
+"""Adapters per demand-report key: about 100 KB, well under etcd's request limit."""
+
+
+def _rounded(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def _chunks(adapters: Mapping[str, Demand]) -> list[dict[str, Demand]]:
+    """The report cut by name hash into as few chunks as hold `CHUNK_ADAPTERS` each (a power of two, so
+    that a growing report re-cuts rarely); always at least one, so that an empty report is written too."""
+    count = 1
+    while count * CHUNK_ADAPTERS < len(adapters):
+        count *= 2
+    chunks: list[dict[str, Demand]] = [{} for _ in range(count)]
+    for name in sorted(adapters):
+        chunks[xxhash.xxh64_intdigest(name.encode()) % count if count > 1 else 0][name] = adapters[name]
+    return chunks
 
 
 def sum_demand(reports: Mapping[str, DemandReport]) -> dict[str, Demand]:

@@ -81,7 +81,8 @@ class AdapterRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DemandReport(msgspec.Struct, frozen=True, kw_only=True):
-    """One router's smoothed demand, under the leased key load/{router_id}."""
+    """One router's smoothed demand, under the leased key load/{router_id}; a large one is cut into chunks,
+    the others under load/{router_id}/{k} (discovery.stores.DemandStore). `at`: when the chunk was written."""
 
     router_id: str
     at: float

@@ -141,3 +141,28 @@ async def test_placement_watch_skips_malformed_documents(clients: MakeClient) ->
         assert await asyncio.wait_for(waiting, 5) == placement
     finally:
         await stream.aclose()
+
+
+async def test_a_report_of_50000_adapters_is_published_in_chunks_and_read_back_whole(clients: MakeClient) -> None:
+    """One router's demand for 100,000 adapters was one value of ~4 MB, past etcd's 1.5 MiB request limit:
+    every publish failed and the leader placed without that router's demand."""
+    client = await clients()
+    store = DemandStore(client)
+    adapters = {f"adapter-{i:06d}": Demand(rps=1.0 / (i + 1), inflight=float(i % 3)) for i in range(50000)}
+    await store.publish("r1", adapters, at=1.0)
+    report = (await DemandStore(client).read_all())["r1"]
+    assert len(report.adapters) == 50000
+    assert report.adapters["adapter-000002"] == Demand(rps=0.333, inflight=2.0), "three significant digits"
+    _, kvs = await client.range("load/")
+    assert len(kvs) > 1 and max(len(kv.value) for kv in kvs.values()) < 512 * 1024
+    revisions = {k: kv.mod_revision for k, kv in kvs.items()}
+
+    await store.publish("r1", {**adapters, "adapter-000000": Demand(rps=2.0)}, at=2.0)
+    _, kvs = await client.range("load/")
+    assert sum(kv.mod_revision != revisions[k] for k, kv in kvs.items()) == 1, "only the chunk that changed"
+
+    await store.publish("r1", {"only": Demand(rps=1.0)}, at=3.0)
+    _, kvs = await client.range("load/")
+    assert list(kvs) == ["load/r1"], "chunks no longer needed are deleted"
+    assert (await DemandStore(client).read_all())["r1"].adapters == {"only": Demand(rps=1.0)}
+    await store.close()
