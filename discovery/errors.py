@@ -36,7 +36,7 @@ class NotLeader(DiscoveryError):
 
 
 class FencingFailed(NotLeader):
-    """A fenced write was refused: the leader key or the document changed since this writer last saw it."""
+    """A fenced write was refused: the leader key or the placement header changed since this writer last saw it."""
 
 
 class MalformedRecord(DiscoveryError):

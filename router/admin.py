@@ -112,7 +112,7 @@ class LoraView(msgspec.Struct):
     holders: list[str]
     draining: list[str]
     demand_rps: float
-    """Smoothed requests/s for it through this router (the placement document carries no demand)."""
+    """Smoothed requests/s for it through this router (the placement in etcd carries no demand)."""
     inflight: int
     """Requests for it in flight through this router."""
     failures: dict[str, Failure] = {}
