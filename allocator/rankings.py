@@ -8,11 +8,16 @@ when one leaves, removing it from the rows that list it leaves an exact, one
 shorter prefix. So a membership change costs a few thousand hashes instead of
 adapters x workers. Every answer equals a from-scratch computation: worker
 indices are internal, decisions compare (score, worker id) only.
+
+The rows are also kept as arrays (`table`), copied row by row as rows change,
+for a caller that works on all adapters at once: reading 100,000 lists each
+re-plan cost more than the re-plan's own work.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -53,18 +58,86 @@ class _Class:
         self.weights = weights[self.idx] if idx else np.empty(0, dtype=np.float64)
         low, high = UNIFORM_WEIGHTS
         self.uniform = bool(idx) and low < self.weights[0] < high and bool(np.all(self.weights == self.weights[0]))
-        by_id = sorted(range(len(idx)), key=lambda i: ids[idx[i]])
+        by_id = sorted(range(len(idx)), key=[ids[i] for i in idx].__getitem__)
         self.id_order = np.empty(len(idx), dtype=np.int64)
         self.id_order[by_id] = np.arange(len(idx))
 
 
 class _Row:
-    __slots__ = ("complete", "idx", "scores")
+    __slots__ = ("complete", "idx", "scores", "where")
 
     def __init__(self, idx: list[int], scores: list[float], complete: bool) -> None:
         self.idx = idx
         self.scores = scores
         self.complete = complete
+        self.where: np.ndarray | None = None
+        """Full rankings only: worker index -> rank (-1: not in it), so a rank is one lookup
+        and not a scan of thousands of entries."""
+
+    def index_workers(self, size: int) -> None:
+        self.where = np.full(size, -1, dtype=np.int64)
+        self.where[self.idx] = np.arange(len(self.idx))
+
+
+class PrefixTable:
+    """Every adapter's row as arrays, aligned with the adapters of the last `sync`: what a caller
+    vectorising over all adapters reads instead of 100,000 lists.
+
+    `idx[j, :length[j]]` is row j's prefix (worker indices, best first), -1 beyond; `floor[j]`
+    the score a new worker must reach to enter row j (-inf when the row lists every candidate
+    or none).
+    """
+
+    __slots__ = ("complete", "floor", "idx", "length")
+
+    def __init__(self, n: int, depth: int) -> None:
+        self.idx = np.full((n, depth), -1, dtype=np.int64)
+        self.length = np.zeros(n, dtype=np.int64)
+        self.complete = np.zeros(n, dtype=bool)
+        self.floor = np.full(n, -np.inf)
+
+    @classmethod
+    def build(cls, rows: Sequence[_Row | None], depth: int) -> PrefixTable:
+        table = cls(len(rows), depth)
+        present = [r for r in rows if r is not None]
+        has = np.fromiter((r is not None for r in rows), dtype=bool, count=len(rows))
+        lengths = np.fromiter((len(r.idx) for r in present), dtype=np.int64, count=len(present))
+        table.length[has] = lengths
+        table.complete[has] = np.fromiter((r.complete for r in present), dtype=bool, count=len(present))
+        table.floor[has] = np.fromiter((-np.inf if r.complete or not r.idx else r.scores[-1] for r in present),
+                                       dtype=np.float64, count=len(present))
+        flat = np.fromiter(itertools.chain.from_iterable(r.idx for r in present), dtype=np.int64,
+                           count=int(lengths.sum()))
+        table.idx[np.arange(depth) < table.length[:, None]] = flat
+        return table
+
+    def take(self, rows: np.ndarray) -> PrefixTable:
+        """The table of `rows` (-1: an empty row)."""
+        out = PrefixTable(len(rows), self.idx.shape[1])
+        found = rows >= 0
+        out.idx[found], out.length[found] = self.idx[rows[found]], self.length[rows[found]]
+        out.complete[found], out.floor[found] = self.complete[rows[found]], self.floor[rows[found]]
+        return out
+
+    def write(self, j: int, row: _Row | None) -> None:
+        n = len(row.idx) if row is not None else 0
+        if row is not None:
+            self.idx[j, :n] = row.idx
+        self.idx[j, n:] = -1
+        self.length[j] = n
+        self.complete[j] = row is not None and row.complete
+        self.floor[j] = -np.inf if row is None or row.complete or not n else row.scores[-1]
+
+
+class _Group:
+    """The adapters of one candidate class: names, HRW states and table rows, per catalog."""
+
+    __slots__ = ("at", "names", "states")
+
+    def __init__(self, names: list[str], states: np.ndarray, at: np.ndarray) -> None:
+        self.names = names
+        self.states = states
+        self.at = at
 
 
 class Rankings:
@@ -83,10 +156,15 @@ class Rankings:
         self._classes: dict[tuple[str, int], _Class] = {}
         self._adapters: dict[str, Adapter] = {}
         self._adapter_list: list[Adapter] = []
-        self._grouped: dict[tuple[str, int], list[str]] | None = None
+        self._grouped: dict[tuple[str, int], _Group] | None = None
         self._states: dict[str, int] = {}
         self._rows: dict[str, _Row] = {}
         self._full: dict[str, _Row] = {}
+        self._order: dict[str, int] = {}
+        """Adapter name -> its row in the table (the order of the last sync's adapters)."""
+        self._table = PrefixTable(0, self.depth)
+        self._dirty: set[str] = set()
+        """Adapters whose row changed since the table last copied it."""
 
     @property
     def positions(self) -> Mapping[str, int]:
@@ -103,8 +181,9 @@ class Rankings:
     def sync(self, workers: Sequence[Worker], adapters: Sequence[Adapter]) -> None:
         """Bring the rows up to date with this membership and catalog."""
         new = {w.id: w for w in workers}
+        known = self.workers
         dropped = {i for wid, i in self._idx.items()
-                   if wid not in new or _identity(new[wid]) != _identity(self.workers[i])}
+                   if (w := new.get(wid)) is None or (w is not known[i] and _identity(w) != _identity(known[i]))}
         for i in dropped:
             del self._idx[self.ids[i]]
             self.workers[i] = None
@@ -135,6 +214,7 @@ class Rankings:
         return cls
 
     def _sync_adapters(self, adapters: Sequence[Adapter], dropped: set[int], added: list[int]) -> None:
+        fresh: list[Adapter] = []
         if list(adapters) != self._adapter_list:
             self._adapter_list, self._grouped = list(adapters), None
             wanted = {a.name: a for a in adapters}
@@ -146,46 +226,99 @@ class Rankings:
             for a, state in zip(fresh, states, strict=True):
                 self._adapters[a.name] = a
                 self._states[a.name] = state
-        stale = [a for n, a in self._adapters.items() if n not in self._rows]
+            self._reorder(fresh)
+        stale = list(fresh)  # the only adapters without a row
         if dropped:
             for row in self._full.values():
                 _remove(row, dropped)
-            for name, row in self._rows.items():
-                if not dropped.isdisjoint(row.idx):
-                    _remove(row, dropped)
-                    if not row.complete and len(row.idx) < self.depth // 2:
-                        stale.append(self._adapters[name])
-        if added:
-            self._insert(added)
+            for name in self._holding(dropped):
+                row = self._rows[name]
+                _remove(row, dropped)
+                self._dirty.add(name)
+                if not row.complete and len(row.idx) < self.depth // 2:
+                    stale.append(self._adapters[name])
+        if added and self._rows:  # (before the first rows exist, every adapter is fresh)
+            self._insert(added, {a.name for a in fresh})
         self._compute(stale)
 
-    def _insert(self, added: list[int]) -> None:
+    def _reorder(self, fresh: list[Adapter]) -> None:
+        """Align the table with a new catalog: rows it already holds move, fresh adapters' are marked."""
+        names = [a.name for a in self._adapter_list]
+        old = self._order
+        self._order = {name: j for j, name in enumerate(names)}
+        self._table = self._table.take(np.fromiter((old.get(name, -1) for name in names), dtype=np.int64,
+                                                   count=len(names)))
+        self._dirty.update(a.name for a in fresh)
+
+    def table(self) -> PrefixTable:
+        """The rows as arrays, aligned with the adapters of the last sync (read only)."""
+        if len(self._dirty) > len(self._order) // 8:  # many changed rows: one bulk copy is faster
+            self._table = PrefixTable.build([self._rows.get(a.name) for a in self._adapter_list], self.depth)
+        else:
+            order, rows, table = self._order, self._rows, self._table
+            for name in self._dirty:
+                j = order.get(name)
+                if j is not None:
+                    table.write(j, rows.get(name))
+        self._dirty = set()
+        return self._table
+
+    def _holding(self, dropped: set[int]) -> list[str]:
+        """The adapters whose row lists a dropped worker."""
+        idx = self.table().idx
+        if len(dropped) <= 4:  # one compare per entry and worker is faster than one lookup per entry
+            first, *others = dropped
+            hit = idx == first
+            for i in others:
+                hit |= idx == i
+        else:
+            gone = np.zeros(len(self.workers) + 1, dtype=bool)  # the last entry: what -1 (no worker) reads
+            gone[list(dropped)] = True
+            hit = gone[idx]
+        rows = np.unique(np.flatnonzero(hit) // idx.shape[1]).tolist()
+        names = self._adapter_list
+        return [names[j].name for j in rows if names[j].name in self._rows]
+
+    def _insert(self, added: list[int], fresh: set[str]) -> None:
         """Place each new worker into the rows it beats (or that list every candidate)."""
-        for grouped in self._names_by_class().values():
-            names = [n for n in grouped if n in self._rows]  # fresh adapters get whole rows later
-            if not names:
-                continue
-            cls = self._class(self._adapters[names[0]])
+        table = self.table()
+        for group in self._groups().values():
+            cls = self._class(self._adapters[group.names[0]])
             new = [i for i in added if i in cls.members]
             if not new:
                 continue
-            states = np.array([self._states[n] for n in names], dtype=np.uint64)
+            names, states, at = group.names, group.states, group.at
+            if fresh:  # fresh adapters get whole rows later
+                keep = np.array([n not in fresh for n in names], dtype=bool)
+                names, states, at = [n for n in names if n not in fresh], states[keep], at[keep]
             scores = hrw.pair_scores(states, self._lanes[new], self._weights[new])
-            rows = [self._rows[n] for n in names]
-            floor = np.array([-np.inf if r.complete or not r.idx else r.scores[-1] for r in rows])
-            for r, c in zip(*np.nonzero(scores >= floor[:, None]), strict=True):
-                self._insert_one(rows[r], new[c], float(scores[r, c]), self.depth)
-            for r, name in enumerate(names):
-                if name in self._full:
-                    for c, i in enumerate(new):
-                        self._insert_one(self._full[name], i, float(scores[r, c]), None)
+            for r, c in zip(*np.nonzero(scores >= table.floor[at][:, None]), strict=True):
+                self._insert_one(self._rows[names[r]], new[c], float(scores[r, c]), self.depth)
+                self._dirty.add(names[r])
+        by_class: dict[tuple[str, int], list[str]] = {}
+        for name in self._full:
+            a = self._adapters[name]
+            by_class.setdefault((a.base_model, a.rank), []).append(name)
+        for names in by_class.values():
+            cls = self._class(self._adapters[names[0]])
+            new = [i for i in added if i in cls.members]
+            if new:
+                states = np.array([self._states[n] for n in names], dtype=np.uint64)
+                scores = hrw.pair_scores(states, self._lanes[new], self._weights[new]).tolist()
+                for name, row_scores in zip(names, scores, strict=True):
+                    for i, s in zip(new, row_scores, strict=True):
+                        self._insert_one(self._full[name], i, s, None)
 
-    def _names_by_class(self) -> dict[tuple[str, int], list[str]]:
+    def _groups(self) -> dict[tuple[str, int], _Group]:
         """Adapters grouped by candidate class; rebuilt only when the catalog changed."""
         if self._grouped is None:
-            self._grouped = {}
+            names: dict[tuple[str, int], list[str]] = {}
             for name, a in self._adapters.items():
-                self._grouped.setdefault((a.base_model, a.rank), []).append(name)
+                names.setdefault((a.base_model, a.rank), []).append(name)
+            self._grouped = {
+                key: _Group(group, np.array([self._states[n] for n in group], dtype=np.uint64),
+                            np.array([self._order[n] for n in group], dtype=np.int64))
+                for key, group in names.items()}
         return self._grouped
 
     def _insert_one(self, row: _Row, i: int, s: float, limit: int | None) -> None:
@@ -198,6 +331,12 @@ class Rankings:
             pos += 1
         row.idx.insert(pos, i)
         row.scores.insert(pos, s)
+        if row.where is not None:
+            if i >= len(row.where):  # room for this worker and, doubling, for many more to come
+                row.where = np.concatenate([row.where, np.full(max(i + 1, 2 * len(row.where)) - len(row.where), -1,
+                                                               dtype=np.int64)])
+            row.where += row.where >= pos  # one pass; a masked update would be two
+            row.where[i] = pos
         if limit is not None and len(row.idx) > limit:
             row.complete = False
             del row.idx[limit:], row.scores[limit:]
@@ -206,6 +345,7 @@ class Rankings:
         by_class: dict[tuple[str, int], list[Adapter]] = {}
         for a in adapters:
             by_class.setdefault((a.base_model, a.rank), []).append(a)
+            self._dirty.add(a.name)
         for group in by_class.values():
             cls = self._class(group[0])
             n = len(cls.idx)
@@ -239,6 +379,9 @@ class Rankings:
 
     def full(self, adapter: str) -> list[int]:
         """The adapter's whole ranking, for the few walks past the prefix; updated as workers come and go."""
+        return self._full_row(adapter).idx
+
+    def _full_row(self, adapter: str) -> _Row:
         row = self._full.get(adapter)
         if row is None:
             cls = self._class(self._adapters[adapter])
@@ -246,7 +389,25 @@ class Rankings:
             scores = hrw.pair_scores(state, cls.lanes, cls.weights)[0]
             ranked = hrw.order(scores, cls.id_order)
             row = self._full[adapter] = _Row(cls.idx[ranked].tolist(), scores[ranked].tolist(), True)
-        return row.idx
+            row.index_workers(len(self.workers))
+        return row
+
+    def ranks(self, adapter: str, workers: Sequence[int]) -> list[int]:
+        """Where each of these worker indices ranks for the adapter, whatever the prefix depth (-1:
+        not a candidate). The full ranking is asked for only when one is past the prefix: each
+        full ranking kept costs every later membership change an update."""
+        row = self._rows[adapter]
+        ws = np.asarray(workers, dtype=np.int64)
+        match = ws[:, None] == np.asarray(row.idx, dtype=np.int64)[None, :]
+        found = match.any(axis=1)
+        ranks = np.where(found, match.argmax(axis=1), -1)
+        if not row.complete and not found.all():
+            where = self._full_row(adapter).where
+            assert where is not None
+            past = ws[~found]
+            ranks[~found] = np.where(past < len(where), where[np.minimum(past, len(where) - 1)], -1)
+        out: list[int] = ranks.tolist()
+        return out
 
 
 def _screen(mixed: np.ndarray, scratch: np.ndarray, cls: _Class, depth: int
@@ -323,8 +484,15 @@ def _screen_by_score(hashes: np.ndarray, weights: np.ndarray, k: int) -> tuple[n
 
 def _remove(row: _Row, dropped: set[int]) -> None:
     for i in dropped:
-        try:
-            pos = row.idx.index(i)
-        except ValueError:
-            continue
+        if row.where is not None:
+            pos = int(row.where[i]) if i < len(row.where) else -1
+            if pos < 0:
+                continue
+            row.where -= row.where > pos
+            row.where[i] = -1
+        else:
+            try:
+                pos = row.idx.index(i)
+            except ValueError:
+                continue
         del row.idx[pos], row.scores[pos]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,18 @@ def fleet(seed: int, n_workers: int, n_adapters: int, slots: int = 64,
     weights = 1.0 / np.arange(1, n_adapters + 1)
     rates = weights / weights.sum() * n_workers * rps_per_worker
     return workers, adapters, {a.name: Demand(rps=float(r)) for a, r in zip(adapters, rates, strict=True)}
+
+
+def joined_or_left(rng: random.Random, change: str, workers: list[Worker], pool: list[Worker],
+                   keep: int) -> list[Worker] | None:
+    """The membership after a random join (1-3 from `pool`) or leave (1-3, keeping more than `keep`); None
+    for any other change."""
+    if change == "join":
+        present = {w.id for w in workers}
+        return workers + [w for w in pool if w.id not in present][:rng.randint(1, 3)]
+    if change == "leave" and len(workers) > keep:
+        return rng.sample(workers, len(workers) - rng.randint(1, min(3, len(workers) - keep)))
+    return None
 
 
 def run_cli(module: str, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import random
 import msgspec
 import numpy as np
 import pytest
-from alloc_helpers import fleet, run_cli
+from alloc_helpers import fleet, joined_or_left, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,11 +227,9 @@ def test_incremental_planner_equals_the_pure_function(seed: int, depth: int) -> 
         assert placement == compute_placement(workers, adapters, demand, config, previous, float(step))
         previous = placement
         change = rng.choice(["join", "leave", "reweigh", "catalog"])
-        if change == "join":
-            present = {w.id for w in workers}
-            workers = workers + [w for w in pool if w.id not in present][:rng.randint(1, 3)]
-        elif change == "leave" and len(workers) > 2:
-            workers = rng.sample(workers, len(workers) - rng.randint(1, 2))
+        moved = joined_or_left(rng, change, workers, pool, keep=1)
+        if moved is not None:
+            workers = moved
         elif change == "reweigh":
             i = rng.randrange(len(workers))
             workers = [*workers[:i], msgspec.structs.replace(workers[i], weight=3.0), *workers[i + 1:]]

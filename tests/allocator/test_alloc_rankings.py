@@ -32,12 +32,18 @@ def _check(rankings: Rankings, workers: list[Worker], adapters: list[Adapter]) -
         assert [rankings.ids[i] for i in rankings.full(a.name)] == expected
 
 
+def _candidates(rng: random.Random, workers: int, weights: list[float], adapters: int
+                ) -> tuple[list[Worker], list[Adapter]]:
+    """Workers of two base models and two rank limits, adapters of both models and two ranks."""
+    pool = [Worker(id=f"w{i}", base_model=rng.choice(["m", "n"]), weight=rng.choice(weights),
+                   max_lora_rank=rng.choice([8, 64])) for i in range(workers)]
+    return pool, [Adapter(name=f"a{i}", base_model=rng.choice(["m", "n"]), rank=rng.choice([8, 16]))
+                  for i in range(adapters)]
+
+
 def test_prefixes_stay_exact_through_joins_and_leaves() -> None:
     rng = random.Random(3)
-    pool = [Worker(id=f"w{i}", base_model=rng.choice(["m", "n"]), weight=rng.choice([0.5, 1.0, 3.0]),
-                   max_lora_rank=rng.choice([8, 64])) for i in range(60)]
-    adapters = [Adapter(name=f"a{i}", base_model=rng.choice(["m", "n"]), rank=rng.choice([8, 16]))
-                for i in range(120)]
+    pool, adapters = _candidates(rng, 60, [0.5, 1.0, 3.0], 120)
     rankings = Rankings(depth=6)
     workers = pool[:30]
     for step in range(12):
@@ -133,3 +139,44 @@ def test_equal_and_mixed_weight_classes_stay_exact_through_joins_and_leaves() ->
         else:
             present = {w.id for w in workers}
             workers = workers + rng.sample([w for w in pool if w.id not in present], rng.randint(1, 5))
+
+
+def test_table_and_ranks_follow_every_change() -> None:
+    """The rows as arrays (what a re-plan reads for 100,000 adapters at once) and the rank of any
+    worker, full rankings included, stay exact through joins, leaves of one and of many at once,
+    changed workers and catalog edits."""
+    rng = random.Random(5)
+    pool, catalog = _candidates(rng, 90, [1.0, 1.0, 2.5], 160)
+    rankings_ = Rankings(depth=5)
+    workers, adapters = pool[:40], catalog[:120]
+    for step in range(14):
+        rankings_.sync(workers, adapters)
+        table = rankings_.table()
+        for j, a in enumerate(adapters):
+            row = rankings_.rows[a.name]
+            n = len(row.idx)
+            assert table.idx[j, :n].tolist() == row.idx and bool(np.all(table.idx[j, n:] == -1))
+            assert (table.length[j], table.complete[j]) == (n, row.complete)
+            assert table.floor[j] == (-math.inf if row.complete or not n else row.scores[-1])
+        for a in adapters[step % 3::3]:
+            expected = [w.id for w in hrw.rank_workers(a.name, [w for w in workers if w.base_model == a.base_model
+                                                                 and w.max_lora_rank >= a.rank])]
+            everyone = list(range(len(rankings_.ids)))
+            assert rankings_.ranks(a.name, everyone) == [
+                expected.index(rankings_.ids[i]) if rankings_.workers[i] is not None
+                and rankings_.ids[i] in expected else -1 for i in everyone]
+        change = step % 5
+        present = {w.id for w in workers}
+        if change == 0:
+            workers = workers + rng.sample([w for w in pool if w.id not in present], rng.randint(1, 3))
+        elif change == 1:
+            workers = rng.sample(workers, len(workers) - rng.randint(1, 2))
+        elif change == 2:
+            workers = rng.sample(workers, len(workers) - rng.randint(6, 9))  # many at once
+        elif change == 3:
+            i = rng.randrange(len(workers))
+            heavier = Worker(id=workers[i].id, base_model=workers[i].base_model, weight=4.0)
+            workers = [*workers[:i], heavier, *workers[i + 1:]]
+        else:  # some adapters go, some come, one changes its rank
+            edited = [*rng.sample(catalog, 100), Adapter(name="a0", base_model="n", rank=64)]
+            adapters = list({a.name: a for a in edited}.values())
