@@ -27,7 +27,7 @@ allocator.sizing     size_replicas(policies, demand, previous_sets, candidates, 
 
 allocator.placement  compute_placement(workers, adapters, demand, config, previous, now) -> Placement
                      Planner().place(same arguments) -> Placement   equal results, caches rankings
-                         (keep one Planner in the leader: a join/leave re-plan is ~7 ms at 10k x 1k, ~65 ms at 100k x 10k)
+                     (keep one Planner in the leader: a join/leave re-plan: ~7 ms at 10k x 1k, ~65 ms at 100k x 10k)
                      fit_to_slots(...)   the slot-shortage rule; DuplicateName (ValueError)
 
 allocator.plan       plan_actions(desired, holdings, loading, budget: PlanBudget) -> list[Action]
