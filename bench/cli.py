@@ -21,7 +21,8 @@ DESCRIPTION = (
     "lora-bench: worker runs a simulated vLLM worker (the real contract, a GPU performance "
     "model); worker-profile measures it; allocator benchmarks placement; sim runs the "
     "discrete-event fleet simulator; live drives real processes; proxy compares proxy "
-    "overhead; chaos injects faults and counts what was lost; scale measures a router's memory with a large fleet."
+    "overhead; chaos injects faults and counts what was lost; scale runs routers on a large fleet in "
+    "etcd: memory, bytes written per placement change, time to apply it."
 )
 
 

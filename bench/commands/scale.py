@@ -117,6 +117,10 @@ class PlacementTap:
         self._sizes: dict[str, int] = {}
         self._bucket_bytes = [0] * BUCKETS
         self._pending: dict[str, ReplicaSet | None] = {}
+        self.current: dict[str, ReplicaSet] = {}
+        """Every set as of the latest complete epoch."""
+        self.watching = asyncio.Event()
+        """Set once the watch is open: what is written after that comes as events."""
         self._bytes = 0
         self._txns: set[int] = set()
         self.changed = asyncio.Event()
@@ -125,6 +129,7 @@ class PlacementTap:
         async for change in client.watch_changes(PLACEMENT):
             event = change.event
             if event is None:
+                self.watching.set()  # the listing: the bench starts with an empty etcd
                 continue
             self._txns.add(event.revision)
             self._bytes += len(event.key) + (len(event.kv.value) if event.kv is not None else 0)
@@ -139,6 +144,11 @@ class PlacementTap:
             elif event.key == EPOCH and event.kv is not None:
                 header = msgspec.json.decode(event.kv.value, type=PlacementHeader)
                 if header.complete:
+                    for name, replica_set in self._pending.items():
+                        if replica_set is None:
+                            self.current.pop(name, None)
+                        else:
+                            self.current[name] = replica_set
                     touched = {bucket(n) for n in self._pending}
                     self.epochs.append({"epoch": header.epoch, "at": time.monotonic(), "sets": self._pending,
                                         "bytes": self._bytes, "transactions": len(self._txns),
@@ -154,15 +164,18 @@ class PlacementTap:
         return self.epochs[after]
 
 
-async def _applied(http: aiohttp.ClientSession, router: str, name: str, replica_set: ReplicaSet | None) -> float:
-    """When the router's view of `name` became `replica_set` (polled every 5 ms)."""
-    want = list(replica_set.workers) if replica_set is not None else []
-    while True:
+async def _applied(http: aiohttp.ClientSession, router: str, name: str, tap: PlacementTap) -> float:
+    """When the router's view of `name` became what the latest complete epoch says (polled every 5 ms): a
+    later epoch may change the same set again, and then that is what the router must show."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        replica_set = tap.current.get(name)
         async with http.get(f"{router}/v1/loras/{name}") as r:
             body = await r.json() if r.status == 200 else {}
-        if body.get("replica_set", []) == want:
+        if body.get("replica_set", []) == (list(replica_set.workers) if replica_set is not None else []):
             return time.monotonic()
         await asyncio.sleep(0.005)
+    raise TimeoutError(f"{router} did not show the placement's replica set of {name} within 120 s")
 
 
 async def measure(etcd: EmbeddedEtcd, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -176,6 +189,7 @@ async def measure(etcd: EmbeddedEtcd, args: argparse.Namespace, root: Path) -> d
     print(f"registered {args.workers} workers and {args.adapters} adapters in {populate_s:.1f}s", flush=True)
     tap = PlacementTap()
     tapping = asyncio.create_task(tap.run(client))
+    await asyncio.wait_for(tap.watching.wait(), 30)  # before any router: starting one blocks this loop
     routers: list[ManagedProcess] = []
     urls: list[str] = []
     try:
@@ -192,7 +206,7 @@ async def measure(etcd: EmbeddedEtcd, args: argparse.Namespace, root: Path) -> d
         place_s = first["at"] - t1
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             some = sorted(first["sets"])[:: max(1, len(first["sets"]) // 5)][:5]
-            await asyncio.gather(*(_applied(http, u, n, first["sets"][n]) for u in urls for n in some))
+            await asyncio.gather(*(_applied(http, u, n, tap) for u in urls for n in some))
             ready_s = time.monotonic() - t1
             print(f"{args.routers} routers saw the fleet; the first placement ({len(first['sets'])} sets, "
                   f"{first['bytes'] / 2**20:.1f} MiB in {first['transactions']} transactions) landed "
@@ -206,16 +220,16 @@ async def measure(etcd: EmbeddedEtcd, args: argparse.Namespace, root: Path) -> d
             changes = []
             for k in range(args.changes):
                 joining = k % 2 == 0
+                seen = len(tap.epochs)  # before the change: its epoch may land while the change is written
                 began = time.monotonic()
                 if joining:
                     await fleet.register(range(args.workers + k, args.workers + k + 1))
                 else:
                     await fleet.withdraw(k)
-                epoch = await tap.next_epoch(len(tap.epochs), 120)
+                epoch = await tap.next_epoch(seen, 120)
                 moved = sorted(epoch["sets"])
                 probe = moved[:: max(1, len(moved) // 3)][:3]
-                applied = await asyncio.gather(*(_applied(http, u, n, epoch["sets"][n])
-                                                 for u in urls for n in probe))
+                applied = await asyncio.gather(*(_applied(http, u, n, tap) for u in urls for n in probe))
                 changes.append({"kind": "join" if joining else "leave", "sets_written": len(moved),
                                 "bytes_written": epoch["bytes"], "transactions": epoch["transactions"],
                                 "bytes_if_bucketed": epoch["bucketed_bytes"],
