@@ -32,6 +32,14 @@ def _check(rankings: Rankings, workers: list[Worker], adapters: list[Adapter]) -
         assert [rankings.ids[i] for i in rankings.full(a.name)] == expected
 
 
+def _churn(rng: random.Random, step: int, workers: list[Worker], pool: list[Worker], most: int) -> list[Worker]:
+    """Odd steps: 1 to `most` workers leave; even steps: as many of the pool's others join."""
+    if step % 2:
+        return rng.sample(workers, len(workers) - rng.randint(1, most))
+    present = {w.id for w in workers}
+    return workers + rng.sample([w for w in pool if w.id not in present], rng.randint(1, most))
+
+
 def _candidates(rng: random.Random, workers: int, weights: list[float], adapters: int
                 ) -> tuple[list[Worker], list[Adapter]]:
     """Workers of two base models and two rank limits, adapters of both models and two ranks."""
@@ -51,11 +59,7 @@ def test_prefixes_stay_exact_through_joins_and_leaves() -> None:
         for a in adapters[::7]:
             rankings.full(a.name)  # some full rankings cached, to be kept up to date too
         _check(rankings, workers, adapters)
-        if step % 2:
-            workers = rng.sample(workers, len(workers) - rng.randint(1, 4))
-        else:
-            present = {w.id for w in workers}
-            workers = workers + rng.sample([w for w in pool if w.id not in present], rng.randint(1, 4))
+        workers = _churn(rng, step, workers, pool, 4)
 
 
 def test_mass_departures_rebuild_and_stay_exact() -> None:
@@ -134,11 +138,7 @@ def test_equal_and_mixed_weight_classes_stay_exact_through_joins_and_leaves() ->
         for a in adapters[::11]:
             rankings_.full(a.name)
         _check(rankings_, workers, adapters)
-        if step % 2:
-            workers = rng.sample(workers, len(workers) - rng.randint(1, 5))
-        else:
-            present = {w.id for w in workers}
-            workers = workers + rng.sample([w for w in pool if w.id not in present], rng.randint(1, 5))
+        workers = _churn(rng, step, workers, pool, 5)
 
 
 def test_table_and_ranks_follow_every_change() -> None:
