@@ -192,11 +192,12 @@ class PlacementStore:
                                     "it was read")
             self.seen_revision = result.revision
             for op in batch:
-                name = op.key.removeprefix(SETS)
-                if isinstance(op, Put) and op.key.startswith(SETS):
-                    self._written[name] = placement.replica_sets[name]
-                elif op.key.startswith(SETS):
-                    self._written.pop(name, None)
+                if op.key.startswith(SETS):  # (the legacy document's delete is the one other op)
+                    name = op.key.removeprefix(SETS)
+                    if isinstance(op, Put):
+                        self._written[name] = placement.replica_sets[name]
+                    else:
+                        self._written.pop(name, None)
         self.legacy = False
         return self.seen_revision
 
